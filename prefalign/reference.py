@@ -1,0 +1,127 @@
+"""Reference log-probs: computed once, cached on disk, never recomputed.
+
+TRL's ``precompute_ref_log_probs``, made persistent: the log-probs of every completion under the reference
+model are stored under a key made of the reference model's fingerprint and the fingerprint of the exact token
+ids (which covers the data, the tokenizer, the chat template and the truncation settings). A later run, a
+resumed run or a sweep over other hyper-parameters finds them and skips the pass; no reference model stays in
+memory during training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from prefalign.logprobs import pair_logps
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = "1"
+
+
+def move_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch with its tensors on ``device``."""
+    return {key: value.to(device) if isinstance(value, Tensor) else value for key, value in batch.items()}
+
+
+@torch.no_grad()
+def compute_pair_logps(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    share_prompt: bool = True,
+    mismatched: bool = False,
+    desc: str = "log-probs",
+) -> dict[str, Tensor]:
+    """Summed log-probs of every completion of an ordered loader, concatenated in data order (on CPU).
+
+    Returns:
+        ``chosen``, ``rejected`` (and ``kl_chosen``, ``kl_rejected`` with ``mismatched``), each ``(N,)``.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    parts: dict[str, list[Tensor]] = {}
+    start, n_pairs = time.perf_counter(), 0
+    try:
+        for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+            out = pair_logps(model, move_to(batch, device), share_prompt=share_prompt, mismatched=mismatched)
+            for key, value in out.items():
+                if key.endswith("_logps"):
+                    parts.setdefault(key[: -len("_logps")], []).append(value.detach().float().cpu())
+            n_pairs += len(batch["pair_ids"])
+    finally:
+        model.train(was_training)
+    elapsed = time.perf_counter() - start
+    log.info("%s: %d pairs in %.1f s (%.1f pairs/s)", desc, n_pairs, elapsed, n_pairs / max(elapsed, 1e-9))
+    return {key: torch.cat(values) for key, values in parts.items()}
+
+
+def cache_key(reference_fingerprint: str, data_fingerprint: str) -> str:
+    payload = f"{CACHE_VERSION}|{reference_fingerprint}|{data_fingerprint}"
+    return hashlib.sha1(payload.encode()).hexdigest()[:20]
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file and rename, so a crash never leaves a truncated cache entry."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cached_reference_logps(
+    *,
+    reference_fingerprint: str,
+    dataset: Any,
+    loader: DataLoader,
+    cache_dir: str | os.PathLike,
+    load_model: Any,
+    share_prompt: bool = True,
+    split: str = "train",
+) -> tuple[dict[str, Tensor], bool]:
+    """Reference log-probs of a dataset, from the cache or computed and cached.
+
+    Args:
+        reference_fingerprint: identifies the reference weights.
+        dataset: a :class:`~prefalign.data.datamodule.PairDataset` (its fingerprint keys the cache).
+        loader: ordered batches of ``dataset``.
+        cache_dir: the cache root; entries live in ``<cache_dir>/reference_logps/<key>.pt``.
+        load_model: callable returning the reference model, only called on a cache miss.
+        share_prompt: prefix sharing in the log-prob pass.
+        split: name for logs.
+
+    Returns:
+        The log-probs (``chosen``, ``rejected``, and ``kl_*`` when the dataset is mismatched) and whether they
+        came from the cache.
+    """
+    key = cache_key(reference_fingerprint, dataset.fingerprint())
+    path = Path(cache_dir).expanduser() / "reference_logps" / f"{key}.pt"
+    pair_ids = [item.pair_id for item in dataset.items]
+    if path.exists():
+        entry = torch.load(path, map_location="cpu", weights_only=False)
+        if entry.get("pair_ids") == pair_ids:
+            log.info("%s: reference log-probs from cache %s", split, path)
+            return entry["logps"], True
+        log.warning("%s: cache entry %s does not match the data; recomputing", split, path)
+    model = load_model()
+    logps = compute_pair_logps(
+        model, loader, share_prompt=share_prompt, mismatched=dataset.mismatched, desc=f"reference log-probs ({split})"
+    )
+    atomic_torch_save({"pair_ids": pair_ids, "logps": logps, "reference": reference_fingerprint}, path)
+    log.info("%s: reference log-probs cached in %s", split, path)
+    return logps, False
