@@ -73,8 +73,14 @@ class PreferenceLoss(nn.Module):
         chosen_ratio, rejected_ratio = self.log_ratios(policy, reference)
         return LossOutput(losses, (self.beta * chosen_ratio).detach(), (self.beta * rejected_ratio).detach())
 
+    def hparams(self) -> dict[str, float | bool]:
+        """The loss's hyper-parameters (part of cache keys of everything trained or scored with it)."""
+        values = {key: value for key, value in vars(self).items() if isinstance(value, (int, float, bool))}
+        values.pop("training", None)
+        return {"loss": type(self).__name__, **values}
+
     def extra_repr(self) -> str:
-        return f"beta={self.beta}"
+        return ", ".join(f"{key}={value}" for key, value in self.hparams().items() if key != "loss")
 
 
 class DPOLoss(PreferenceLoss):

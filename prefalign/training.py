@@ -1,5 +1,9 @@
 """One training run, from a composed config to a trained policy and its metrics.
 
+With ``select=full`` (the default) this trains on all pairs. With any other selection rule it runs the TIF
+paper's pipeline first (:mod:`prefalign.pipeline`): warm-up on all pairs, auxiliary models, scores, selection,
+then trains on the selected subset.
+
 Output directory layout (the run's Hydra directory)::
 
     config.yaml          the resolved config
@@ -7,7 +11,9 @@ Output directory layout (the run's Hydra directory)::
     checkpoints/         Lightning checkpoints (last.ckpt); resume with ckpt_path=.../last.ckpt
     tensorboard/         TensorBoard logs (train/*, val/* with TRL's metric names)
     policy/              the final policy in Hugging Face format (save_pretrained + tokenizer)
-    metrics.json         final metrics, sizes and timings
+    metrics.json         final metrics, sizes, timings, and the selection summary
+    scores.parquet       per-pair scores (selection runs only)
+    selection.json       kept pair ids, the rule and its resolved thresholds (selection runs only)
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import os
 import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +50,37 @@ def write_json(data: Any, path: str | os.PathLike) -> None:
     with os.fdopen(handle, "w") as stream:
         json.dump(data, stream, indent=2, default=float)
     os.replace(tmp, path)
+
+
+@dataclass
+class RunSetup:
+    """What every stage of a run shares: model source, tokenizer, loss and data."""
+
+    cfg: DictConfig
+    source: ModelSource
+    tokenizer: Any
+    loss: PreferenceLoss
+    datamodule: PreferenceDataModule
+    output_dir: Path
+    cache_dir: Path
+
+
+def setup_run(cfg: DictConfig) -> RunSetup:
+    """Seed, write the resolved config, build the model source, tokenizer, loss and tokenised data."""
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    L.seed_everything(cfg.seed, workers=True)
+    source: ModelSource = instantiate(cfg.model)
+    tokenizer = source.load_tokenizer()
+    loss: PreferenceLoss = instantiate(cfg.loss)
+    datamodule: PreferenceDataModule = instantiate(cfg.data)(
+        tokenizer=tokenizer, mismatched=loss.requires_mismatched, seed=cfg.seed
+    )
+    datamodule.setup("fit")
+    write_json(datamodule.report, output_dir / "data_report.json")
+    cache_dir = Path(str(cfg.paths.cache_dir)).expanduser()
+    return RunSetup(cfg, source, tokenizer, loss, datamodule, output_dir, cache_dir)
 
 
 def attach_reference_logps(
@@ -84,15 +122,33 @@ def attach_reference_logps(
     return hits
 
 
-def build_trainer(cfg: DictConfig, output_dir: Path) -> L.Trainer:
+def build_trainer(cfg: DictConfig, output_dir: Path, checkpoints: bool = True, **overrides: Any) -> L.Trainer:
     """The Lightning trainer with the configured logger and callbacks, writing into ``output_dir``."""
     logger = instantiate(cfg.logger, save_dir=str(output_dir)) if cfg.get("logger") else False
-    callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values() if callback]
-    return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(output_dir))
+    callbacks = []
+    for name, callback in (cfg.get("callbacks") or {}).items():
+        if not callback or (name == "checkpoint" and not checkpoints):
+            continue
+        if name == "checkpoint":
+            callback = {**callback, "dirpath": str(output_dir / "checkpoints")}
+        callbacks.append(instantiate(callback))
+    if not checkpoints:
+        overrides["enable_checkpointing"] = False
+    return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(output_dir), **overrides)
 
 
 def final_metrics(trainer: L.Trainer) -> dict[str, float]:
     return {key: float(value) for key, value in sorted(trainer.callback_metrics.items())}
+
+
+def make_module(cfg: DictConfig, model: torch.nn.Module, loss: PreferenceLoss) -> PreferenceModule:
+    return PreferenceModule(
+        model,
+        loss,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        share_prompt=cfg.share_prompt,
+    )
 
 
 def run_training(cfg: DictConfig) -> dict[str, Any]:
@@ -101,64 +157,53 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     Returns:
         The final metrics (``train/*`` of the last step, ``val/*`` of the last validation) and run facts.
     """
+    from prefalign.pipeline import needs_selection, run_selection_pipeline
+
     start = time.perf_counter()
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    L.seed_everything(cfg.seed, workers=True)
-
-    source: ModelSource = instantiate(cfg.model)
-    tokenizer = source.load_tokenizer()
-    loss: PreferenceLoss = instantiate(cfg.loss)
-    datamodule: PreferenceDataModule = instantiate(cfg.data)(
-        tokenizer=tokenizer, mismatched=loss.requires_mismatched, seed=cfg.seed
-    )
-    datamodule.setup("fit")
-    write_json(datamodule.report, output_dir / "data_report.json")
-
-    model = source.load_model()
+    setup = setup_run(cfg)
+    model = setup.source.load_model()
     if getattr(model, "peft_config", None):
         model.print_trainable_parameters()
+    selecting = needs_selection(cfg)
     cache_hits = {}
-    if loss.requires_reference:
-        cache_hits = attach_reference_logps(datamodule, model, source, cfg.paths.cache_dir, cfg.share_prompt)
+    if setup.loss.requires_reference or selecting:
+        cache_hits = attach_reference_logps(setup.datamodule, model, setup.source, setup.cache_dir, cfg.share_prompt)
+    pipeline: dict[str, Any] = {}
+    if selecting:
+        model, pipeline = run_selection_pipeline(setup, model)
 
-    module = PreferenceModule(
-        model,
-        loss,
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        share_prompt=cfg.share_prompt,
-    )
-    trainer = build_trainer(cfg, output_dir)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    module = make_module(cfg, model, setup.loss)
+    trainer = build_trainer(cfg, setup.output_dir)
+    trainer.fit(module, datamodule=setup.datamodule, ckpt_path=cfg.get("ckpt_path"))
 
-    policy_dir = save_policy(module.policy, tokenizer, output_dir / "policy")
+    policy_dir = save_policy(module.policy, setup.tokenizer, setup.output_dir / "policy")
     metrics = final_metrics(trainer)
     result = {
         **metrics,
         "run": {
-            "model": source.name,
-            "loss": type(loss).__name__,
-            "data": datamodule.source.name,
-            "train_pairs": len(datamodule.datasets["train"]),
-            "val_pairs": len(datamodule.datasets["val"]),
+            "model": setup.source.name,
+            "loss": type(setup.loss).__name__,
+            "data": setup.datamodule.source.name,
+            "train_pairs": len(setup.datamodule.datasets["train"]),
+            "val_pairs": len(setup.datamodule.datasets["val"]),
             "global_steps": trainer.global_step,
             "reference_from_cache": cache_hits,
             "elapsed_s": round(time.perf_counter() - start, 1),
-            "output_dir": str(output_dir),
+            "output_dir": str(setup.output_dir),
             "policy_dir": str(policy_dir),
         },
     }
-    write_json(result, output_dir / "metrics.json")
+    if pipeline:
+        result["selection"] = pipeline
+    write_json(result, setup.output_dir / "metrics.json")
     summary = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("train/loss", "val/loss", "val/rewards/accuracies") if k in metrics)
     log.info(
         "done in %.0f s: %s\n  outputs: %s\n  policy (Hugging Face format): %s\n  metrics: %s\n  logs: tensorboard --logdir %s",
         result["run"]["elapsed_s"],
         summary,
-        output_dir,
+        setup.output_dir,
         policy_dir,
-        output_dir / "metrics.json",
-        output_dir / "tensorboard",
+        setup.output_dir / "metrics.json",
+        setup.output_dir / "tensorboard",
     )
     return result

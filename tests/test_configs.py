@@ -17,6 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from prefalign.data.datamodule import PreferenceDataModule
 from prefalign.losses import PreferenceLoss
 from prefalign.models import ModelSource
+from prefalign.scoring.base import Scorer
+from prefalign.selection import SelectionRule
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PRIMARY = sorted(path.stem for path in CONF.glob("*.yaml"))
@@ -41,7 +43,7 @@ def compose_with(primary: str, overrides: list[str], output_dir: Path) -> DictCo
 
 def test_there_is_something_to_check():
     groups = {group for _, group, _ in group_options()}
-    assert {"model", "data", "loss", "trainer", "logger", "paths", "hydra", "debug"} <= groups
+    assert {"model", "data", "loss", "select", "score", "trainer", "logger", "paths", "hydra", "debug"} <= groups
     assert "train" in PRIMARY
 
 
@@ -69,11 +71,19 @@ def instantiate_node(node: DictConfig, group: str, tokenizer, tmp_path: Path) ->
 
 @pytest.mark.parametrize(("primary", "group", "option"), group_options(), ids=lambda v: str(v))
 def test_every_option_composes_and_instantiates(primary, group, option, tokenizer, tmp_path):
-    # the hydra group is applied by the launcher (checked by the CLI tests); the rest compose as overrides
-    overrides = [] if group == "hydra" else [f"{group}={option}"]
+    # the hydra group is applied by the launcher (checked by the CLI tests); the score group is mounted as
+    # scorers.<name> in the primary configs; the rest compose as overrides
+    overrides = [] if group in {"hydra", "score"} else [f"{group}={option}"]
     cfg = compose_with(primary, overrides, tmp_path)
     OmegaConf.resolve(cfg)
-    if group in cfg and group not in {"hydra", "experiment", "debug"}:
+    if group == "score":
+        scorer = instantiate(cfg.scorers[option])
+        assert isinstance(scorer, Scorer) and scorer.name == option
+    elif group == "select":
+        rule = instantiate(cfg.select)
+        assert isinstance(rule, SelectionRule)
+        assert set(rule.scores) <= set(cfg.scorers), "the rule reads a score no scorer config provides"
+    elif group in cfg and group not in {"hydra", "experiment", "debug"}:
         node = cfg[group]
         if group == "data" and OmegaConf.is_missing(node.source, "train_path"):
             node.source.train_path = str(tmp_path / "train.jsonl")

@@ -218,6 +218,10 @@ class PreferenceDataModule(L.LightningDataModule):
             new.reference = {key: values[keep] for key, values in old.reference.items()}
         self.datasets[split] = new
 
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Batch dataset items (prompts left-padded, completions right-padded)."""
+        return collate_pairs(items, pad_id=self.tokenizer.pad_token_id)
+
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         return DataLoader(

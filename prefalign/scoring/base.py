@@ -1,0 +1,236 @@
+"""The scoring framework: scorers, the context they run in, and the sharded, resumable runner.
+
+A *scorer* gives every training pair one number (a column of the scores file). Scorers run in a
+:class:`ScoringContext`: the current policy ``theta`` (after warm-up, in the papers' pipeline), the loss it is
+trained with, the data (train and validation pairs with their cached reference log-probs), the model source
+(to load the reference model or train auxiliary models) and the cache directory.
+
+:class:`ScoreRunner` walks the training pairs in shards. For each batch it runs the policy once (when any
+scorer needs the policy's log-probs: IRM, LossDiff) and hands the result to every scorer, so no forward pass is
+duplicated between the scores of one run. Each finished shard is written atomically as its own Parquet file;
+an interrupted run resumes from the first missing shard. At the end the shards are concatenated into
+``scores.parquet`` (``pair_id`` + one column per score) whose schema metadata holds the provenance: model,
+checkpoint, data fingerprint and the scorers' configs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from prefalign.data.datamodule import PreferenceDataModule
+from prefalign.logprobs import pair_logps
+from prefalign.losses import PreferenceLoss
+from prefalign.models import ModelSource
+from prefalign.module import reference_logps
+from prefalign.reference import move_to
+
+log = logging.getLogger(__name__)
+
+PROVENANCE_KEY = b"prefalign"
+
+
+@dataclass
+class ScoringContext:
+    """Everything a scorer may need.
+
+    Attributes:
+        policy: the model being scored against (``theta``), on its device.
+        policy_fingerprint: identifies ``theta`` (initial weights + training that produced it).
+        loss: the training loss ``ell`` (IF, LossDiff and IRM are taken under it).
+        datamodule: train and validation pairs, tokenised, with reference log-probs attached.
+        source: the model source (to load the reference or initial weights for auxiliary models).
+        cache_dir: the shared cache root.
+        work_dir: where this scoring run writes (shards, scores file, artifacts).
+        share_prompt: prefix sharing in forward passes.
+        seed: seed for random scores and auxiliary training.
+        trainer_options: keyword arguments for the Lightning trainers of auxiliary models.
+    """
+
+    policy: torch.nn.Module
+    policy_fingerprint: str
+    loss: PreferenceLoss
+    datamodule: PreferenceDataModule
+    source: ModelSource
+    cache_dir: Path
+    work_dir: Path
+    share_prompt: bool = True
+    seed: int = 0
+    trainer_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.policy.parameters()).device
+
+    def data_fingerprint(self, split: str = "train") -> str:
+        return self.datamodule.datasets[split].fingerprint()
+
+
+class Scorer:
+    """Base class of a per-pair score.
+
+    Subclasses set :attr:`name` (the column), :attr:`needs_policy_logps` when they use the policy's
+    log-probs of the batch, and implement :meth:`score_batch`; :meth:`prepare` runs once before the first
+    batch (validation gradients, auxiliary models) and :meth:`release` frees what it built.
+    """
+
+    name: str = "score"
+    needs_policy_logps: bool = False
+
+    def config(self) -> dict[str, Any]:
+        """The settings that change the values (part of every cache key and of the provenance)."""
+        return {key: value for key, value in vars(self).items() if not key.startswith("_")}
+
+    def fingerprint(self) -> str:
+        payload = json.dumps({"class": type(self).__name__, **self.config()}, sort_keys=True, default=str)
+        return hashlib.sha1(payload.encode()).hexdigest()[:12]
+
+    def prepare(self, context: ScoringContext) -> None:
+        """Once, before scoring: build what every batch needs."""
+
+    def score_batch(self, context: ScoringContext, batch: dict[str, Any], shared: dict[str, Tensor]) -> Tensor:
+        """Scores ``(B,)`` of one batch. ``shared`` holds the policy log-probs when any scorer asked for them."""
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Free models and tensors built by :meth:`prepare`."""
+
+
+def atomic_write_parquet(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    os.close(handle)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_scores(path: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A scores file as a DataFrame (``pair_id`` + score columns) and its provenance."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "scores.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"scores file {path} does not exist")
+    table = pq.read_table(path)
+    metadata = table.schema.metadata or {}
+    provenance = json.loads(metadata.get(PROVENANCE_KEY, b"{}"))
+    return table.to_pandas(), provenance
+
+
+class ScoreRunner:
+    """Computes scores for every training pair, shard by shard, resumably.
+
+    Args:
+        scorers: the scorers to run (their names must differ).
+        shard_size: pairs per shard file; a shard is the unit of resumption.
+        batch_size: pairs per forward pass (defaults to the data module's ``eval_batch_size``).
+    """
+
+    def __init__(self, scorers: list[Scorer], shard_size: int = 256, batch_size: int | None = None) -> None:
+        names = [scorer.name for scorer in scorers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"score names must be unique, got {names}")
+        if not scorers:
+            raise ValueError("no scorers configured")
+        self.scorers = scorers
+        self.shard_size = shard_size
+        self.batch_size = batch_size
+
+    def run(self, context: ScoringContext, provenance: dict[str, Any] | None = None) -> Path:
+        """Score the training pairs; returns the path of ``scores.parquet``."""
+        work_dir = context.work_dir
+        shard_dir = work_dir / "shards"
+        dataset = context.datamodule.datasets["train"]
+        pair_ids = [item.pair_id for item in dataset.items]
+        n_shards = (len(pair_ids) + self.shard_size - 1) // self.shard_size
+        todo = [k for k in range(n_shards) if not (shard_dir / f"shard-{k:05d}.parquet").exists()]
+        if len(todo) < n_shards:
+            log.info("scoring: resuming, %d of %d shards already done", n_shards - len(todo), n_shards)
+        timings: dict[str, float] = {}
+        if todo:
+            for scorer in self.scorers:
+                start = time.perf_counter()
+                scorer.prepare(context)
+                timings[f"prepare/{scorer.name}"] = time.perf_counter() - start
+            try:
+                self._score_shards(context, todo, shard_dir, timings)
+            finally:
+                for scorer in self.scorers:
+                    scorer.release()
+        shards = [pq.read_table(shard_dir / f"shard-{k:05d}.parquet") for k in range(n_shards)]
+        table = pa.concat_tables(shards)
+        if table.column("pair_id").to_pylist() != pair_ids:
+            raise RuntimeError(f"the shards in {shard_dir} do not match the data; delete them and score again")
+        record = {
+            **(provenance or {}),
+            "policy": context.policy_fingerprint,
+            "data": context.data_fingerprint("train"),
+            "scorers": {scorer.name: {"class": type(scorer).__name__, **scorer.config()} for scorer in self.scorers},
+            "timings_s": timings,
+        }
+        table = table.replace_schema_metadata({PROVENANCE_KEY: json.dumps(record, default=str).encode()})
+        path = work_dir / "scores.parquet"
+        atomic_write_parquet(table, path)
+        return path
+
+    def _score_shards(self, context: ScoringContext, todo: list[int], shard_dir: Path, timings: dict[str, float]) -> None:
+        dataset = context.datamodule.datasets["train"]
+        batch_size = self.batch_size or context.datamodule.eval_batch_size
+        needs_policy = any(scorer.needs_policy_logps for scorer in self.scorers)
+        policy = context.policy
+        total = sum(min(len(dataset), (k + 1) * self.shard_size) - k * self.shard_size for k in todo)
+        progress = tqdm(total=total, desc="scoring", unit="pair", dynamic_ncols=True)
+        start, done = time.perf_counter(), 0
+        for shard in todo:
+            indices = list(range(shard * self.shard_size, min(len(dataset), (shard + 1) * self.shard_size)))
+            columns: dict[str, list[np.ndarray]] = {scorer.name: [] for scorer in self.scorers}
+            for offset in range(0, len(indices), batch_size):
+                items = [dataset[i] for i in indices[offset : offset + batch_size]]
+                batch = move_to(context.datamodule.collate(items), context.device)
+                shared: dict[str, Tensor] = {}
+                if needs_policy:
+                    tick = time.perf_counter()
+                    was_training = policy.training
+                    policy.eval()
+                    with torch.no_grad():
+                        shared = pair_logps(policy, batch, share_prompt=context.share_prompt)
+                    policy.train(was_training)
+                    shared["reference"] = reference_logps(batch)  # type: ignore[assignment]
+                    timings["policy_forward"] = timings.get("policy_forward", 0.0) + time.perf_counter() - tick
+                for scorer in self.scorers:
+                    tick = time.perf_counter()
+                    values = scorer.score_batch(context, batch, shared)
+                    timings[scorer.name] = timings.get(scorer.name, 0.0) + time.perf_counter() - tick
+                    columns[scorer.name].append(values.detach().double().cpu().numpy())
+                done += len(items)
+                progress.update(len(items))
+                progress.set_postfix(pairs_per_s=f"{done / (time.perf_counter() - start):.1f}")
+            table = pa.table(
+                {
+                    "pair_id": [dataset.items[i].pair_id for i in indices],
+                    **{name: np.concatenate(parts) for name, parts in columns.items()},
+                }
+            )
+            atomic_write_parquet(table, shard_dir / f"shard-{shard:05d}.parquet")
+        progress.close()
+        elapsed = time.perf_counter() - start
+        log.info("scoring: %d pairs in %.1f s (%.2f pairs/s)", done, elapsed, done / max(elapsed, 1e-9))

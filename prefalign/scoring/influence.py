@@ -1,0 +1,183 @@
+"""Exact first-order influence (IF) of every training pair on the mean validation loss.
+
+TIF paper (Zhang et al., ICLR 2026), the IF definition (slide "Preliminary", and Eq. for IF_DPO)::
+
+    IF(d) = < (1/|D_val|) sum_i grad ell(theta; d_val_i) ,  grad ell(theta; d) >
+
+under the training loss ``ell`` (DPO, SLiC, IPO, SimPO, ...). Positive means the pair's gradient agrees with
+the validation gradient: a gradient step on ``d`` lowers the validation loss, to first order.
+
+**Exact at forward cost.** ``<grad ell_d(theta), v> = d/de ell_d(theta + e v)`` at ``e = 0``. With ``v`` the
+mean validation gradient (one ordinary backward pass over the validation set), one forward-mode JVP
+(``torch.func.jvp`` over ``torch.func.functional_call``) of the vector of per-pair losses along ``v`` returns
+every pair's exact IF in the batch: no per-example gradient is ever formed. This is exact, not an
+approximation: it equals the per-pair autograd inner product up to floating-point rounding
+(:func:`per_pair_influence` is that reference, kept for tests and benchmarks).
+
+Forward-mode AD needs attention kernels with a forward-AD formula: the pass runs PyTorch's math SDPA backend
+(the fused flash / memory-efficient kernels have none). ``nn.Embedding(padding_idx=pad)`` zeroes the pad row
+of every gradient, so the validation gradient ``v`` has a zero pad row and JVP and autograd agree.
+
+Which parameters count is an option: every trainable parameter (default; the LoRA weights under LoRA), all
+parameters, or those whose names match regular expressions.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.func import functional_call, jvp
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from tqdm.auto import tqdm
+
+from prefalign.losses import PreferenceLoss
+from prefalign.models import DTYPES
+from prefalign.module import PreferenceModule
+from prefalign.reference import move_to
+from prefalign.scoring.base import Scorer, ScoringContext
+
+log = logging.getLogger(__name__)
+
+
+class PairLosses(torch.nn.Module):
+    """``batch -> per-pair training losses (B,)``, through the training module's own forward."""
+
+    def __init__(self, model: torch.nn.Module, loss: PreferenceLoss, share_prompt: bool = True) -> None:
+        super().__init__()
+        self.module = PreferenceModule(model, loss, optimizer=None, share_prompt=share_prompt)  # type: ignore[arg-type]
+
+    def forward(self, batch: dict[str, Any]) -> Tensor:
+        return self.module(batch)[0].losses
+
+
+def select_parameters(model: torch.nn.Module, parameters: str | list[str] = "trainable") -> dict[str, Tensor]:
+    """The parameters the influence is taken over, by name.
+
+    Args:
+        model: the policy.
+        parameters: ``"trainable"`` (those with ``requires_grad``: all under full fine-tuning, the adapters under
+            LoRA), ``"all"``, or a list of regular expressions matched against parameter names
+            (e.g. ``["layers\\.2[0-9]\\.", "lm_head"]``).
+    """
+    named = dict(model.named_parameters())
+    if parameters == "trainable":
+        chosen = {name: p for name, p in named.items() if p.requires_grad}
+    elif parameters == "all":
+        chosen = named
+    else:
+        patterns = [re.compile(pattern) for pattern in parameters]
+        chosen = {name: p for name, p in named.items() if any(pattern.search(name) for pattern in patterns)}
+    if not chosen:
+        raise ValueError(f"score.influence.parameters={parameters!r} matches no parameter of the model")
+    return chosen
+
+
+def validation_gradient(
+    losses: PairLosses, loader: Any, names: list[str], device: torch.device, desc: str = "validation gradient"
+) -> dict[str, Tensor]:
+    """``v = grad (1/|D_val|) sum_i ell(theta; d_val_i)`` over the named parameters (one backward pass)."""
+    named = dict(losses.named_parameters())
+    total = len(loader.dataset)
+    flags = {name: p.requires_grad for name, p in named.items()}
+    for name, parameter in named.items():
+        parameter.requires_grad_(name in names)
+        parameter.grad = None
+    losses.eval()
+    try:
+        for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+            (losses(move_to(batch, device)).sum() / total).backward()
+        gradient = {}
+        for name in names:
+            grad = named[name].grad
+            gradient[name] = torch.zeros_like(named[name]) if grad is None else grad.detach().clone()
+    finally:
+        for name, parameter in named.items():
+            parameter.grad = None
+            parameter.requires_grad_(flags[name])
+    return gradient
+
+
+def jvp_influence(losses: PairLosses, batch: dict[str, Any], direction: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Per-pair losses and ``<grad ell_d, direction>`` for every pair of a batch, in one forward-mode pass."""
+    primals = {name: parameter.detach() for name, parameter in losses.named_parameters() if name in direction}
+    tangents = {name: direction[name].to(primals[name].dtype) for name in primals}
+
+    def per_pair(parameters: dict[str, Tensor]) -> Tensor:
+        return functional_call(losses, parameters, (batch,), strict=False)
+
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        values, influence = jvp(per_pair, (primals,), (tangents,))
+    return values, influence
+
+
+def per_pair_influence(losses: PairLosses, batch: dict[str, Any], direction: dict[str, Tensor]) -> Tensor:
+    """Reference implementation: one autograd gradient per pair, dotted with ``direction`` (the paper's way)."""
+    named = dict(losses.named_parameters())
+    parameters = [named[name] for name in direction]
+    flags = [p.requires_grad for p in parameters]
+    for parameter in parameters:
+        parameter.requires_grad_(True)
+    results = []
+    try:
+        for row in range(len(batch["pair_ids"])):
+            single = {
+                key: value[row : row + 1] if isinstance(value, (Tensor, list)) else value for key, value in batch.items()
+            }
+            loss = losses(single).sum()
+            gradients = torch.autograd.grad(loss, parameters, allow_unused=True)
+            dot = sum(
+                (g * direction[name]).sum() for name, g in zip(direction, gradients) if g is not None
+            )
+            results.append(torch.as_tensor(dot, dtype=loss.dtype))
+    finally:
+        for parameter, flag in zip(parameters, flags):
+            parameter.requires_grad_(flag)
+    return torch.stack(results)
+
+
+class InfluenceScorer(Scorer):
+    """``influence``: the exact IF of each training pair on the mean validation loss (JVP, see module doc).
+
+    Args:
+        parameters: which parameters count (see :func:`select_parameters`).
+        dtype: compute in this dtype (``float64`` for exactness checks; ``null`` keeps the policy's dtype).
+        method: ``jvp`` (batched forward-mode, default) or ``autograd`` (per-pair gradients, the reference).
+    """
+
+    name = "influence"
+
+    def __init__(self, parameters: str | list[str] = "trainable", dtype: str | None = None, method: str = "jvp") -> None:
+        if method not in ("jvp", "autograd"):
+            raise ValueError(f"score.influence.method must be jvp or autograd, got {method!r}")
+        if dtype is not None and dtype not in DTYPES:
+            raise ValueError(f"score.influence.dtype must be one of {sorted(DTYPES)} or null, got {dtype!r}")
+        self.parameters = parameters if isinstance(parameters, str) else list(parameters)
+        self.dtype = dtype
+        self.method = method
+        self._losses: PairLosses | None = None
+        self._direction: dict[str, Tensor] | None = None
+
+    def prepare(self, context: ScoringContext) -> None:
+        model = context.policy
+        if self.dtype is not None and next(model.parameters()).dtype != DTYPES[self.dtype]:
+            model = copy.deepcopy(model).to(DTYPES[self.dtype])
+        self._losses = PairLosses(model, context.loss, context.share_prompt)
+        names = ["module.policy." + name for name in select_parameters(model, self.parameters)]
+        self._direction = validation_gradient(self._losses, context.datamodule.eval_loader("val"), names, context.device)
+        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in self._direction.values()))
+        log.info("influence: validation gradient over %d tensors, norm %.4g", len(names), norm)
+
+    def score_batch(self, context: ScoringContext, batch: dict[str, Any], shared: dict[str, Tensor]) -> Tensor:
+        assert self._losses is not None and self._direction is not None
+        if self.method == "autograd":
+            return per_pair_influence(self._losses, batch, self._direction)
+        return jvp_influence(self._losses, batch, self._direction)[1]
+
+    def release(self) -> None:
+        self._losses = None
+        self._direction = None

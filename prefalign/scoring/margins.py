@@ -1,0 +1,274 @@
+"""Margins that do not depend on the policy being trained: annotator and reward-model margins, IFD, the BeeS
+implicit margin of a proxy model, and random scores (the baselines of both papers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Subset
+from transformers import AutoModelForCausalLM
+
+from prefalign.data.records import DataError, PreferencePair, Text
+from prefalign.logprobs import pair_logps
+from prefalign.losses import DPOLoss
+from prefalign.models import DTYPES, _atomic_save
+from prefalign.scoring.base import Scorer, ScoringContext
+from prefalign.scoring.proxies import train_on_pairs
+
+log = logging.getLogger(__name__)
+
+
+def batch_pairs(context: ScoringContext, batch: dict[str, Any]) -> list[PreferencePair]:
+    """The raw pairs of a batch (by dataset index)."""
+    pairs = context.datamodule.pairs["train"]
+    return [pairs[int(index)] for index in batch["index"]]
+
+
+class RandomScorer(Scorer):
+    """``random``: a uniform number in [0, 1) per pair, from the seed and the pair id (order-independent)."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def score_batch(self, context: ScoringContext, batch: dict[str, Any], shared: dict[str, Tensor]) -> Tensor:
+        values = [
+            np.random.default_rng([self.seed, zlib.crc32(pair_id.encode())]).random() for pair_id in batch["pair_ids"]
+        ]
+        return torch.tensor(values, dtype=torch.float64)
+
+
+class AnnotatorScorer(Scorer):
+    """``annotator``: the margin of the annotator scores that ship with the data, ``score_chosen - score_rejected``.
+
+    UltraFeedback's GPT-4 ratings (the papers' "GPT4" baseline) or the built-in set's simulated annotator.
+    """
+
+    name = "annotator"
+
+    def score_batch(self, context: ScoringContext, batch: dict[str, Any], shared: dict[str, Tensor]) -> Tensor:
+        margins = []
+        for pair in batch_pairs(context, batch):
+            if "score_chosen" not in pair.scores or "score_rejected" not in pair.scores:
+                raise DataError(f"pair {pair.pair_id}: the annotator score needs score_chosen and score_rejected")
+            margins.append(pair.scores["score_chosen"] - pair.scores["score_rejected"])
+        return torch.tensor(margins, dtype=torch.float64)
+
+
+def conversation_text(tokenizer: Any, prompt: Text, completion: Text) -> str:
+    """Prompt and completion as one text for a reward model: its chat template, or plain concatenation."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        reply = [{"role": "assistant", "content": completion}] if isinstance(completion, str) else list(completion)
+        return tokenizer.apply_chat_template(messages + reply, tokenize=False)
+    as_text = lambda value: value if isinstance(value, str) else "\n".join(m["content"] for m in value)  # noqa: E731
+    return as_text(prompt) + as_text(completion)
+
+
+class RewardModel:
+    """A Hugging Face sequence-classification reward model: ``r(x, y)`` = its first logit.
+
+    Args:
+        model: hub name or local folder (the papers use ``Skywork/Skywork-Reward-Llama-3.1-8B-v0.2``).
+        dtype: parameter dtype.
+        max_length: truncation of prompt + response, in the reward model's tokens (keeps the end).
+        batch_size: texts per forward pass.
+    """
+
+    def __init__(self, model: str, dtype: str = "float32", max_length: int = 1024, batch_size: int = 8) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.truncation_side = "left"
+        self.model = AutoModelForSequenceClassification.from_pretrained(model, dtype=DTYPES[dtype]).eval()
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.max_length = max_length
+        self.batch_size = batch_size
+
+    def to(self, device: torch.device) -> "RewardModel":
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def rewards(self, prompts: list[Text], completions: list[Text]) -> Tensor:
+        """``r(x, y)`` for each (prompt, completion), float64 on CPU."""
+        texts = [conversation_text(self.tokenizer, p, c) for p, c in zip(prompts, completions)]
+        device = next(self.model.parameters()).device
+        values = []
+        for start in range(0, len(texts), self.batch_size):
+            encoded = self.tokenizer(
+                texts[start : start + self.batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                add_special_tokens=not getattr(self.tokenizer, "chat_template", None),
+            ).to(device)
+            values.append(self.model(**encoded).logits[:, 0].double().cpu())
+        return torch.cat(values)
+
+
+class RewardModelScorer(Scorer):
+    """``reward_model``: the external reward-model margin ``r(x, y_w) - r(x, y_l)``.
+
+    Args:
+        model: a sequence-classification reward model, hub name or local path.
+        dtype, max_length, batch_size: see :class:`RewardModel`.
+    """
+
+    name = "reward_model"
+
+    def __init__(self, model: str, dtype: str = "float32", max_length: int = 1024, batch_size: int = 8) -> None:
+        self.model = model
+        self.dtype = dtype
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self._reward_model: RewardModel | None = None
+
+    def prepare(self, context: ScoringContext) -> None:
+        self._reward_model = RewardModel(self.model, self.dtype, self.max_length, self.batch_size).to(context.device)
+
+    def score_batch(self, context: ScoringContext, batch: dict[str, Any], shared: dict[str, Tensor]) -> Tensor:
+        assert self._reward_model is not None
+        pairs = batch_pairs(context, batch)
+        prompts = [pair.prompt for pair in pairs]
+        chosen = self._reward_model.rewards(prompts, [pair.chosen for pair in pairs])
+        rejected = self._reward_model.rewards(prompts, [pair.rejected for pair in pairs])
+        return chosen - rejected
+
+    def release(self) -> None:
+        self._reward_model = None
+
+
+class IFDScorer(Scorer):
+    """``ifd``: the instruction-following-difficulty (conditional perplexity) margin, BeeS paper Sec. 4 baselines.
+
+    ``IFD(y|x) = PPL(y|x) / PPL(y)`` with ``PPL(y|x) = exp(-s(y|x)/|y|)`` and ``PPL(y)`` the perplexity of the
+    completion alone (after a single start token: BOS, or EOS for tokenizers without one). The margin is
+    ``sign * (IFD(y_w|x) - IFD(y_l|x))``. Computed with the reference (initial / SFT) model, as the BeeS paper
+    does with its SFT model; ``s(y|x)`` is then the cached reference log-prob.
+
+    Args:
+        sign: +1 or -1.
+    """
+
+    name = "ifd"
+
+    def __init__(self, sign: int = 1) -> None:
+        if sign not in (1, -1):
+            raise ValueError(f"score.ifd.sign must be 1 or -1, got {sign}")
+        self.sign = sign
+        self._model: torch.nn.Module | None = None
+
+    def prepare(self, context: ScoringContext) -> None:
+        self._model = context.source.load_reference_model().to(context.device).eval()
+
+    def score_batch(self, context: ScoringContext, batch: dict[str, Any], shared: dict[str, Tensor]) -> Tensor:
+        assert self._model is not None
+        tokenizer = context.datamodule.tokenizer
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        size = batch["prompt_input_ids"].shape[0]
+        device = batch["prompt_input_ids"].device
+        bare = {
+            **batch,
+            "prompt_input_ids": torch.full((size, 1), start, dtype=torch.long, device=device),
+            "prompt_attention_mask": torch.ones((size, 1), dtype=torch.long, device=device),
+        }
+        with torch.no_grad():
+            unconditional = pair_logps(self._model, bare, share_prompt=True)
+            conditional = batch.get("reference_chosen_logps")
+            if conditional is None:
+                conditional_logps = pair_logps(self._model, batch, share_prompt=True)
+                chosen_given, rejected_given = conditional_logps["chosen_logps"], conditional_logps["rejected_logps"]
+            else:
+                chosen_given, rejected_given = batch["reference_chosen_logps"], batch["reference_rejected_logps"]
+        lengths_w, lengths_l = unconditional["chosen_lengths"], unconditional["rejected_lengths"]
+        ifd_w = torch.exp((unconditional["chosen_logps"] - chosen_given) / lengths_w)
+        ifd_l = torch.exp((unconditional["rejected_logps"] - rejected_given) / lengths_l)
+        return self.sign * (ifd_w - ifd_l).double()
+
+    def release(self) -> None:
+        self._model = None
+
+
+class BeesImplicitScorer(Scorer):
+    """``bees_implicit``: the BeeS implicit reward margin ``m_im = rho_w - rho_l`` of a weakly aligned proxy.
+
+    BeeS paper (Deng et al.), Sec. 3.3: a small proxy model is DPO-trained on a random seed subset (about
+    2,000 pairs) and its implicit margins on every pair are one of the margin sources of the Bayesian
+    aggregation. Here the proxy starts from the policy's initial weights (the same model family, as the paper
+    allows), trains with DPO, and is cached by content in ``<cache_dir>/auxiliary/<key>``.
+
+    Args:
+        seed_pairs: size of the random seed subset (all pairs when there are fewer).
+        beta: DPO ``beta`` of the proxy's training.
+        lr: its learning rate.
+        epochs: its epochs.
+        seed: seed of the subset draw.
+    """
+
+    name = "bees_implicit"
+
+    def __init__(self, seed_pairs: int = 2000, beta: float = 0.1, lr: float = 5e-6, epochs: int = 1, seed: int = 0) -> None:
+        self.seed_pairs = seed_pairs
+        self.beta = beta
+        self.lr = lr
+        self.epochs = epochs
+        self.seed = seed
+        self._proxy: torch.nn.Module | None = None
+
+    def seed_subset(self, size: int) -> list[int]:
+        generator = np.random.default_rng(self.seed)
+        return sorted(generator.permutation(size)[: min(self.seed_pairs, size)].tolist())
+
+    def prepare(self, context: ScoringContext) -> None:
+        dataset = context.datamodule.datasets["train"]
+        if dataset.reference is None:
+            raise ValueError("bees_implicit needs the reference log-probs of the training pairs")
+        subset = self.seed_subset(len(dataset))
+        key_payload = "|".join(
+            [context.source.fingerprint(), context.data_fingerprint("train"), json.dumps(subset[:50]), self.fingerprint()]
+        )
+        folder = Path(context.cache_dir) / "auxiliary" / hashlib.sha1(key_payload.encode()).hexdigest()[:20]
+        if (folder / "config.json").exists():
+            log.info("bees_implicit: proxy model from cache %s", folder)
+            proxy = AutoModelForCausalLM.from_pretrained(folder, dtype=next(context.policy.parameters()).dtype)
+        else:
+            proxy = context.source.load_base_model()
+            for parameter in proxy.parameters():
+                parameter.requires_grad_(True)
+            loader = DataLoader(
+                Subset(dataset, subset),
+                batch_size=context.datamodule.batch_size,
+                shuffle=True,
+                generator=torch.Generator().manual_seed(self.seed),
+                collate_fn=context.datamodule.collate,
+            )
+            proxy = train_on_pairs(
+                proxy.to(context.device), context, loader, self.epochs, self.lr, "BeeS proxy model", DPOLoss(self.beta)
+            )
+            _atomic_save(proxy.save_pretrained, folder)
+        self._proxy = proxy.to(context.device).eval()
+
+    def score_batch(self, context: ScoringContext, batch: dict[str, Any], shared: dict[str, Tensor]) -> Tensor:
+        assert self._proxy is not None
+        with torch.no_grad():
+            proxy = pair_logps(self._proxy, batch, share_prompt=context.share_prompt)
+        reference = {key[len("reference_") :]: value for key, value in batch.items() if key.startswith("reference_")}
+        return (proxy["chosen_logps"] - reference["chosen_logps"]) - (proxy["rejected_logps"] - reference["rejected_logps"])
+
+    def release(self) -> None:
+        self._proxy = None

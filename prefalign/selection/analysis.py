@@ -1,0 +1,161 @@
+"""Comparing selectors: overlap with TIF, score correlations, noise detection, and plots.
+
+* **Overlap coefficient** (TIF paper, "Overlap Coefficient" table): ``|A ∩ B| / min(|A|, |B|)`` between the
+  kept sets of two selections; the paper compares LossDiff, IRM and LossDiff-IRM against exact TIF.
+* **Correlations**: Pearson and Spearman between every pair of score columns.
+* **Noise**: on data with known noise (metadata ``label_flipped`` / ``ambiguous``, e.g. the built-in set), how
+  many flipped and ambiguous pairs each selection keeps, against the base rate a random selection keeps in
+  expectation. Only this analysis reads the ground truth; no rule does.
+* **Plots** (PNG): a histogram of each score, and the joint scatter of two scores (like Figure 1 of the BeeS
+  paper), coloured by the ground-truth noise when it is known.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from prefalign.selection.rules import Selection
+
+log = logging.getLogger(__name__)
+
+NOISE_COLUMNS = ("label_flipped", "ambiguous")
+
+
+def overlap_coefficient(first: list[str] | set[str], second: list[str] | set[str]) -> float:
+    """``|A ∩ B| / min(|A|, |B|)`` (1.0 when one set contains the other; 0.0 when either is empty)."""
+    a, b = set(first), set(second)
+    if not a or not b:
+        return 0.0
+    return len(a & b) / min(len(a), len(b))
+
+
+def overlap_table(selections: dict[str, Selection]) -> pd.DataFrame:
+    """Pairwise overlap coefficients of all selections (a symmetric matrix)."""
+    names = list(selections)
+    matrix = pd.DataFrame(index=names, columns=names, dtype=float)
+    for a, b in itertools.product(names, names):
+        matrix.loc[a, b] = overlap_coefficient(selections[a].kept, selections[b].kept)
+    return matrix
+
+
+def correlation_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """Pearson and Spearman correlation of every pair of score columns."""
+    columns = [c for c in scores.columns if c != "pair_id" and scores[c].nunique() > 1]
+    rows = []
+    for a, b in itertools.combinations(columns, 2):
+        rows.append(
+            {
+                "score_a": a,
+                "score_b": b,
+                "pearson": scores[a].corr(scores[b], method="pearson"),
+                "spearman": scores[a].corr(scores[b], method="spearman"),
+            }
+        )
+    return pd.DataFrame(rows, columns=["score_a", "score_b", "pearson", "spearman"])
+
+
+def noise_table(selections: dict[str, Selection], truth: pd.DataFrame) -> pd.DataFrame:
+    """Flipped and ambiguous pairs kept by each selection, against the base rate.
+
+    Args:
+        selections: name -> selection.
+        truth: ``pair_id`` plus boolean ``label_flipped`` / ``ambiguous`` columns (from the data's metadata).
+    """
+    truth = truth.set_index("pair_id")
+    rows = []
+    base = {column: float(truth[column].mean()) for column in NOISE_COLUMNS if column in truth}
+    for name, selection in selections.items():
+        kept = truth.loc[[pid for pid in selection.kept if pid in truth.index]]
+        row: dict[str, Any] = {"selection": name, "kept": len(kept), "kept_fraction": selection.kept_fraction}
+        for column in base:
+            count = int(kept[column].sum())
+            row[f"{column}_kept"] = count
+            row[f"{column}_rate"] = count / len(kept) if len(kept) else float("nan")
+            row[f"{column}_base_rate"] = base[column]
+            # share of all such pairs that the selection removed (random removes 1 - kept_fraction of them)
+            total = int(truth[column].sum())
+            row[f"{column}_removed"] = 1 - count / total if total else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def ground_truth(pairs: list[Any]) -> pd.DataFrame | None:
+    """``pair_id`` + noise columns from the pairs' metadata, or ``None`` when the data has no ground truth."""
+    if not pairs or not all(column in pairs[0].metadata for column in NOISE_COLUMNS):
+        return None
+    return pd.DataFrame(
+        {
+            "pair_id": [pair.pair_id for pair in pairs],
+            **{column: [bool(pair.metadata.get(column)) for pair in pairs] for column in NOISE_COLUMNS},
+        }
+    )
+
+
+def markdown_table(frame: pd.DataFrame, digits: int = 4, index: bool = False) -> str:
+    """A DataFrame as a GitHub Markdown table (no extra dependency)."""
+    frame = frame.reset_index() if index else frame
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
+
+    def cell(value: Any) -> str:
+        if isinstance(value, (float, np.floating)):
+            return "nan" if np.isnan(value) else f"{value:.{digits}f}"
+        return str(value)
+
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def plot_scores(scores: pd.DataFrame, out_dir: Path, truth: pd.DataFrame | None, pairs: list[tuple[str, str]]) -> list[Path]:
+    """Histogram of each score and joint scatter plots of the given score pairs; returns the PNG paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    merged = scores.merge(truth, on="pair_id", how="left") if truth is not None else scores
+    if truth is not None:
+        category = np.where(merged["label_flipped"], "flipped", np.where(merged["ambiguous"], "ambiguous", "clean"))
+    else:
+        category = np.array(["all"] * len(merged))
+    colours = {"clean": "tab:blue", "flipped": "tab:red", "ambiguous": "tab:orange", "all": "tab:blue"}
+    written = []
+    for name in [c for c in scores.columns if c != "pair_id"]:
+        figure, axis = plt.subplots(figsize=(5, 3.5))
+        groups = [g for g in colours if (category == g).any()]
+        axis.hist([merged[name][category == g] for g in groups], bins=40, stacked=True, label=groups,
+                  color=[colours[g] for g in groups])
+        axis.set_xlabel(name)
+        axis.set_ylabel("pairs")
+        axis.legend()
+        axis.set_title(f"{name} ({len(merged)} pairs)")
+        figure.tight_layout()
+        path = out_dir / f"hist_{name}.png"
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+        written.append(path)
+    for a, b in pairs:
+        if a not in scores.columns or b not in scores.columns:
+            continue
+        figure, axis = plt.subplots(figsize=(4.5, 4.5))
+        for g in [g for g in colours if (category == g).any()]:
+            mask = category == g
+            axis.scatter(merged[a][mask], merged[b][mask], s=6, alpha=0.6, label=g, color=colours[g])
+        rho = merged[a].corr(merged[b], method="spearman")
+        axis.set_xlabel(a)
+        axis.set_ylabel(b)
+        axis.set_title(f"{a} vs {b} (Spearman {rho:.3f})")
+        axis.legend()
+        figure.tight_layout()
+        path = out_dir / f"scatter_{a}_{b}.png"
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+        written.append(path)
+    return written

@@ -1,0 +1,414 @@
+"""Selection rules: scores in, kept pair ids out.
+
+Every rule reads a scores table (``pair_id`` + one column per score, see :mod:`prefalign.scoring`) and returns a
+:class:`Selection`: the kept pair ids, the rule, its resolved thresholds and the kept fraction. Rules never read
+pair metadata (the ground truth of synthetic data lives there).
+
+Percentile bands follow the TIF paper's strict form ``delta_small < s < delta_large``, with ``delta`` the
+given percentiles of the score's distribution; a band edge at the 0th or 100th percentile is open (keeps the
+minimum or maximum). Where a rule takes ``keep_fraction`` instead of thresholds, it solves for symmetric
+percentile bands ``(q, 100 - q)`` that keep that fraction (:func:`solve_symmetric_band`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass
+class Selection:
+    """The result of a rule: kept pair ids (in score-file order) and how they were chosen."""
+
+    kept: list[str]
+    rule: str
+    thresholds: dict[str, Any]
+    total: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kept_fraction(self) -> float:
+        return len(self.kept) / self.total if self.total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "kept_fraction": self.kept_fraction, "kept_count": len(self.kept)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=float)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Selection":
+        return cls(data["kept"], data["rule"], data["thresholds"], data["total"], data.get("details", {}))
+
+
+def column(scores: pd.DataFrame, name: str) -> np.ndarray:
+    """A score column as float64, with a clear error when it is missing or not finite."""
+    if name not in scores.columns:
+        available = [c for c in scores.columns if c != "pair_id"]
+        raise KeyError(f"the scores have no column '{name}' (available: {available})")
+    values = scores[name].to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        ids = scores["pair_id"].to_numpy()[bad][:5].tolist()
+        raise ValueError(f"score '{name}' is not finite for {int(bad.sum())} pairs, e.g. {ids}")
+    return values
+
+
+def band_mask(values: np.ndarray, low: float, high: float) -> tuple[np.ndarray, dict[str, float]]:
+    """``delta_low < v < delta_high`` with ``delta`` the ``low`` / ``high`` percentiles (open at 0 and 100)."""
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"a percentile band needs 0 <= low < high <= 100, got ({low}, {high})")
+    lower = -math.inf if low == 0 else float(np.percentile(values, low))
+    upper = math.inf if high == 100 else float(np.percentile(values, high))
+    mask = np.ones(len(values), dtype=bool)
+    if low > 0:
+        mask &= values > lower
+    if high < 100:
+        mask &= values < upper
+    return mask, {"low_percentile": low, "high_percentile": high, "low_value": lower, "high_value": upper}
+
+
+def solve_symmetric_band(
+    kept_fraction_at: Callable[[float], float], target: float, iterations: int = 60
+) -> float:
+    """The ``q`` of symmetric bands ``(q, 100 - q)`` whose kept fraction is closest to ``target`` from above.
+
+    ``kept_fraction_at(q)`` must be non-increasing in ``q`` (wider bands keep more). Bisection on
+    ``q`` in ``[0, 50)``; with discrete data the exact target may not be reachable, and the returned ``q`` keeps
+    at least ``target`` (the smallest such fraction found).
+    """
+    if not 0 < target <= 1:
+        raise ValueError(f"keep_fraction must be in (0, 1], got {target}")
+    low, high = 0.0, 50.0  # kept_fraction_at(0) is the largest
+    if kept_fraction_at(0.0) < target:
+        return 0.0
+    for _ in range(iterations):
+        middle = (low + high) / 2
+        if kept_fraction_at(middle) >= target:
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+class SelectionRule:
+    """Base class. ``scores`` lists the score columns the rule reads (the pipeline computes those)."""
+
+    name = "rule"
+
+    @property
+    def scores(self) -> list[str]:
+        return []
+
+    def select(self, scores: pd.DataFrame) -> Selection:
+        raise NotImplementedError
+
+    def _result(self, scores: pd.DataFrame, mask: np.ndarray, thresholds: dict[str, Any], **details: Any) -> Selection:
+        kept = scores["pair_id"].to_numpy()[mask].tolist()
+        return Selection(kept, self.name, thresholds, len(scores), details)
+
+
+class FullSelection(SelectionRule):
+    """``full``: keep every pair (training on the full data, the papers' baseline)."""
+
+    name = "full"
+
+    def select(self, scores: pd.DataFrame) -> Selection:
+        return self._result(scores, np.ones(len(scores), dtype=bool), {})
+
+
+def count_for(total: int, keep_fraction: float | None, k: int | None) -> int:
+    """How many pairs to keep: ``k`` when given, else ``round(keep_fraction * total)``."""
+    if keep_fraction is None and k is None:
+        raise ValueError("give keep_fraction or k")
+    if k is not None:
+        if k < 0:
+            raise ValueError(f"k must be non-negative, got {k}")
+        return min(k, total)
+    if not 0 < keep_fraction <= 1:  # type: ignore[operator]
+        raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
+    return int(round(keep_fraction * total))  # type: ignore[operator]
+
+
+class RandomSelection(SelectionRule):
+    """``random``: a uniformly random subset of ``keep_fraction`` (or ``k``) pairs, from ``seed``."""
+
+    name = "random"
+
+    def __init__(self, keep_fraction: float | None = 0.64, k: int | None = None, seed: int = 0) -> None:
+        self.keep_fraction, self.k, self.seed = keep_fraction, k, seed
+
+    def select(self, scores: pd.DataFrame) -> Selection:
+        count = count_for(len(scores), self.keep_fraction, self.k)
+        mask = np.zeros(len(scores), dtype=bool)
+        mask[np.random.default_rng(self.seed).permutation(len(scores))[:count]] = True
+        return self._result(scores, mask, {"count": count, "seed": self.seed})
+
+
+class RankSelection(SelectionRule):
+    """``topk`` / ``bottomk``: the ``k`` pairs (or ``keep_fraction``) with the largest / smallest ``score``.
+
+    Ties at the cut are broken by score-file order (stable sort).
+    """
+
+    def __init__(self, score: str, keep_fraction: float | None = None, k: int | None = None, largest: bool = True) -> None:
+        self.score, self.keep_fraction, self.k, self.largest = score, keep_fraction, k, largest
+        self.name = "topk" if largest else "bottomk"
+
+    @property
+    def scores(self) -> list[str]:
+        return [self.score]
+
+    def select(self, scores: pd.DataFrame) -> Selection:
+        values = column(scores, self.score)
+        count = count_for(len(values), self.keep_fraction, self.k)
+        order = np.argsort(-values if self.largest else values, kind="stable")
+        mask = np.zeros(len(values), dtype=bool)
+        mask[order[:count]] = True
+        cut = float(values[order[count - 1]]) if count else None
+        return self._result(scores, mask, {"score": self.score, "count": count, "cut_value": cut})
+
+
+class BandSelection(SelectionRule):
+    """``band`` (and ``tif``, ``lossdiff``, ``irm``): keep pairs whose ``score`` lies strictly inside a
+    percentile band (TIF paper, the TIF selector ``I[delta_small < IF < delta_large]``).
+
+    Args:
+        score: the score column.
+        low, high: percentiles of the band (used when ``keep_fraction`` is null).
+        keep_fraction: if given, the band is ``(q, 100 - q)`` with ``q = 50 (1 - keep_fraction)``.
+        name: rule name reported in the selection file.
+    """
+
+    def __init__(
+        self, score: str, low: float = 10.0, high: float = 90.0, keep_fraction: float | None = None, name: str = "band"
+    ) -> None:
+        self.score, self.low, self.high, self.keep_fraction, self.name = score, low, high, keep_fraction, name
+
+    @property
+    def scores(self) -> list[str]:
+        return [self.score]
+
+    def select(self, scores: pd.DataFrame) -> Selection:
+        values = column(scores, self.score)
+        low, high = self.low, self.high
+        if self.keep_fraction is not None:
+            if not 0 < self.keep_fraction <= 1:
+                raise ValueError(f"keep_fraction must be in (0, 1], got {self.keep_fraction}")
+            low = 50.0 * (1 - self.keep_fraction)
+            high = 100.0 - low
+        mask, thresholds = band_mask(values, low, high)
+        return self._result(scores, mask, {"score": self.score, **thresholds})
+
+
+class LossDiffIRMSelection(SelectionRule):
+    """``lossdiff_irm``: keep a pair iff LossDiff *and* IRM both lie inside their percentile bands.
+
+    TIF paper, LossDiff-IRM rule:
+    ``I[xi_small < LossDiff < xi_large] AND I[tau_small < IRM < tau_large]``.
+
+    With ``keep_fraction`` the two bands are symmetric and equal, ``(q, 100 - q)`` on both scores, and ``q`` is
+    solved so the intersection keeps (at least, and as close as the data allow) that fraction. The paper keeps
+    50-64%; (10, 90) on both is the default (about 64% if the two scores were independent).
+
+    Args:
+        lossdiff_band, irm_band: ``[low, high]`` percentiles.
+        keep_fraction: target kept fraction, replacing the bands when given.
+        lossdiff_score, irm_score: column names.
+    """
+
+    name = "lossdiff_irm"
+
+    def __init__(
+        self,
+        lossdiff_band: Sequence[float] = (10.0, 90.0),
+        irm_band: Sequence[float] = (10.0, 90.0),
+        keep_fraction: float | None = None,
+        lossdiff_score: str = "lossdiff",
+        irm_score: str = "irm",
+    ) -> None:
+        self.lossdiff_band = tuple(float(v) for v in lossdiff_band)
+        self.irm_band = tuple(float(v) for v in irm_band)
+        self.keep_fraction = keep_fraction
+        self.lossdiff_score, self.irm_score = lossdiff_score, irm_score
+
+    @property
+    def scores(self) -> list[str]:
+        return [self.lossdiff_score, self.irm_score]
+
+    def select(self, scores: pd.DataFrame) -> Selection:
+        lossdiff, irm = column(scores, self.lossdiff_score), column(scores, self.irm_score)
+
+        def both(q_lossdiff: tuple[float, float], q_irm: tuple[float, float]) -> tuple[np.ndarray, dict, dict]:
+            mask_a, thresholds_a = band_mask(lossdiff, *q_lossdiff)
+            mask_b, thresholds_b = band_mask(irm, *q_irm)
+            return mask_a & mask_b, thresholds_a, thresholds_b
+
+        lossdiff_band, irm_band = self.lossdiff_band, self.irm_band
+        if self.keep_fraction is not None:
+            q = solve_symmetric_band(lambda q: both((q, 100 - q), (q, 100 - q))[0].mean(), self.keep_fraction)
+            lossdiff_band = irm_band = (q, 100 - q)
+        mask, thresholds_lossdiff, thresholds_irm = both(lossdiff_band, irm_band)
+        return self._result(
+            scores,
+            mask,
+            {self.lossdiff_score: thresholds_lossdiff, self.irm_score: thresholds_irm, "keep_fraction": self.keep_fraction},
+        )
+
+
+def bees_upper_bound(margins: np.ndarray, lower: float = -2.0, divisor: float = 2.0, min_tail: int = 30) -> float:
+    """The BeeS dynamic upper bound ``U`` of one margin source.
+
+    Start at ``int(max(m) / d)`` (``d = 2`` for implicit margins, 1.5 for external ones), at least ``L + 1``;
+    while ``U <= max(m)``: stop when fewer than ``min_tail`` (30) margins lie in ``[U, max]`` or when that count
+    is below ``max - U``; otherwise ``U += 1``. (BeeS paper, App. A.1, the two stopping conditions; the start
+    and the step follow the released sampler.)
+    """
+    top = float(np.max(margins))
+    upper = max(float(int(top / divisor)), lower + 1)
+    while upper <= top:
+        count = int(np.sum((margins >= upper) & (margins <= top)))
+        if count < min_tail or count < top - upper:
+            break
+        upper += 1
+    return upper
+
+
+def bees_probability(margins: list[np.ndarray], uppers: list[float], lower: float = -2.0, eps: float = 1e-6) -> np.ndarray:
+    """The BeeS Bayesian aggregation ``P = prod p_i / (prod p_i + prod (1 - p_i))`` in log-odds form.
+
+    ``p_i = (clip(m_i, L, U_i) - L) / (U_i - L)``, clipped to ``[eps, 1 - eps]``; ``logit P = sum logit p_i``.
+    Returns ``logit P`` (monotone in ``P``, and free of the rounding that makes many ``P`` equal to 1).
+    """
+    log_odds = np.zeros(len(margins[0]))
+    for values, upper in zip(margins, uppers):
+        p = (np.clip(values, lower, upper) - lower) / (upper - lower)
+        p = np.clip(p, eps, 1 - eps)
+        log_odds += np.log(p) - np.log1p(-p)
+    return log_odds
+
+
+class BeesSelection(SelectionRule):
+    """``bees``: BeeS (Deng et al., "Less is More"), Bayesian aggregation of external and implicit margins.
+
+    Only pairs with every margin positive are eligible; they are ranked by the aggregated preference
+    probability ``P`` (:func:`bees_probability`, bounds from :func:`bees_upper_bound`) and the top ``k`` (or
+    ``keep_fraction`` of all pairs) are kept; ties in ``P`` keep score-file order. If fewer pairs are eligible
+    than asked for, all eligible pairs are kept and the shortfall is reported.
+
+    Args:
+        external: column of the external margin (``annotator`` or ``reward_model``).
+        implicit: column of the implicit margin (``bees_implicit``).
+        keep_fraction, k: how many to keep (``k`` wins when both are set).
+        lower: ``L`` (-2 for both sources in the paper).
+        external_divisor, implicit_divisor: ``d`` of the upper-bound start (1.5 external, 2 implicit).
+        min_tail: the 30 of the upper-bound rule.
+        eps: probability clipping of the log-odds form.
+    """
+
+    name = "bees"
+
+    def __init__(
+        self,
+        external: str = "annotator",
+        implicit: str = "bees_implicit",
+        keep_fraction: float | None = 0.64,
+        k: int | None = None,
+        lower: float = -2.0,
+        external_divisor: float = 1.5,
+        implicit_divisor: float = 2.0,
+        min_tail: int = 30,
+        eps: float = 1e-6,
+    ) -> None:
+        self.external, self.implicit = external, implicit
+        self.keep_fraction, self.k = keep_fraction, k
+        self.lower, self.external_divisor, self.implicit_divisor = lower, external_divisor, implicit_divisor
+        self.min_tail, self.eps = min_tail, eps
+
+    @property
+    def scores(self) -> list[str]:
+        return [self.external, self.implicit]
+
+    def select(self, scores: pd.DataFrame) -> Selection:
+        external, implicit = column(scores, self.external), column(scores, self.implicit)
+        uppers = [
+            bees_upper_bound(external, self.lower, self.external_divisor, self.min_tail),
+            bees_upper_bound(implicit, self.lower, self.implicit_divisor, self.min_tail),
+        ]
+        log_odds = bees_probability([external, implicit], uppers, self.lower, self.eps)
+        eligible = (external > 0) & (implicit > 0)
+        count = count_for(len(scores), self.keep_fraction, self.k)
+        order = [i for i in np.argsort(-log_odds, kind="stable") if eligible[i]]
+        mask = np.zeros(len(scores), dtype=bool)
+        mask[order[:count]] = True
+        thresholds = {
+            "lower": self.lower,
+            "upper": {self.external: uppers[0], self.implicit: uppers[1]},
+            "count": count,
+            "eligible": int(eligible.sum()),
+        }
+        details = {"shortfall": max(0, count - int(eligible.sum()))}
+        return self._result(scores, mask, thresholds, **details)
+
+
+class PZNSelection(SelectionRule):
+    """``pzn``: the BeeS paper's P / Z / N margin-region baselines (App. A.1).
+
+    After dropping ``outlier_fraction`` of the pairs at each extreme of the margin, ``P`` keeps the pairs with
+    the largest margins, ``N`` the smallest, and ``Z`` a random sample of the pairs with ``|m| <= tau``
+    (``tau`` = 1.0 for reward margins, 0.1 for conditional-perplexity margins).
+
+    Args:
+        score: the margin column.
+        region: ``P``, ``Z`` or ``N``.
+        keep_fraction, k: how many to keep (``k`` wins when both are set); ``Z`` keeps fewer if fewer lie near zero.
+        tau: the half-width of the zero region.
+        outlier_fraction: share of pairs removed at each end before selecting.
+        seed: seed of the ``Z`` sample.
+    """
+
+    name = "pzn"
+
+    def __init__(
+        self,
+        score: str = "annotator",
+        region: str = "P",
+        keep_fraction: float | None = 0.3,
+        k: int | None = None,
+        tau: float = 1.0,
+        outlier_fraction: float = 0.01,
+        seed: int = 0,
+    ) -> None:
+        if region not in ("P", "Z", "N"):
+            raise ValueError(f"select.region must be P, Z or N, got {region!r}")
+        self.score, self.region, self.keep_fraction, self.k = score, region, keep_fraction, k
+        self.tau, self.outlier_fraction, self.seed = tau, outlier_fraction, seed
+        self.name = f"pzn_{region}"
+
+    @property
+    def scores(self) -> list[str]:
+        return [self.score]
+
+    def select(self, scores: pd.DataFrame) -> Selection:
+        values = column(scores, self.score)
+        count = count_for(len(values), self.keep_fraction, self.k)
+        order = np.argsort(values, kind="stable")
+        cut = int(math.floor(self.outlier_fraction * len(values)))
+        inliers = order[cut : len(values) - cut]
+        if self.region == "P":
+            picked = inliers[::-1][:count]
+        elif self.region == "N":
+            picked = inliers[:count]
+        else:
+            near = np.sort(inliers[np.abs(values[inliers]) <= self.tau])
+            picked = np.random.default_rng(self.seed).permutation(near)[:count]
+        mask = np.zeros(len(values), dtype=bool)
+        mask[picked] = True
+        thresholds = {"score": self.score, "region": self.region, "tau": self.tau, "outliers_removed_each_end": cut}
+        return self._result(scores, mask, thresholds, shortfall=max(0, count - len(picked)))

@@ -1,0 +1,28 @@
+"""Score every training pair: ``python score.py policy=<run dir> scores=[influence,lossdiff,irm]``.
+
+Writes ``scores.parquet`` (``pair_id`` + one column per score, provenance in the file's metadata) into the
+run directory. Work is sharded and cached by content, so re-running an interrupted command resumes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from prefalign.scoring.run import run_scoring
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Compute the configured scores; returns a summary (path, per-score statistics, timings)."""
+    return run_scoring(cfg)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="score")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

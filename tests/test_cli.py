@@ -1,0 +1,127 @@
+"""End-to-end: the real ``train.py`` entry point in a subprocess, with the tiny models and the built-in data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from prefalign.models import TinyModel
+
+ROOT = Path(__file__).resolve().parents[1]
+LOSSES = ("dpo", "slic", "simpo", "ipo", "kto")
+TINY = ("tiny_llama", "tiny_pythia", "tiny_qwen3")
+ARCHITECTURE = {"tiny_llama": "llama", "tiny_pythia": "gpt_neox", "tiny_qwen3": "qwen3"}
+# small and quick: 24 training pairs in 3 steps, 8 validation pairs, a learning rate a random model notices
+QUICK = ["data.max_train_pairs=24", "data.max_val_pairs=8", "optimizer.lr=1e-3", "logger=csv"]
+
+
+def train(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    result = subprocess.run(
+        [sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    return result
+
+
+def check(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, f"train.py failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+
+
+def policy_moved(policy_dir: Path, model_name: str) -> float:
+    """Largest change of any weight between the saved policy and the tiny model's initial weights."""
+    initial = TinyModel(name=model_name, architecture=ARCHITECTURE[model_name]).load_model().state_dict()
+    trained = load_file(policy_dir / "model.safetensors")
+    return max((trained[key] - initial[key]).abs().max().item() for key in trained)
+
+
+def test_every_loss_on_every_tiny_model_in_one_multirun(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = train("-m", f"model={','.join(TINY)}", f"loss={','.join(LOSSES)}", *QUICK, f"hydra.sweep.dir={sweep}")
+    check(result)
+    runs = sorted(path for path in sweep.iterdir() if path.is_dir() and (path / "metrics.json").exists())
+    assert len(runs) == len(TINY) * len(LOSSES)
+    for run in runs:
+        metrics = json.loads((run / "metrics.json").read_text())
+        model_name = metrics["run"]["model"]
+        assert f"model={model_name}" in run.name and "loss=" in run.name  # one clearly named directory each
+        assert metrics["run"]["train_pairs"] == 24 and metrics["run"]["global_steps"] == 3
+        assert torch.isfinite(torch.tensor(metrics["train/loss"])), run.name
+        for key in ("val/loss", "val/rewards/accuracies", "val/rewards/margins", "val/logps/chosen"):
+            assert key in metrics, (run.name, key)
+        assert policy_moved(run / "policy", model_name) > 1e-4, run.name
+        assert (run / "checkpoints" / "last.ckpt").exists()
+        assert json.loads((run / "data_report.json").read_text())["train"]["kept"] == 24
+
+
+def test_multirun_over_losses_and_betas(tmp_path):
+    sweep = tmp_path / "sweep"
+    check(train("-m", "model=tiny_llama", "loss=dpo,slic", "loss.beta=0.05,0.1", *QUICK, f"hydra.sweep.dir={sweep}"))
+    names = sorted(path.name for path in sweep.iterdir() if (path / "metrics.json").exists())
+    assert names == [
+        "0_loss=dpo,loss.beta=0.05,model=tiny_llama",
+        "1_loss=dpo,loss.beta=0.1,model=tiny_llama",
+        "2_loss=slic,loss.beta=0.05,model=tiny_llama",
+        "3_loss=slic,loss.beta=0.1,model=tiny_llama",
+    ]
+
+
+def test_single_run_outputs_resume_and_reference_cache(tmp_path):
+    run = tmp_path / "run"
+    cache = tmp_path / "cache"
+    common = ["model=tiny_qwen3", *QUICK, f"paths.cache_dir={cache}"]
+    result = train(*common, f"hydra.run.dir={run}", "logger=tensorboard")
+    check(result)
+    for name in ("config.yaml", "data_report.json", "metrics.json", "policy/config.json", "policy/tokenizer.json"):
+        assert (run / name).exists(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert "outputs:" in result.stderr + result.stdout  # the closing summary says where things are
+    first = json.loads((run / "metrics.json").read_text())
+    assert first["run"]["reference_from_cache"] == {"train": False, "val": False}
+    # the saved policy loads with plain transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoModelForCausalLM.from_pretrained(run / "policy")
+    AutoTokenizer.from_pretrained(run / "policy")
+    # resume from the last checkpoint for a second epoch; reference log-probs now come from the cache
+    resumed = tmp_path / "resumed"
+    check(train(*common, f"hydra.run.dir={resumed}", f"ckpt_path={run}/checkpoints/last.ckpt", "trainer.max_epochs=2"))
+    second = json.loads((resumed / "metrics.json").read_text())
+    assert second["run"]["global_steps"] == 2 * first["run"]["global_steps"]
+    assert second["run"]["reference_from_cache"] == {"train": True, "val": True}
+
+
+def test_previous_run_as_policy_and_reference(tmp_path):
+    sft = tmp_path / "sft"
+    check(train("model=tiny_llama", "loss=sft", *QUICK, f"hydra.run.dir={sft}"))
+    dpo = tmp_path / "dpo"
+    check(train("model=tiny_llama", f"model.path={sft}", *QUICK, f"hydra.run.dir={dpo}"))
+    metrics = json.loads((dpo / "metrics.json").read_text())
+    assert metrics["run"]["global_steps"] == 3
+
+
+def test_malformed_data_file_is_named(tmp_path):
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": \n')
+    result = train("model=tiny_llama", "data=local", f"data.source.train_path={bad}", f"hydra.run.dir={tmp_path / 'r'}")
+    assert result.returncode != 0
+    assert f"{bad}:2: malformed JSON" in result.stderr
+
+
+def test_strict_mode_reports_dropped_pairs(tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    rows = [{"pair_id": f"p{i}", "prompt": f"q{i}", "chosen": "a", "rejected": "b"} for i in range(6)]
+    rows.append({"pair_id": "same", "prompt": "q", "chosen": "a", "rejected": "a"})
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    common = ["model=tiny_llama", "data=local", f"data.source.train_path={data}", f"data.source.val_path={data}"]
+    lenient = tmp_path / "lenient"
+    check(train(*common, f"hydra.run.dir={lenient}", "logger=csv"))
+    report = json.loads((lenient / "data_report.json").read_text())
+    assert report["train"]["dropped"]["identical"] == 1 and report["train"]["dropped_pair_ids"]["identical"] == ["same"]
+    strict = train(*common, "data.strict=true", f"hydra.run.dir={tmp_path / 'strict'}")
+    assert strict.returncode != 0 and "identical: ['same']" in strict.stderr
