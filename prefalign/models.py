@@ -145,6 +145,22 @@ def embedded_checkpoint_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     return target
 
 
+def release_padding_row(model: PreTrainedModel) -> PreTrainedModel:
+    """Let the input embedding's pad row receive gradients like every other row.
+
+    Hugging Face builds ``nn.Embedding(vocab, dim, padding_idx=pad_token_id)``, which zeroes the gradient of
+    the pad row. Where the pad id is also a real token (SmolLM2 pads with ``<|im_end|>``, its end-of-turn and
+    EOS token), training would then never move that token's input embedding, and with tied embeddings the
+    gradient of the shared matrix would not be the gradient of the loss (forward-mode AD, used by the
+    influence score, has no such exception). Padded positions are masked out of attention and of the loss, so
+    they contribute no gradient either way; only real occurrences of the token do.
+    """
+    embedding = model.get_input_embeddings()
+    if getattr(embedding, "padding_idx", None) is not None:
+        embedding.padding_idx = None
+    return model
+
+
 class ModelSource:
     """Where a policy's initial weights and tokenizer come from.
 
@@ -199,7 +215,7 @@ class ModelSource:
         return ensure_pad_token(tokenizer)
 
     def load_base_model(self) -> PreTrainedModel:
-        """The initial weights, without LoRA adapters."""
+        """The initial weights, without LoRA adapters (see :func:`release_padding_row`)."""
         if self.path:
             model = AutoModelForCausalLM.from_pretrained(
                 resolve_checkpoint_dir(self.path),
@@ -208,7 +224,7 @@ class ModelSource:
             )
         else:
             model = self._load_own_model()
-        return model
+        return release_padding_row(model)
 
     def load_model(self) -> PreTrainedModel:
         """The trainable policy: the initial weights, wrapped with LoRA adapters when configured."""

@@ -29,7 +29,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM
 
-from prefalign.models import DTYPES, save_policy
+from prefalign.models import DTYPES, release_padding_row, save_policy
 from prefalign.scoring.base import ScoreRunner, ScoringContext, read_scores
 from prefalign.selection.rules import FullSelection, SelectionRule
 from prefalign.training import RunSetup, build_trainer, final_metrics, make_module, write_json
@@ -79,9 +79,10 @@ def load_policy_from(folder: Path, setup: RunSetup) -> torch.nn.Module:
         from peft import PeftModel
 
         return PeftModel.from_pretrained(setup.source.load_base_model(), folder / "adapter", is_trainable=True)
-    return AutoModelForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(
         folder, dtype=DTYPES[setup.source.dtype], attn_implementation=setup.source.attn_implementation
     )
+    return release_padding_row(model)
 
 
 def warm_up(setup: RunSetup, model: torch.nn.Module) -> tuple[torch.nn.Module, str, bool]:

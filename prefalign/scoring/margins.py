@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM
 from prefalign.data.records import DataError, PreferencePair, Text
 from prefalign.logprobs import pair_logps
 from prefalign.losses import DPOLoss
-from prefalign.models import DTYPES, _atomic_save
+from prefalign.models import DTYPES, _atomic_save, release_padding_row
 from prefalign.scoring.base import Scorer, ScoringContext
 from prefalign.scoring.proxies import train_on_pairs
 
@@ -245,7 +245,9 @@ class BeesImplicitScorer(Scorer):
         folder = Path(context.cache_dir) / "auxiliary" / hashlib.sha1(key_payload.encode()).hexdigest()[:20]
         if (folder / "config.json").exists():
             log.info("bees_implicit: proxy model from cache %s", folder)
-            proxy = AutoModelForCausalLM.from_pretrained(folder, dtype=next(context.policy.parameters()).dtype)
+            proxy = release_padding_row(
+                AutoModelForCausalLM.from_pretrained(folder, dtype=next(context.policy.parameters()).dtype)
+            )
         else:
             proxy = context.source.load_base_model()
             for parameter in proxy.parameters():

@@ -29,7 +29,7 @@ from transformers import AutoModelForCausalLM
 
 from prefalign.logprobs import pair_logps
 from prefalign.losses import PreferenceLoss
-from prefalign.models import _atomic_save
+from prefalign.models import _atomic_save, release_padding_row
 from prefalign.module import PreferenceModule, warmup_schedule
 from prefalign.scoring.base import Scorer, ScoringContext
 
@@ -138,7 +138,9 @@ class LossDiffScorer(Scorer):
         folder = Path(context.cache_dir) / "auxiliary" / self.auxiliary_key(context)
         if (folder / "config.json").exists():
             log.info("lossdiff: auxiliary model from cache %s", folder)
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=next(context.policy.parameters()).dtype)
+            model = release_padding_row(
+                AutoModelForCausalLM.from_pretrained(folder, dtype=next(context.policy.parameters()).dtype)
+            )
             self._auxiliary = model.to(context.device).eval()
             return
         start = context.policy if self.init == "policy" else context.source.load_base_model()
