@@ -4,8 +4,10 @@ Run as::
 
     python -m prefalign.data.builtin.build            # seed 0, writes prefalign/data/builtin/files/
 
-It takes about 15 minutes on a 2-core CPU, almost all of it generation with the embedded model
-(SmolLM2-135M-Instruct); everything else is pure Python and deterministic from ``--seed``.
+It takes about 15 minutes on an idle 2-core CPU (the shipped files took 24 minutes while other jobs shared
+the CPU), almost all of it generation with the embedded model (SmolLM2-135M-Instruct); everything else is
+pure Python and deterministic from ``--seed``. Greedy decoding is deterministic and sampling reseeds torch
+per batch, so the same command on the same software reproduces the files.
 
 How the data is made
 --------------------
@@ -70,7 +72,13 @@ from typing import Any
 import numpy as np
 
 from prefalign.data.builtin import FILES_DIR
-from prefalign.data.builtin.tasks import FAMILIES, Checker, PromptSpec, all_family_names, check_response
+from prefalign.data.builtin.tasks import (
+    FAMILIES,
+    Checker,
+    PromptSpec,
+    all_family_names,
+    check_response,
+)
 
 DEFAULT_OUT = FILES_DIR
 SPLITS = ("train", "val", "test")
@@ -115,6 +123,7 @@ class BuildConfig:
     batch_size: int = 64
 
     def validate(self) -> None:
+        """Raise ``ValueError`` for unknown families, impossible noise fractions or empty splits."""
         all_family_names(self.families)
         if self.flip_fraction < 0 or self.ambiguous_fraction < 0:
             raise ValueError("noise fractions must be non-negative")
@@ -122,7 +131,13 @@ class BuildConfig:
             raise ValueError("flip_fraction + ambiguous_fraction must be at most 1")
         if not 0 <= self.on_policy_fraction <= 1:
             raise ValueError("on_policy_fraction must lie in [0, 1]")
-        if min(self.train_pairs_per_family, self.train_prompts_per_family, self.val_prompts_per_family) < 1:
+        sizes = (
+            self.train_pairs_per_family,
+            self.train_prompts_per_family,
+            self.val_prompts_per_family,
+            self.test_prompts_per_family,
+        )
+        if min(sizes) < 1:
             raise ValueError("every split needs at least one prompt per family")
 
 
@@ -280,12 +295,16 @@ def choose_pair(
     """
     correct = [candidate for candidate in candidates if candidate.correct]
     incorrect = [candidate for candidate in candidates if not candidate.correct]
+
     def unused(pairs: list[tuple[Candidate, Candidate]]) -> list[tuple[Candidate, Candidate]]:
         return [pair for pair in pairs if (pair[0].text, pair[1].text) not in used]
 
     if kind == "ambiguous":
         # both correct or both incorrect, equally likely when both are possible; random order within the pair
-        pools = [unused([(a, b) if rng.random() < 0.5 else (b, a) for a, b in combinations(group, 2)]) for group in (correct, incorrect)]
+        pools = [
+            unused([(a, b) if rng.random() < 0.5 else (b, a) for a, b in combinations(group, 2)])
+            for group in (correct, incorrect)
+        ]
         pools = [pool for pool in pools if pool]
         options = rng.choice(pools) if pools else []
     else:
@@ -352,20 +371,26 @@ def build_dataset(config: BuildConfig, generate: GenerateFn) -> BuiltData:
     """
     plan = plan_prompts(config)
     every_prompt = [record.prompt for split in SPLITS for record in plan[split]]
-    greedy = {prompt: responses[0] for prompt, responses in zip(every_prompt, generate(every_prompt, 1, False))}
+    greedy = {
+        prompt: responses[0] for prompt, responses in zip(every_prompt, generate(every_prompt, 1, False), strict=True)
+    }
     pair_prompts = [record.prompt for split in ("train", "val") for record in plan[split]]
     samples: dict[str, list[str]] = {prompt: [] for prompt in pair_prompts}
     if config.num_samples > 0:
-        samples = dict(zip(pair_prompts, generate(pair_prompts, config.num_samples, True)))
+        samples = dict(zip(pair_prompts, generate(pair_prompts, config.num_samples, True), strict=True))
 
     mismatches: Counter = Counter()
     score_rng = np.random.default_rng([config.seed, 1])
     candidates: dict[str, list[Candidate]] = {}
     for split in ("train", "val"):
         for record in plan[split]:
-            answers = [("model_greedy", greedy[record.prompt])] + [("model_sample", text) for text in samples[record.prompt]]
+            answers = [("model_greedy", greedy[record.prompt])] + [
+                ("model_sample", text) for text in samples[record.prompt]
+            ]
             found = collect_candidates(record, answers, config.seed, mismatches)
-            for candidate, score in zip(found, annotator_scores(len(found), [c.correct for c in found], score_rng)):
+            for candidate, score in zip(
+                found, annotator_scores(len(found), [c.correct for c in found], score_rng), strict=True
+            ):
                 candidate.score = score
             candidates[record.prompt] = found
 
@@ -462,8 +487,14 @@ def _statistics(
         },
         "pairs_with_model_answer": {"train": with_model(rows["train"]), "val": with_model(rows["val"])},
         "score_margin_positive": {
-            kind: _rate([row["score_chosen"] > row["score_rejected"] for row, meta in zip(rows["train"], train_meta) if test(meta)])
-            for kind, test in (
+            kind: _rate(
+                [
+                    row["score_chosen"] > row["score_rejected"]
+                    for row, meta in zip(rows["train"], train_meta, strict=True)
+                    if selects(meta)
+                ]
+            )
+            for kind, selects in (
                 ("clean", lambda meta: not (meta["label_flipped"] or meta["ambiguous"])),
                 ("flipped", lambda meta: meta["label_flipped"]),
             )
@@ -501,7 +532,9 @@ def model_generator(config: BuildConfig, model_name: str = "smollm2_135m") -> tu
     tokenizer.padding_side = "left"
 
     def encode(prompt: str) -> list[int]:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def generate(prompts: Sequence[str], num_return_sequences: int, sample: bool) -> list[list[str]]:
@@ -538,12 +571,14 @@ def model_generator(config: BuildConfig, model_name: str = "smollm2_135m") -> tu
 
 
 def write_jsonl(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Write one JSON object per line (UTF-8, non-ASCII kept as is)."""
     with path.open("w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (recorded in the manifest, checked by the tests)."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -572,6 +607,7 @@ def command_line(config: BuildConfig) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[BuildConfig, Path]:
+    """The build settings and the output folder from the command line."""
     defaults = BuildConfig()
     parser = argparse.ArgumentParser(
         prog="python -m prefalign.data.builtin.build",
@@ -579,10 +615,27 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BuildConfig, Path]:
     )
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seeds everything (default 0)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    parser.add_argument("--flip-fraction", type=float, default=defaults.flip_fraction, help="training pairs with swapped labels")
-    parser.add_argument("--ambiguous-fraction", type=float, default=defaults.ambiguous_fraction, help="training pairs with equally good responses")
-    parser.add_argument("--on-policy-fraction", type=float, default=defaults.on_policy_fraction, help="how often to prefer pairs with a model answer")
-    parser.add_argument("--families", type=lambda text: text.split(","), default=defaults.families, help="comma-separated task families (default all)")
+    parser.add_argument(
+        "--flip-fraction", type=float, default=defaults.flip_fraction, help="training pairs with swapped labels"
+    )
+    parser.add_argument(
+        "--ambiguous-fraction",
+        type=float,
+        default=defaults.ambiguous_fraction,
+        help="training pairs with equally good responses",
+    )
+    parser.add_argument(
+        "--on-policy-fraction",
+        type=float,
+        default=defaults.on_policy_fraction,
+        help="how often to prefer pairs with a model answer",
+    )
+    parser.add_argument(
+        "--families",
+        type=lambda text: text.split(","),
+        default=defaults.families,
+        help="comma-separated task families (default all)",
+    )
     parser.add_argument("--train-pairs-per-family", type=int, default=defaults.train_pairs_per_family)
     parser.add_argument("--train-prompts-per-family", type=int, default=defaults.train_prompts_per_family)
     parser.add_argument("--val-prompts-per-family", type=int, default=defaults.val_prompts_per_family)
@@ -602,12 +655,16 @@ def _summary(manifest: dict[str, Any], out: Path) -> str:
     counts, noise = manifest["counts"], manifest["noise"]
     lines = [
         f"built in {manifest['build_seconds']:.0f} s -> {out}",
-        f"train: {counts['train']['pairs']} pairs on {counts['train']['prompts']} prompts "
-        f"({noise['flipped']} flipped, {noise['ambiguous']} ambiguous, {noise['clean']} clean)",
+        (
+            f"train: {counts['train']['pairs']} pairs on {counts['train']['prompts']} prompts "
+            f"({noise['flipped']} flipped, {noise['ambiguous']} ambiguous, {noise['clean']} clean)"
+        ),
         f"val:   {counts['val']['pairs']} clean pairs on {counts['val']['prompts']} prompts",
         f"test:  {counts['test']['prompts']} prompts",
-        f"pairs with a model answer: train {manifest['pairs_with_model_answer']['train']:.1%}, "
-        f"val {manifest['pairs_with_model_answer']['val']:.1%}",
+        (
+            f"pairs with a model answer: train {manifest['pairs_with_model_answer']['train']:.1%}, "
+            f"val {manifest['pairs_with_model_answer']['val']:.1%}"
+        ),
         f"variant label mismatches: {manifest['candidates']['variant_label_mismatches']}",
         "greedy success of the embedded model (test / val / train prompts):",
     ]
@@ -617,7 +674,9 @@ def _summary(manifest: dict[str, Any], out: Path) -> str:
         lines.append(f"  {name:<14} {rates}")
     overall = " / ".join(f"{success[split]['overall']:6.1%}" for split in ("test", "val", "train"))
     lines.append(f"  {'overall':<14} {overall}")
-    lines.append("files: " + ", ".join(f"{name} {info['bytes'] / 1e6:.2f} MB" for name, info in manifest["files"].items()))
+    lines.append(
+        "files: " + ", ".join(f"{name} {info['bytes'] / 1e6:.2f} MB" for name, info in manifest["files"].items())
+    )
     return "\n".join(lines)
 
 
@@ -652,15 +711,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "greedy": 1,
             "samples": config.num_samples,
             "temperature": config.temperature,
-            "top_k": None,
-            "top_p": None,
+            "sampling": "pure temperature sampling (top_k=0, top_p=1.0)",
+            "sampling_seed": "torch.manual_seed(seed * 1000003 + batch number) before every sampled batch",
             "max_new_tokens": config.max_new_tokens,
             "batch_size": config.batch_size,
-            "padding": "left",
+            "padding": "left; prompts sorted by token length",
         },
         "families": {name: FAMILIES[name].description for name in config.families},
         "annotator": ANNOTATOR,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     manifest_extra["build_seconds"] = round(time.perf_counter() - start, 1)

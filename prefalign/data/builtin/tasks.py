@@ -30,7 +30,7 @@ import re
 import unicodedata
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 Checker = dict[str, Any]
 
@@ -62,7 +62,9 @@ _UNITS = {
         "sixteen seventeen eighteen nineteen".split()
     )
 }
-_TENS = {word: 10 * (index + 2) for index, word in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split())}
+_TENS = {
+    word: 10 * (index + 2) for index, word in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split())
+}
 _NUMBER_TOKEN = re.compile(r"(?<![a-z0-9])-?\d+(?:\.\d+)?|\d+(?:\.\d+)?|[a-z]+")
 # "1. 17" / "- 17" at the start of a line is a list marker, not a number of the answer
 _LIST_MARKER = re.compile(r"(?m)^[ \t]*(?:\d+[.)]|[-*\u2022])[ \t]+(?=\S)")
@@ -249,9 +251,8 @@ class _Addition(TaskFamily):
 
 
 class TwoDigitAddition(_Addition):
-    __doc__ = (
-        "Two-digit addition, \"answer with just the number\". The embedded model fails it (\"29 + 14 = 31\").\n\n"
-        + (_Addition.__doc__ or "")
+    __doc__ = 'Two-digit addition, "answer with just the number". The embedded model fails it ("29 + 14 = 31").\n\n' + (
+        _Addition.__doc__ or ""
     )
 
     name = "add2"
@@ -425,7 +426,7 @@ class NextWeekday(TaskFamily):
     name = "weekday"
     description = "the day after (or before) a weekday"
     split_by_item = False
-    templates = {
+    templates: ClassVar[dict[int, tuple[str, ...]]] = {
         1: (
             "What day comes after {d}?",
             "What is the day after {d}?",
@@ -535,7 +536,21 @@ class CountLetters(TaskFamily):
         word, answer = checker["word"], checker["answer"]
         off_by_one = answer + rng.choice((-1, 1))
         far_off = rng.choice([value for value in range(1, 13) if abs(value - answer) > 1])
-        words = ("zero one two three four five six seven eight nine ten eleven twelve").split()
+        words = [
+            "zero",
+            "one",
+            "two",
+            "three",
+            "four",
+            "five",
+            "six",
+            "seven",
+            "eight",
+            "nine",
+            "ten",
+            "eleven",
+            "twelve",
+        ]
         return [
             Variant(str(answer), True),
             Variant(f"The word '{word}' has {answer} letters.", True),
@@ -575,7 +590,7 @@ class SortThree(TaskFamily):
         # a fixed, unsorted presentation per template, derived from the item so prompts are reproducible
         shuffles = ((1, 2, 0), (2, 0, 1), (2, 1, 0))
         specs = []
-        for template, order in zip(self.templates, shuffles):
+        for template, order in zip(self.templates, shuffles, strict=True):
             shown = [ordered[index] for index in order]
             checker = {"family": self.name, "numbers": shown, "answer": ordered}
             specs.append(PromptSpec(template.format(a=shown[0], b=shown[1], c=shown[2]), checker))
@@ -639,7 +654,11 @@ class Parity(TaskFamily):
         ("Is the number {n} even? Answer yes or no.", "even"),
         ("Is the number {n} odd? Answer yes or no.", "odd"),
     )
-    _STATEMENT = r"(?<![a-z0-9])(?:{n}|it)(?:\s+is|['\u2019]s)\s+(?:actually\s+|indeed\s+|definitely\s+)?(not\s+)?(?:an?\s+)?(even|odd)\b"
+    # "<N> is (not) (an) even/odd" or "it is / it's ..."; {n} is filled with the number
+    _STATEMENT = (
+        r"(?<![a-z0-9])(?:{n}|it)(?:\s+is|['\u2019]s)\s+(?:actually\s+|indeed\s+|definitely\s+)?"
+        r"(not\s+)?(?:an?\s+)?(even|odd)\b"
+    )
 
     def groups(self) -> list[Hashable]:
         return list(range(2, 100))
@@ -686,11 +705,48 @@ class Parity(TaskFamily):
 
 
 CATEGORIES: dict[str, tuple[str, ...]] = {
-    "fruit": ("apple", "banana", "grape", "mango", "pear", "peach", "cherry", "lemon", "plum", "strawberry", "pineapple", "melon"),
-    "animal": ("horse", "dog", "lion", "tiger", "elephant", "rabbit", "cow", "sheep", "monkey", "zebra", "bear", "wolf"),
+    "fruit": (
+        "apple",
+        "banana",
+        "grape",
+        "mango",
+        "pear",
+        "peach",
+        "cherry",
+        "lemon",
+        "plum",
+        "strawberry",
+        "pineapple",
+        "melon",
+    ),
+    "animal": (
+        "horse",
+        "dog",
+        "lion",
+        "tiger",
+        "elephant",
+        "rabbit",
+        "cow",
+        "sheep",
+        "monkey",
+        "zebra",
+        "bear",
+        "wolf",
+    ),
     "color": ("blue", "red", "green", "yellow", "purple", "pink", "brown", "gray"),
     "vehicle": ("car", "bus", "bicycle", "truck", "train", "boat", "airplane", "motorcycle", "taxi", "tractor"),
-    "musical instrument": ("piano", "guitar", "violin", "drum", "flute", "trumpet", "harp", "cello", "saxophone", "clarinet"),
+    "musical instrument": (
+        "piano",
+        "guitar",
+        "violin",
+        "drum",
+        "flute",
+        "trumpet",
+        "harp",
+        "cello",
+        "saxophone",
+        "clarinet",
+    ),
     "body part": ("hand", "foot", "knee", "elbow", "nose", "ear", "shoulder", "finger", "ankle", "chin"),
     "vegetable": ("carrot", "potato", "onion", "cabbage", "spinach", "broccoli", "lettuce", "cucumber", "celery"),
     "piece of furniture": ("chair", "table", "sofa", "bed", "desk", "shelf", "wardrobe", "stool", "bench"),
@@ -893,7 +949,13 @@ class Capital(TaskFamily):
         rng = random.Random(f"capital-distractors:{country}")
         others = [names[0] for name, (names, _) in CAPITALS.items() if name != country]
         wrong = list(confusions) + rng.sample(others, 2)
-        checker = {"family": self.name, "country": country, "answer": accepted[0], "accept": list(accepted), "wrong": wrong}
+        checker = {
+            "family": self.name,
+            "country": country,
+            "answer": accepted[0],
+            "accept": list(accepted),
+            "wrong": wrong,
+        }
         return [PromptSpec(template.format(c=country), checker) for template in self.templates]
 
     def check(self, checker: Checker, response: str) -> bool:
@@ -921,28 +983,93 @@ class Capital(TaskFamily):
 
 # word -> accepted opposites
 OPPOSITES: dict[str, tuple[str, ...]] = {
-    "hot": ("cold",), "big": ("small", "little", "tiny"), "happy": ("sad", "unhappy"), "fast": ("slow",),
-    "up": ("down",), "day": ("night",), "old": ("new", "young"), "tall": ("short",), "open": ("closed", "shut"),
-    "early": ("late",), "easy": ("hard", "difficult"), "full": ("empty",), "wet": ("dry",), "high": ("low",),
-    "good": ("bad", "evil"), "strong": ("weak",), "rich": ("poor",), "loud": ("quiet", "soft", "silent"),
-    "thick": ("thin",), "long": ("short",), "clean": ("dirty",), "young": ("old",), "love": ("hate",),
-    "win": ("lose",), "push": ("pull",), "buy": ("sell",), "give": ("take", "receive"),
-    "start": ("finish", "end", "stop"), "inside": ("outside",), "above": ("below", "beneath", "under"),
-    "left": ("right",), "north": ("south",), "east": ("west",), "front": ("back", "rear", "behind"),
-    "true": ("false",), "always": ("never",), "friend": ("enemy", "foe"), "cheap": ("expensive",),
-    "deep": ("shallow",), "wide": ("narrow",), "sharp": ("dull", "blunt"), "sweet": ("sour", "bitter"),
-    "smooth": ("rough",), "alive": ("dead",), "arrive": ("leave", "depart"), "accept": ("reject", "refuse"),
-    "remember": ("forget",), "near": ("far", "distant"), "first": ("last",), "heavy": ("light",),
-    "laugh": ("cry",), "winter": ("summer",), "war": ("peace",), "asleep": ("awake",), "black": ("white",),
-    "king": ("queen",), "boy": ("girl",), "man": ("woman",), "success": ("failure",),
-    "increase": ("decrease",), "maximum": ("minimum",), "entrance": ("exit",), "import": ("export",),
-    "positive": ("negative",), "visible": ("invisible",), "polite": ("rude", "impolite"),
-    "kind": ("cruel", "unkind", "mean"), "patient": ("impatient",), "beautiful": ("ugly",),
-    "top": ("bottom",), "before": ("after",), "sunrise": ("sunset",), "floor": ("ceiling",),
-    "teacher": ("student", "pupil"), "question": ("answer",), "brave": ("cowardly", "afraid", "scared", "coward"),
-    "safe": ("dangerous", "unsafe"), "lazy": ("hardworking", "diligent", "active"), "ancient": ("modern", "new"),
-    "dark": ("light", "bright"), "soft": ("hard", "loud"), "empty": ("full",), "wrong": ("right", "correct"),
-    "quiet": ("loud", "noisy"), "slow": ("fast", "quick"), "cold": ("hot", "warm"), "sad": ("happy", "glad"),
+    "hot": ("cold",),
+    "big": ("small", "little", "tiny"),
+    "happy": ("sad", "unhappy"),
+    "fast": ("slow",),
+    "up": ("down",),
+    "day": ("night",),
+    "old": ("new", "young"),
+    "tall": ("short",),
+    "open": ("closed", "shut"),
+    "early": ("late",),
+    "easy": ("hard", "difficult"),
+    "full": ("empty",),
+    "wet": ("dry",),
+    "high": ("low",),
+    "good": ("bad", "evil"),
+    "strong": ("weak",),
+    "rich": ("poor",),
+    "loud": ("quiet", "soft", "silent"),
+    "thick": ("thin",),
+    "long": ("short",),
+    "clean": ("dirty",),
+    "young": ("old",),
+    "love": ("hate",),
+    "win": ("lose",),
+    "push": ("pull",),
+    "buy": ("sell",),
+    "give": ("take", "receive"),
+    "start": ("finish", "end", "stop"),
+    "inside": ("outside",),
+    "above": ("below", "beneath", "under"),
+    "left": ("right",),
+    "north": ("south",),
+    "east": ("west",),
+    "front": ("back", "rear", "behind"),
+    "true": ("false",),
+    "always": ("never",),
+    "friend": ("enemy", "foe"),
+    "cheap": ("expensive",),
+    "deep": ("shallow",),
+    "wide": ("narrow",),
+    "sharp": ("dull", "blunt"),
+    "sweet": ("sour", "bitter"),
+    "smooth": ("rough",),
+    "alive": ("dead",),
+    "arrive": ("leave", "depart"),
+    "accept": ("reject", "refuse"),
+    "remember": ("forget",),
+    "near": ("far", "distant"),
+    "first": ("last",),
+    "heavy": ("light",),
+    "laugh": ("cry",),
+    "winter": ("summer",),
+    "war": ("peace",),
+    "asleep": ("awake",),
+    "black": ("white",),
+    "king": ("queen",),
+    "boy": ("girl",),
+    "man": ("woman",),
+    "success": ("failure",),
+    "increase": ("decrease",),
+    "maximum": ("minimum",),
+    "entrance": ("exit",),
+    "import": ("export",),
+    "positive": ("negative",),
+    "visible": ("invisible",),
+    "polite": ("rude", "impolite"),
+    "kind": ("cruel", "unkind", "mean"),
+    "patient": ("impatient",),
+    "beautiful": ("ugly",),
+    "top": ("bottom",),
+    "before": ("after",),
+    "sunrise": ("sunset",),
+    "floor": ("ceiling",),
+    "teacher": ("student", "pupil"),
+    "question": ("answer",),
+    "brave": ("cowardly", "afraid", "scared", "coward"),
+    "safe": ("dangerous", "unsafe"),
+    "lazy": ("hardworking", "diligent", "active"),
+    "ancient": ("modern", "new"),
+    "dark": ("light", "bright"),
+    "soft": ("hard", "loud"),
+    "empty": ("full",),
+    "wrong": ("right", "correct"),
+    "quiet": ("loud", "noisy"),
+    "slow": ("fast", "quick"),
+    "cold": ("hot", "warm"),
+    "sad": ("happy", "glad"),
 }
 
 
@@ -979,7 +1106,11 @@ class Opposite(TaskFamily):
     def variants(self, checker: Checker, rng: random.Random) -> list[Variant]:
         word, answer, accepted = checker["word"], checker["answer"], set(checker["accept"])
         unrelated = rng.choice(
-            [other for other, others in OPPOSITES.items() if other != word and other not in accepted and word not in others]
+            [
+                other
+                for other, others in OPPOSITES.items()
+                if other != word and other not in accepted and word not in others
+            ]
         )
         return [
             Variant(answer, True),
