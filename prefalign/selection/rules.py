@@ -13,6 +13,7 @@ percentile bands ``(q, 100 - q)`` that keep that fraction (:func:`solve_symmetri
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -115,9 +118,19 @@ class SelectionRule:
 
 
 class FullSelection(SelectionRule):
-    """``full``: keep every pair (training on the full data, the papers' baseline)."""
+    """``full``: keep every pair (training on the full data, the papers' baseline).
+
+    Args:
+        keep_fraction: accepted so that one sweep can set ``select.keep_fraction`` for every rule; ``full``
+            always keeps everything (and says so in the log when another fraction is given).
+    """
 
     name = "full"
+
+    def __init__(self, keep_fraction: float | None = None) -> None:
+        if keep_fraction not in (None, 1.0):
+            log.info("select=full keeps every pair; keep_fraction=%s applies to the other rules of the sweep", keep_fraction)
+        self.keep_fraction = keep_fraction
 
     def select(self, scores: pd.DataFrame) -> Selection:
         return self._result(scores, np.ones(len(scores), dtype=bool), {})
