@@ -42,7 +42,9 @@ def compute_pair_logps(
     mismatched: bool = False,
     desc: str = "log-probs",
 ) -> dict[str, Tensor]:
-    """Summed log-probs of every completion of an ordered loader, concatenated in data order (on CPU).
+    """Summed log-probs of every completion of a loader's dataset, in data order (on CPU).
+
+    Batches may come in any order (length-sorted, say); each value lands at its batch's ``index``.
 
     Returns:
         ``chosen``, ``rejected`` (and ``kl_chosen``, ``kl_rejected`` with ``mismatched``), each ``(N,)``.
@@ -50,20 +52,26 @@ def compute_pair_logps(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    parts: dict[str, list[Tensor]] = {}
-    start, n_pairs = time.perf_counter(), 0
+    size = len(loader.dataset)
+    results: dict[str, Tensor] = {}
+    filled = torch.zeros(size, dtype=torch.bool)
+    start = time.perf_counter()
     try:
         for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
             out = pair_logps(model, move_to(batch, device), share_prompt=share_prompt, mismatched=mismatched)
             for key, value in out.items():
                 if key.endswith("_logps"):
-                    parts.setdefault(key[: -len("_logps")], []).append(value.detach().float().cpu())
-            n_pairs += len(batch["pair_ids"])
+                    name = key[: -len("_logps")]
+                    results.setdefault(name, torch.full((size,), float("nan"), dtype=torch.float32))
+                    results[name][batch["index"]] = value.detach().float().cpu()
+            filled[batch["index"]] = True
     finally:
         model.train(was_training)
+    if not filled.all():
+        raise RuntimeError(f"{desc}: the loader left {int((~filled).sum())} of {size} pairs unscored")
     elapsed = time.perf_counter() - start
-    log.info("%s: %d pairs in %.1f s (%.1f pairs/s)", desc, n_pairs, elapsed, n_pairs / max(elapsed, 1e-9))
-    return {key: torch.cat(values) for key, values in parts.items()}
+    log.info("%s: %d pairs in %.1f s (%.1f pairs/s)", desc, size, elapsed, size / max(elapsed, 1e-9))
+    return results
 
 
 def cache_key(reference_fingerprint: str, data_fingerprint: str) -> str:

@@ -196,6 +196,19 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     if pipeline:
         result["selection"] = pipeline
     write_json(result, setup.output_dir / "metrics.json")
+    if cfg.get("evaluate_after_training"):
+        from prefalign.evaluation.run import evaluate_policy
+
+        evaluation = cfg.evaluation
+        report = evaluate_policy(setup.output_dir, evaluation.bench, evaluation.judge, evaluation.generation, setup.cache_dir)
+        result["evaluation"] = {
+            f"{report['benchmark']}-{report['judge']}": {
+                "single": report["single"]["policy"]["value"],
+                "baseline_single": report["single"]["baseline"]["value"],
+                "winrate": report["winrate"]["value"],
+            }
+        }
+        write_json(result, setup.output_dir / "metrics.json")
     summary = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("train/loss", "val/loss", "val/rewards/accuracies") if k in metrics)
     log.info(
         "done in %.0f s: %s\n  outputs: %s\n  policy (Hugging Face format): %s\n  metrics: %s\n  logs: tensorboard --logdir %s",

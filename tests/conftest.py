@@ -21,3 +21,26 @@ def tokenizer():
 
 def tiny_model(architecture: str, dtype: str = "float32", **kwargs):
     return TinyModel(name=f"tiny_{architecture}", architecture=architecture, dtype=dtype, **kwargs).load_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model(tmp_path_factory, tokenizer):
+    """A tiny randomly initialised sequence-classification reward model (Llama) saved to disk."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny_reward_model")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

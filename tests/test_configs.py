@@ -15,6 +15,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from prefalign.data.datamodule import PreferenceDataModule
+from prefalign.evaluation.benchmarks import Benchmark
+from prefalign.evaluation.judges import Judge
 from prefalign.losses import PreferenceLoss
 from prefalign.models import ModelSource
 from prefalign.scoring.base import Scorer
@@ -22,6 +24,8 @@ from prefalign.selection import SelectionRule
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PRIMARY = sorted(path.stem for path in CONF.glob("*.yaml"))
+# groups that the evaluation config mounts at their own package (train.py mounts them under evaluation.)
+PRIMARY_OF = {"bench": "evaluate", "judge": "evaluate", "generation": "evaluate"}
 
 
 def group_options() -> list[tuple[str, str, str]]:
@@ -32,7 +36,7 @@ def group_options() -> list[tuple[str, str, str]]:
         if len(relative.parts) == 1:
             continue
         group = "/".join(relative.parts[:-1])
-        options.append(("train", group, path.stem))
+        options.append((PRIMARY_OF.get(group, "train"), group, path.stem))
     return options
 
 
@@ -47,9 +51,18 @@ def test_there_is_something_to_check():
     assert "train" in PRIMARY
 
 
-def instantiate_node(node: DictConfig, group: str, tokenizer, tmp_path: Path) -> None:
+def instantiate_node(node: DictConfig, group: str, tokenizer, tmp_path: Path, reward_model: Path) -> None:
     """Instantiate what the group holds and check it is what the code expects."""
-    if group == "model":
+    if group == "bench":
+        assert isinstance(instantiate(node), Benchmark)
+    elif group == "judge":
+        if "model" in node:
+            node.model = str(reward_model)  # the hub reward model cannot be downloaded here
+            node.dtype = "float32"
+        assert isinstance(instantiate(node), Judge)
+    elif group == "generation":
+        assert node.temperature >= 0 and node.batch_size > 0
+    elif group == "model":
         source = instantiate(node)
         assert isinstance(source, ModelSource)
         assert source.fingerprint()  # cheap: no weights are loaded
@@ -70,7 +83,7 @@ def instantiate_node(node: DictConfig, group: str, tokenizer, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize(("primary", "group", "option"), group_options(), ids=lambda v: str(v))
-def test_every_option_composes_and_instantiates(primary, group, option, tokenizer, tmp_path):
+def test_every_option_composes_and_instantiates(primary, group, option, tokenizer, tmp_path, tiny_reward_model):
     # the hydra group is applied by the launcher (checked by the CLI tests); the score group is mounted as
     # scorers.<name> in the primary configs; the rest compose as overrides
     overrides = [] if group in {"hydra", "score"} else [f"{group}={option}"]
@@ -87,11 +100,11 @@ def test_every_option_composes_and_instantiates(primary, group, option, tokenize
         node = cfg[group]
         if group == "data" and OmegaConf.is_missing(node.source, "train_path"):
             node.source.train_path = str(tmp_path / "train.jsonl")
-        instantiate_node(node, group, tokenizer, tmp_path)
+        instantiate_node(node, group, tokenizer, tmp_path, tiny_reward_model)
     else:
         # whole-run options: the trainer, loss and data they produce must still instantiate
-        instantiate_node(cfg.trainer, "trainer", tokenizer, tmp_path)
-        instantiate_node(cfg.loss, "loss", tokenizer, tmp_path)
+        instantiate_node(cfg.trainer, "trainer", tokenizer, tmp_path, tiny_reward_model)
+        instantiate_node(cfg.loss, "loss", tokenizer, tmp_path, tiny_reward_model)
 
 
 def test_top_level_options_instantiate(tmp_path):

@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from prefalign.data.collate import collate_pairs
 from prefalign.data.records import DataError, PreferencePair, text_of
@@ -141,6 +142,55 @@ class PairDataset(Dataset):
         return digest.hexdigest()[:16]
 
 
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Batches of pairs of similar length, so little compute goes into padding.
+
+    The cost of a batch is set by its longest prompt and its longest completion (prompts and completions are
+    padded separately, see :mod:`prefalign.data.collate`), so pairs are ordered by ``(longest completion,
+    prompt length)``. For training (``shuffle=True``) the order is random but grouped, as transformers'
+    ``group_by_length``: the pairs are shuffled, cut into groups of ``group_batches`` batches, each group is
+    sorted by length and split into batches, and the batches are shuffled. Without shuffling the whole split
+    is sorted (reference log-probs and scores are put back in data order by index).
+
+    Args:
+        items: the tokenised pairs.
+        batch_size: pairs per batch.
+        shuffle: random (grouped) order, reseeded every epoch from ``seed``.
+        seed: the shuffle seed.
+        group_batches: batches per sorted group when shuffling.
+    """
+
+    def __init__(self, items: list[TokenizedPair], batch_size: int, shuffle: bool, seed: int = 0, group_batches: int = 16) -> None:
+        self.keys = [(max(len(i.chosen_ids), len(i.rejected_ids)), len(i.prompt_ids)) for i in items]
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.group_batches = group_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return (len(self.keys) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        by_length = lambda index: self.keys[index]  # noqa: E731
+        if not self.shuffle:
+            order = sorted(range(len(self.keys)), key=by_length)
+            yield from (order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size))
+            return
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.keys), generator=generator).tolist()
+        group = self.batch_size * self.group_batches
+        batches = []
+        for start in range(0, len(order), group):
+            chunk = sorted(order[start : start + group], key=by_length)
+            batches.extend(chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
+        for index in torch.randperm(len(batches), generator=generator).tolist():
+            yield batches[index]
+
+
 class PreferenceDataModule(L.LightningDataModule):
     """Train and validation pairs from a source, cleaned, tokenised and batched.
 
@@ -153,6 +203,7 @@ class PreferenceDataModule(L.LightningDataModule):
         max_train_pairs, max_val_pairs: keep only the first N pairs of a split (files are shuffled, so this is a
             random subset); ``None`` keeps all.
         strict: raise on any dropped or truncated pair instead of counting it.
+        group_by_length: batch pairs of similar length (:class:`LengthGroupedBatchSampler`).
         mismatched: also batch mismatched completions (needed by KTO).
         seed: seed of the training shuffle.
         num_workers: data-loader workers.
@@ -170,6 +221,7 @@ class PreferenceDataModule(L.LightningDataModule):
         max_train_pairs: int | None = None,
         max_val_pairs: int | None = None,
         strict: bool = False,
+        group_by_length: bool = True,
         mismatched: bool = False,
         seed: int = 0,
         num_workers: int = 0,
@@ -183,6 +235,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.limits = {"train": max_train_pairs, "val": max_val_pairs}
         self.strict = strict
+        self.group_by_length = group_by_length
         self.mismatched = mismatched
         self.seed = seed
         self.num_workers = num_workers
@@ -223,13 +276,18 @@ class PreferenceDataModule(L.LightningDataModule):
         return collate_pairs(items, pad_id=self.tokenizer.pad_token_id)
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        collate = partial(collate_pairs, pad_id=self.tokenizer.pad_token_id)
+        dataset = self.datasets[split]
+        if self.group_by_length:
+            sampler = LengthGroupedBatchSampler(dataset.items, batch_size, shuffle, self.seed)
+            return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=batch_size,
             shuffle=shuffle,
             generator=generator,
-            collate_fn=partial(collate_pairs, pad_id=self.tokenizer.pad_token_id),
+            collate_fn=collate,
             num_workers=self.num_workers,
         )
 
@@ -240,5 +298,6 @@ class PreferenceDataModule(L.LightningDataModule):
         return self._loader("val", self.eval_batch_size, shuffle=False)
 
     def eval_loader(self, split: str) -> DataLoader:
-        """Ordered batches of a split, for reference log-probs and scoring."""
+        """Batches of a split in a fixed order (length-sorted unless ``group_by_length=false``); each batch's
+        ``index`` says where its pairs sit in the split."""
         return self._loader(split, self.eval_batch_size, shuffle=False)

@@ -192,7 +192,9 @@ class ScoreRunner:
         atomic_write_parquet(table, path)
         return path
 
-    def _score_shards(self, context: ScoringContext, todo: list[int], shard_dir: Path, timings: dict[str, float]) -> None:
+    def _score_shards(
+        self, context: ScoringContext, todo: list[int], shard_dir: Path, timings: dict[str, float]
+    ) -> None:
         dataset = context.datamodule.datasets["train"]
         batch_size = self.batch_size or context.datamodule.eval_batch_size
         needs_policy = any(scorer.needs_policy_logps for scorer in self.scorers)
@@ -202,9 +204,19 @@ class ScoreRunner:
         start, done = time.perf_counter(), 0
         for shard in todo:
             indices = list(range(shard * self.shard_size, min(len(dataset), (shard + 1) * self.shard_size)))
-            columns: dict[str, list[np.ndarray]] = {scorer.name: [] for scorer in self.scorers}
-            for offset in range(0, len(indices), batch_size):
-                items = [dataset[i] for i in indices[offset : offset + batch_size]]
+            columns = {scorer.name: np.full(len(indices), np.nan) for scorer in self.scorers}
+            # batches of similar length inside the shard (less padding); values go back to data order
+            position = {index: k for k, index in enumerate(indices)}
+            ordered = sorted(
+                indices,
+                key=lambda i: (
+                    max(len(dataset.items[i].chosen_ids), len(dataset.items[i].rejected_ids)),
+                    len(dataset.items[i].prompt_ids),
+                ),
+            )
+            for offset in range(0, len(ordered), batch_size):
+                chunk = ordered[offset : offset + batch_size]
+                items = [dataset[i] for i in chunk]
                 batch = move_to(context.datamodule.collate(items), context.device)
                 shared: dict[str, Tensor] = {}
                 if needs_policy:
@@ -220,14 +232,14 @@ class ScoreRunner:
                     tick = time.perf_counter()
                     values = scorer.score_batch(context, batch, shared)
                     timings[scorer.name] = timings.get(scorer.name, 0.0) + time.perf_counter() - tick
-                    columns[scorer.name].append(values.detach().double().cpu().numpy())
+                    columns[scorer.name][[position[i] for i in chunk]] = values.detach().double().cpu().numpy()
                 done += len(items)
                 progress.update(len(items))
                 progress.set_postfix(pairs_per_s=f"{done / (time.perf_counter() - start):.1f}")
             table = pa.table(
                 {
                     "pair_id": [dataset.items[i].pair_id for i in indices],
-                    **{name: np.concatenate(parts) for name, parts in columns.items()},
+                    **columns,
                 }
             )
             atomic_write_parquet(table, shard_dir / f"shard-{shard:05d}.parquet")

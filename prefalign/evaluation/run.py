@@ -1,0 +1,254 @@
+"""``evaluate.py``: generate answers to a benchmark with a policy and its baseline, judge them, report.
+
+For a policy that is a prefalign run directory, the baseline defaults to the run's reference model (its initial
+weights: the SFT model of the papers), the held-out preference metrics use the run's validation pairs, and the
+results go to ``<run>/eval/<bench>-<judge>/``::
+
+    eval.json            Single (policy and baseline), WinRate, length-controlled WinRate, held-out metrics,
+                         each with a bootstrap 95% interval and the number of items; judge and settings
+    eval.md              the same as a Markdown table
+    generations.jsonl    every prompt with both answers, their Single scores, the pairwise outcome and the
+                         judge's raw replies, so every number can be traced to text
+
+Baseline answers are cached by content (baseline weights, prompts, generation settings), so a sweep generates
+them once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from prefalign.data.tokenization import PairTokenizer
+from prefalign.evaluation.benchmarks import Benchmark
+from prefalign.evaluation.generation import generate_answers
+from prefalign.evaluation.judges import Judge
+from prefalign.evaluation.metrics import bootstrap, length_controlled_win_rate, win_rate
+from prefalign.models import ModelSource, directory_fingerprint, ensure_pad_token, release_padding_row, resolve_checkpoint_dir
+from prefalign.training import write_json
+
+log = logging.getLogger(__name__)
+
+
+def run_config(path: str | Path) -> DictConfig | None:
+    """The resolved config of a prefalign run directory, or ``None`` for a plain checkpoint."""
+    config = Path(path) / "config.yaml"
+    return OmegaConf.load(config) if config.exists() else None
+
+
+def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, Any]:
+    """A causal LM and its tokenizer from a run directory or checkpoint folder, with a clear error if absent."""
+    folder = resolve_checkpoint_dir(path)
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        raise FileNotFoundError(f"policy directory {folder} has a config.json but no weights (*.safetensors or *.bin)")
+    model = release_padding_row(AutoModelForCausalLM.from_pretrained(folder, dtype=dtype))
+    return model, ensure_pad_token(AutoTokenizer.from_pretrained(folder))
+
+
+def baseline_source(baseline: str | None, run_cfg: DictConfig | None) -> tuple[Any, str]:
+    """A loader of the baseline model and its fingerprint: ``baseline=<path>``, else the run's reference model."""
+    if baseline:
+        folder = resolve_checkpoint_dir(baseline)
+        return (lambda: load_checkpoint(folder)[0]), f"path:{directory_fingerprint(folder)}"
+    if run_cfg is None:
+        raise ValueError("the policy is not a prefalign run directory: give the model to compare with, baseline=<path>")
+    source: ModelSource = instantiate(run_cfg.model)
+    return source.load_reference_model, source.reference_fingerprint()
+
+
+def items_fingerprint(items: list[Any]) -> str:
+    payload = json.dumps([[item.item_id, item.prompt] for item in items], sort_keys=True)
+    return hashlib.sha1(payload.encode()).hexdigest()[:16]
+
+
+def heldout_metrics(run_cfg: DictConfig, policy: torch.nn.Module, cache_dir: Path, resamples: int, seed: int) -> dict[str, Any]:
+    """Reward accuracy, margin and loss of the policy on the run's validation pairs, with bootstrap intervals."""
+    from prefalign.module import pair_metrics, reference_logps
+    from prefalign.logprobs import pair_logps
+    from prefalign.reference import move_to
+    from prefalign.training import attach_reference_logps
+
+    source: ModelSource = instantiate(run_cfg.model)
+    tokenizer = source.load_tokenizer()
+    loss = instantiate(run_cfg.loss)
+    datamodule = instantiate(run_cfg.data)(tokenizer=tokenizer, mismatched=loss.requires_mismatched, seed=run_cfg.seed)
+    datamodule.setup()
+    if loss.requires_reference:
+        reference = source.load_reference_model()
+        attach_reference_logps(datamodule, reference, source, cache_dir, run_cfg.share_prompt)
+        del reference
+    values: dict[str, list[float]] = {}
+    device = next(policy.parameters()).device
+    policy.eval()
+    with torch.no_grad():
+        for batch in datamodule.eval_loader("val"):
+            batch = move_to(batch, device)
+            logps = pair_logps(policy, batch, share_prompt=run_cfg.share_prompt, mismatched=loss.requires_mismatched)
+            out = loss(logps, reference_logps(batch) if loss.requires_reference else None)
+            for name, tensor in pair_metrics(out, logps).items():
+                values.setdefault(name, []).extend(tensor.float().cpu().tolist())
+    return {
+        name: bootstrap(values[name], resamples=resamples, seed=seed)
+        for name in ("rewards/accuracies", "rewards/margins", "loss")
+    }
+
+
+def evaluate_policy(
+    policy_path: str | Path,
+    bench_cfg: DictConfig,
+    judge_cfg: DictConfig,
+    settings: DictConfig,
+    cache_dir: Path,
+    output_dir: Path | None = None,
+    baseline: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate one policy on one benchmark with one judge (module docstring); returns ``eval.json``'s content.
+
+    Args:
+        policy_path: a run directory or a Hugging Face checkpoint folder.
+        bench_cfg, judge_cfg: ``bench`` and ``judge`` config nodes.
+        settings: ``temperature``, ``top_p``, ``seed``, ``batch_size``, ``bootstrap_resamples``, ``heldout``.
+        cache_dir: cache root (baseline generations, reference log-probs, judge replies).
+        output_dir: where to write; default ``<run>/eval/<bench>-<judge>`` (or ``./eval`` for a checkpoint).
+        baseline: a checkpoint to compare with instead of the run's reference model.
+    """
+    start = time.perf_counter()
+    policy_path = Path(policy_path)
+    run_cfg = run_config(policy_path)
+    benchmark: Benchmark = instantiate(bench_cfg)
+    judge: Judge = instantiate(judge_cfg)
+    items = benchmark.load()
+    if output_dir is None:
+        root = policy_path if run_cfg is not None else Path.cwd()
+        output_dir = root / "eval" / f"{benchmark.name}-{judge.name}"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    log.info("evaluating %s on %s (%d prompts) with the %s judge", policy_path, benchmark.name, len(items), judge.name)
+
+    policy, tokenizer = load_checkpoint(policy_path)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    policy.to(device)
+    max_length = int(run_cfg.data.max_length) if run_cfg is not None else 2048
+    max_prompt = int(run_cfg.data.max_prompt_length) if run_cfg is not None else 1024
+    pair_tokenizer = PairTokenizer(tokenizer, max_length=max_length + benchmark.max_new_tokens, max_prompt_length=max_prompt)
+    generation = {
+        "max_new_tokens": benchmark.max_new_tokens,
+        "temperature": float(settings.temperature),
+        "top_p": float(settings.top_p),
+        "seed": int(settings.seed),
+        "batch_size": int(settings.batch_size),
+    }
+    prompts = [item.prompt for item in items]
+    policy_answers = generate_answers(policy, pair_tokenizer, prompts, desc="generating (policy)", **generation)
+
+    load_baseline, baseline_fingerprint = baseline_source(baseline, run_cfg)
+    key = hashlib.sha1(json.dumps([baseline_fingerprint, items_fingerprint(items), generation], sort_keys=True).encode())
+    cached = cache_dir / "generations" / f"{key.hexdigest()[:20]}.json"
+    if cached.exists():
+        baseline_answers = json.loads(cached.read_text())
+        log.info("baseline answers from cache %s", cached)
+    else:
+        baseline_model = load_baseline().to(device)
+        baseline_answers = generate_answers(baseline_model, pair_tokenizer, prompts, desc="generating (baseline)", **generation)
+        del baseline_model
+        write_json(baseline_answers, cached)
+
+    resamples, seed = int(settings.bootstrap_resamples), int(settings.seed)
+    single_policy = judge.single(items, policy_answers)
+    single_baseline = judge.single(items, baseline_answers)
+    outcomes = judge.pairwise(items, policy_answers, baseline_answers)
+    policy_lengths = [len(tokenizer(a, add_special_tokens=False).input_ids) for a in policy_answers]
+    baseline_lengths = [len(tokenizer(a, add_special_tokens=False).input_ids) for a in baseline_answers]
+
+    def single_summary(values: list[float | None]) -> dict[str, Any]:
+        parsable = [v for v in values if v is not None]
+        return {**bootstrap(parsable, resamples=resamples, seed=seed), "unparsable": len(values) - len(parsable)}
+
+    result: dict[str, Any] = {
+        "benchmark": benchmark.name,
+        "judge": judge.name,
+        "policy": str(policy_path),
+        "baseline": baseline or "reference model of the run",
+        "items": len(items),
+        "single": {"policy": single_summary(single_policy), "baseline": single_summary(single_baseline)},
+        "winrate": win_rate(outcomes, resamples=resamples, seed=seed),
+        "lc_winrate": length_controlled_win_rate(outcomes, policy_lengths, baseline_lengths, seed=seed),
+        "mean_length": {"policy": float(np.mean(policy_lengths)), "baseline": float(np.mean(baseline_lengths))},
+        "unparsable_replies": dict(judge.unparsable),
+        "generation": generation,
+    }
+    if run_cfg is not None and settings.get("heldout", True):
+        result["heldout"] = heldout_metrics(run_cfg, policy, cache_dir, resamples, seed)
+    result["elapsed_s"] = round(time.perf_counter() - start, 1)
+
+    records = {r["item_id"]: [] for r in judge.records()}
+    for record in judge.records():
+        records[record["item_id"]].append(record)
+    with open(output_dir / "generations.jsonl", "w") as stream:
+        for index, item in enumerate(items):
+            stream.write(
+                json.dumps(
+                    {
+                        "item_id": item.item_id,
+                        "prompt": item.prompt,
+                        "policy_answer": policy_answers[index],
+                        "baseline_answer": baseline_answers[index],
+                        "single_policy": single_policy[index],
+                        "single_baseline": single_baseline[index],
+                        "outcome_for_policy": outcomes[index],
+                        "judge_replies": records.get(item.item_id, []),
+                    }
+                )
+                + "\n"
+            )
+    write_json(result, output_dir / "eval.json")
+    (output_dir / "eval.md").write_text(eval_markdown(result))
+    log.info(
+        "%s / %s: Single %.2f (baseline %.2f), WinRate %.1f%% [%.1f, %.1f], n=%d -> %s",
+        benchmark.name,
+        judge.name,
+        result["single"]["policy"]["value"],
+        result["single"]["baseline"]["value"],
+        result["winrate"]["value"],
+        result["winrate"]["ci_low"],
+        result["winrate"]["ci_high"],
+        result["winrate"]["n"],
+        output_dir / "eval.json",
+    )
+    return result
+
+
+def eval_markdown(result: dict[str, Any]) -> str:
+    def row(name: str, metric: dict[str, Any], unit: str = "") -> str:
+        return f"| {name} | {metric['value']:.2f}{unit} | [{metric['ci_low']:.2f}, {metric['ci_high']:.2f}] | {metric['n']} |"
+
+    lines = [
+        f"# {result['benchmark']} / {result['judge']} judge",
+        "",
+        f"Policy `{result['policy']}` against {result['baseline']}.",
+        "",
+        "| metric | value | 95% CI | n |",
+        "| --- | --- | --- | --- |",
+        row("Single (policy)", result["single"]["policy"]),
+        row("Single (baseline)", result["single"]["baseline"]),
+        row("WinRate vs baseline", result["winrate"], " %"),
+        row("LC WinRate vs baseline", result["lc_winrate"], " %"),
+    ]
+    for name, metric in result.get("heldout", {}).items():
+        lines.append(row(f"held-out {name}", metric))
+    wins = result["winrate"]
+    lines += [
+        "",
+        f"Wins / ties / losses: {wins['wins']} / {wins['ties']} / {wins['losses']}; "
+        f"unparsable judge replies: {result['unparsable_replies'] or 0}.",
+    ]
+    return "\n".join(lines) + "\n"

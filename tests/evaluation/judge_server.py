@@ -1,0 +1,77 @@
+"""A small OpenAI-compatible chat server on loopback, for testing the LLM judge for real over HTTP.
+
+Behaviour, decided from the request text:
+* single grading: "Rating: [[9]]" when the answer contains GOOD, "[[2]]" when it contains BAD, and an
+  unparsable reply when it contains GARBLE;
+* pairwise: prefers the answer containing GOOD; with no GOOD answer it always says "[[A]]" (a pure position
+  bias, which judging both orders must cancel into a tie); GARBLE anywhere gives an unparsable reply;
+* the first ``fail_first`` requests get HTTP 500 (to exercise retries).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class JudgeServer:
+    def __init__(self, fail_first: int = 0) -> None:
+        self.fail_first = fail_first
+        self.requests = 0
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # keep test output clean
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length))
+                with server.lock:
+                    server.requests += 1
+                    failing = server.requests <= server.fail_first
+                if failing:
+                    self.send_response(500)
+                    self.end_headers()
+                    self.wfile.write(b'{"error": "overloaded"}')
+                    return
+                reply = server.reply(body["messages"][-1]["content"])
+                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    @staticmethod
+    def reply(text: str) -> str:
+        if "GARBLE" in text:
+            return "I would rather not say."
+        if "[Answer A]" in text:
+            first = re.search(r"\[Answer A\]\n(.*?)\n\n\[Answer B\]", text, re.S).group(1)
+            second = re.search(r"\[Answer B\]\n(.*?)\n\nFirst compare", text, re.S).group(1)
+            if "GOOD" in first and "GOOD" not in second:
+                return "A is right.\n[[A]]"
+            if "GOOD" in second and "GOOD" not in first:
+                return "B is right.\n[[B]]"
+            return "Hard to say, I pick the first.\n[[A]]"
+        answer = re.search(r"\[Assistant answer\]\n(.*?)\n\nFirst explain", text, re.S).group(1)
+        return "Correct and clear.\nRating: [[9]]" if "GOOD" in answer else "Wrong.\nRating: [[2]]"
+
+    def __enter__(self) -> "JudgeServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,54 @@
+"""Win rates, length control and bootstrap intervals on hand-made outcomes; the verifier judge."""
+
+import math
+
+import numpy as np
+import pytest
+
+from prefalign.evaluation.judges import EvalItem, VerifierJudge
+from prefalign.evaluation.metrics import bootstrap, length_controlled_win_rate, win_rate
+
+
+def test_win_rate_counts_ties_half_and_reports_unparsable():
+    result = win_rate([1.0, 0.5, 0.0, None, 1.0], resamples=200)
+    # parsable outcomes 1, 0.5, 0, 1 -> (100 + 50 + 0 + 100) / 4 = 62.5 %
+    assert result["value"] == 62.5
+    assert (result["wins"], result["ties"], result["losses"], result["unparsable"], result["n"]) == (2, 1, 1, 1, 4)
+    assert 0 <= result["ci_low"] <= 62.5 <= result["ci_high"] <= 100
+
+
+def test_bootstrap_of_a_constant_has_a_zero_width_interval():
+    result = bootstrap([7.0] * 20, resamples=100)
+    assert result == {"value": 7.0, "ci_low": 7.0, "ci_high": 7.0, "n": 20}
+    assert math.isnan(bootstrap([])["value"])
+
+
+def test_length_control_equals_the_win_rate_at_equal_lengths():
+    outcomes = [1.0] * 30 + [0.0] * 10  # 75 % wins, all answers of equal length
+    result = length_controlled_win_rate(outcomes, [10] * 40, [10] * 40, resamples=50)
+    # with no length difference the model is P = sigmoid(theta) and the MLE is the raw win rate
+    assert result["value"] == pytest.approx(75.0, abs=0.2)
+
+
+def test_length_control_discounts_wins_that_come_from_longer_answers():
+    rng = np.random.default_rng(0)
+    # the policy's answer is longer on 80 % of prompts; the judge prefers longer answers and is a coin flip at
+    # equal length, so the raw win rate is inflated while the length-controlled one should be near 50 %
+    difference = np.where(rng.random(3000) < 0.8, 1.0, -1.0) * rng.uniform(5, 40, 3000)
+    scale = difference.std()
+    outcomes = (rng.random(3000) < 1 / (1 + np.exp(-3 * np.tanh(difference / scale)))).astype(float)
+    baseline = np.full(3000, 100.0)
+    raw = win_rate(outcomes.tolist(), resamples=10)["value"]
+    controlled = length_controlled_win_rate(outcomes.tolist(), (baseline + difference).tolist(), baseline.tolist(), resamples=10)
+    assert raw > 65
+    assert abs(controlled["value"] - 50) < 4
+    assert controlled["length_coefficient"] > 2
+
+
+def test_verifier_judge():
+    item = EvalItem("q", "What is 2 + 3?", {"family": "add1", "operands": [2, 3], "answer": 5})
+    judge = VerifierJudge()
+    assert judge.single([item, item], ["The answer is 5.", "It is 6."]) == [10.0, 1.0]
+    assert judge.pairwise([item] * 3, ["5", "6", "5"], ["6", "5", "5."]) == [1.0, 0.0, 0.5]
+    with pytest.raises(ValueError, match="needs a checker"):
+        judge.single([EvalItem("x", "free text")], ["answer"])
