@@ -37,25 +37,31 @@ class ReplyCache:
     """A thread-safe SQLite key-value store of replies."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(path).expanduser()
         self._lock = threading.Lock()
-        self._connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._connection.execute("PRAGMA journal_mode=WAL")
-        self._connection.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, reply TEXT NOT NULL)")
+        self._connection: sqlite3.Connection | None = None
+
+    def _db(self) -> sqlite3.Connection:
+        """The connection, opened on first use (building a judge does not touch the disk)."""
+        if self._connection is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, reply TEXT NOT NULL)")
+        return self._connection
 
     def get(self, key: str) -> str | None:
         with self._lock:
-            row = self._connection.execute("SELECT reply FROM replies WHERE key = ?", (key,)).fetchone()
+            row = self._db().execute("SELECT reply FROM replies WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
     def put(self, key: str, reply: str) -> None:
         with self._lock:
-            self._connection.execute("INSERT OR REPLACE INTO replies (key, reply) VALUES (?, ?)", (key, reply))
+            self._db().execute("INSERT OR REPLACE INTO replies (key, reply) VALUES (?, ?)", (key, reply))
 
     def __len__(self) -> int:
         with self._lock:
-            return self._connection.execute("SELECT COUNT(*) FROM replies").fetchone()[0]
+            return self._db().execute("SELECT COUNT(*) FROM replies").fetchone()[0]
 
 
 class ChatClient:
