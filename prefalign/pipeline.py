@@ -181,7 +181,9 @@ def run_selection_pipeline(setup: RunSetup, model: torch.nn.Module) -> tuple[tor
     cfg = setup.cfg
     rule: SelectionRule = instantiate(cfg.select)
     policy, policy_key, warmup_hit = warm_up(setup, model)
-    scores, scores_hit = compute_scores(setup, policy, policy_key, rule.scores, int(cfg.pipeline.shard_size))
+    # the rule's scores, plus any extra ones asked for the analysis (computed in the same pass, never used here)
+    names = list(dict.fromkeys([*rule.scores, *(cfg.pipeline.get("extra_scores") or [])]))
+    scores, scores_hit = compute_scores(setup, policy, policy_key, names, int(cfg.pipeline.shard_size))
     selection = rule.select(scores)
     if not selection.kept:
         raise ValueError(f"select={selection.rule} kept no pairs (thresholds: {selection.thresholds})")
@@ -206,6 +208,7 @@ def run_selection_pipeline(setup: RunSetup, model: torch.nn.Module) -> tuple[tor
         "total": selection.total,
         "kept_fraction": selection.kept_fraction,
         "scores": rule.scores,
+        "extra_scores": [name for name in names if name not in rule.scores],
         "warmup_from_cache": warmup_hit,
         "scores_from_cache": scores_hit,
         "warmup_key": policy_key,

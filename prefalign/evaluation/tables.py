@@ -18,15 +18,19 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
+# display names, in the papers' row order (other rules follow, by name)
 METHOD_NAMES = {
     "full": "Full Data",
     "random": "Random",
     "topk": "Top-k",
-    "lossdiff_irm": "LossDiff-IRM",
+    "pzn_P": "P region",
+    "pzn_Z": "Z region",
+    "pzn_N": "N region",
+    "tif": "TIF",
     "lossdiff": "LossDiff",
     "irm": "IRM",
-    "tif": "TIF",
     "bees": "BeeS",
+    "lossdiff_irm": "LossDiff-IRM",
 }
 
 
@@ -108,7 +112,12 @@ def paper_table(results: pd.DataFrame) -> tuple[str, pd.DataFrame]:
         sft = results[(results["model"] == model) & (results["loss"] == loss)].groupby("benchmark")["baseline_single"].mean()
         lines.append("| SFT | | " + " | ".join(f"{sft.get(b, float('nan')):.2f} | -" for b in benchmarks) + " |")
         best = {column: block[column].max() for column in block.columns}
-        for (_, _, method, ratio), row in block.iterrows():
+        order = {label: rank for rank, label in enumerate(METHOD_NAMES.values())}
+        def rank(method: str) -> int:
+            return order.get(method, order.get(method.split(" ")[0], len(order)))
+
+        rows = sorted(block.iterrows(), key=lambda entry: (rank(entry[0][2]), entry[0][2], entry[0][3]))
+        for (_, _, method, ratio), row in rows:
             cells = []
             for benchmark in benchmarks:
                 for metric, digits in (("single", 2), ("winrate", 2)):

@@ -1,0 +1,115 @@
+"""evaluate.py end to end with tiny models: the verifier, the OpenAI-compatible judge over loopback HTTP, a tiny
+reward model, the sweep table, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from prefalign.scoring.base import read_scores
+from tests.evaluation.judge_server import JudgeServer
+from tests.test_cli import QUICK, ROOT, check, train
+
+FEW = ["bench.limit=12", "generation.batch_size=12", "generation.bootstrap_resamples=200"]
+
+
+def evaluate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "evaluate.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run") / "tiny"
+    check(train("model=tiny_llama", *QUICK, f"hydra.run.dir={run}"))
+    return run
+
+
+def test_verifier_evaluation_writes_traceable_results(tiny_run, tmp_path):
+    result = evaluate(f"policy={tiny_run}", *FEW, f"hydra.run.dir={tmp_path / 'e'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = tiny_run / "eval" / "builtin-verifier"
+    report = json.loads((folder / "eval.json").read_text())
+    assert report["items"] == 12 and report["winrate"]["n"] == 12
+    for key in ("single", "winrate", "lc_winrate", "heldout", "generation"):
+        assert key in report
+    assert report["generation"]["temperature"] == 0.7
+    assert 1 <= report["single"]["policy"]["value"] <= 10
+    assert report["single"]["policy"]["ci_low"] <= report["single"]["policy"]["value"] <= report["single"]["policy"]["ci_high"]
+    assert set(report["heldout"]) == {"rewards/accuracies", "rewards/margins", "loss"}
+    assert report["heldout"]["loss"]["n"] == 8
+    lines = [json.loads(line) for line in (folder / "generations.jsonl").read_text().splitlines()]
+    assert len(lines) == 12 and all({"policy_answer", "baseline_answer", "outcome_for_policy"} <= set(l) for l in lines)
+    # the WinRate is exactly the mean of the per-prompt outcomes written next to the answers
+    assert report["winrate"]["value"] == pytest.approx(100 * sum(l["outcome_for_policy"] for l in lines) / 12)
+    assert "WinRate vs baseline" in (folder / "eval.md").read_text()
+
+
+def test_openai_judge_end_to_end_with_caching(tiny_run, tmp_path):
+    cache = tmp_path / "cache"
+    with JudgeServer(fail_first=1) as server:
+        args = [f"policy={tiny_run}", "judge=openai", f"judge.client.base_url={server.base_url}",
+                "judge.client.backoff=0.01", f"paths.cache_dir={cache}", *FEW]
+        first = evaluate(*args, f"hydra.run.dir={tmp_path / 'a'}")
+        assert first.returncode == 0, first.stderr[-3000:]
+        sent = server.requests
+        assert sent == 1 + 12 * 2 + 12 * 2  # one failure retried, single for both models, pairwise in both orders
+        second = evaluate(*args, f"hydra.run.dir={tmp_path / 'b'}")
+        assert second.returncode == 0, second.stderr[-3000:]
+        assert server.requests == sent  # everything came from the reply cache
+    report = json.loads((tiny_run / "eval" / "builtin-openai" / "eval.json").read_text())
+    # the tiny model never writes GOOD: the server rates 2 and always answers [[A]], which both orders cancel
+    assert report["single"]["policy"]["value"] == 2.0
+    assert report["winrate"]["value"] == 50.0 and report["winrate"]["ties"] == 12
+    assert report["unparsable_replies"] == {}
+
+
+def test_reward_model_judge_and_scorer(tiny_run, tiny_reward_model, tmp_path):
+    result = evaluate(f"policy={tiny_run}", "judge=reward_model", f"judge.model={tiny_reward_model}", "judge.dtype=float32",
+                      *FEW, f"hydra.run.dir={tmp_path / 'e'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tiny_run / "eval" / "builtin-reward_model" / "eval.json").read_text())
+    assert report["winrate"]["n"] == 12
+    scored = tmp_path / "scored"
+    result = subprocess.run(
+        [sys.executable, "score.py", "model=tiny_llama", "data.max_train_pairs=16", "data.max_val_pairs=8",
+         "scores=[reward_model]", f"scorers.reward_model.model={tiny_reward_model}", "scorers.reward_model.dtype=float32",
+         f"hydra.run.dir={scored}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores, _ = read_scores(scored)
+    assert len(scores) == 16 and scores["reward_model"].abs().sum() > 0
+
+
+def test_sweep_table_from_a_tiny_multirun(tmp_path):
+    sweep = tmp_path / "sweep"
+    check(train("-m", "model=tiny_llama", *QUICK, "select=full,random,lossdiff_irm", "select.keep_fraction=0.5",
+                f"hydra.sweep.dir={sweep}"))
+    result = evaluate(f"sweep={sweep}", *FEW, f"hydra.run.dir={tmp_path / 'e'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (sweep / "results.md").read_text()
+    for method in ("| Full Data | 100% |", "| Random | 50% |", "| LossDiff-IRM |", "| SFT |"):
+        assert method in table, table
+    assert "**" in table  # the best value of each column in bold
+    wide = pd.read_csv(sweep / "results.csv")
+    assert len(wide) == 3 and {"builtin_single", "builtin_winrate"} <= set(wide.columns)
+    assert (sweep / "winrate_vs_ratio.png").stat().st_size > 1000
+    # a second call reuses the evaluations it finds
+    again = evaluate(f"sweep={sweep}", *FEW, f"hydra.run.dir={tmp_path / 'f'}")
+    assert again.returncode == 0 and (again.stdout + again.stderr).count("already evaluated") == 3
+
+
+def test_bad_input_is_named(tiny_run, tmp_path):
+    empty = tmp_path / "no_weights"
+    empty.mkdir()
+    (empty / "config.json").write_text((tiny_run / "policy" / "config.json").read_text())
+    result = evaluate(f"policy={empty}", f"baseline={tiny_run}/policy", *FEW, f"hydra.run.dir={tmp_path / 'a'}")
+    assert result.returncode != 0 and f"{empty} has a config.json but no weights" in result.stderr
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text('{"instruction": "Say hi", "dataset": "x"}\n{"question": "no instruction here", "dataset": "x"}\n')
+    result = evaluate(f"policy={tiny_run}", "bench=alpaca_eval", f"bench.path={bench}", *FEW, f"hydra.run.dir={tmp_path / 'b'}")
+    assert result.returncode != 0 and f"{bench}:2: missing key 'instruction'" in result.stderr

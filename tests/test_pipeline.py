@@ -1,0 +1,147 @@
+"""The selection pipeline end to end with the tiny models: warm-up, scores, selection, training; caching;
+score.py and select.py; and every experiment sweep."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from prefalign.scoring.base import read_scores
+from tests.test_cli import ROOT, check, train
+
+import subprocess
+import sys
+
+SMALL = ["model=tiny_llama", "data.max_train_pairs=40", "data.max_val_pairs=12", "optimizer.lr=1e-3", "logger=csv"]
+
+
+def script(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, name, *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def runs_of(sweep: Path) -> list[dict]:
+    runs = sorted((p for p in sweep.iterdir() if (p / "metrics.json").exists()), key=lambda p: int(p.name.split("_")[0]))
+    return [json.loads((run / "metrics.json").read_text()) | {"dir": run} for run in runs]
+
+
+def test_keep_fraction_sweep_warms_up_and_scores_once(tmp_path):
+    sweep, cache = tmp_path / "sweep", tmp_path / "cache"
+    result = train(
+        "-m", *SMALL, "select=lossdiff_irm", "select.keep_fraction=0.5,0.64,0.8",
+        f"paths.cache_dir={cache}", f"hydra.sweep.dir={sweep}",
+    )
+    check(result)
+    runs = runs_of(sweep)
+    assert [r["selection"]["warmup_from_cache"] for r in runs] == [False, True, True]
+    assert [r["selection"]["scores_from_cache"] for r in runs] == [False, True, True]
+    assert len({r["selection"]["warmup_key"] for r in runs}) == 1
+    for run, target in zip(runs, (0.5, 0.64, 0.8)):
+        selection = json.loads((run["dir"] / "selection.json").read_text())
+        assert selection["rule"] == "lossdiff_irm"
+        assert target <= selection["kept_fraction"] <= target + 0.06  # 40 pairs: steps of 2.5 %
+        assert run["run"]["train_pairs"] == selection["kept_count"] == len(selection["kept"])
+        scores, provenance = read_scores(run["dir"] / "scores.parquet")
+        assert {"lossdiff", "irm"} <= set(scores.columns) and len(scores) == 40
+        assert provenance["scorers"]["lossdiff"]["epochs"] == 1
+        # the IRM of the warmed-up policy is not identically zero (theta != pi_ref after warm-up)
+        assert scores["irm"].abs().max() > 0
+    # one warm-up policy and one scores entry in the cache for the whole sweep
+    assert len(list((cache / "warmup").iterdir())) == 1
+    assert len(list((cache / "scores").iterdir())) == 1
+
+
+def test_tif_bees_and_random_pipelines(tmp_path):
+    sweep = tmp_path / "sweep"
+    check(train("-m", *SMALL, "select=tif,bees,random", "scorers.bees_implicit.seed_pairs=24", f"hydra.sweep.dir={sweep}"))
+    runs = {r["selection"]["rule"]: r for r in runs_of(sweep)}
+    assert set(runs) == {"tif", "bees", "random"}
+    tif = json.loads((runs["tif"]["dir"] / "selection.json").read_text())
+    assert tif["thresholds"]["score"] == "influence" and 0.5 < tif["kept_fraction"] < 0.9
+    bees = json.loads((runs["bees"]["dir"] / "selection.json").read_text())
+    scores, _ = read_scores(runs["bees"]["dir"] / "scores.parquet")
+    margins = scores.set_index("pair_id").loc[bees["kept"]]
+    assert (margins["annotator"] > 0).all() and (margins["bees_implicit"] > 0).all()  # eligibility
+    assert runs["random"]["selection"]["kept_count"] == round(0.64 * 40)
+    assert runs["random"]["selection"]["scores"] == []
+    for run in runs.values():
+        assert (run["dir"] / "policy" / "config.json").exists()
+
+
+def test_restart_from_reference(tmp_path):
+    run = tmp_path / "run"
+    check(train(*SMALL, "select=irm", "select.keep_fraction=0.5", "pipeline.restart_from=reference", f"hydra.run.dir={run}"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["selection"]["restart_from"] == "reference" and metrics["run"]["train_pairs"] == 20
+
+
+def test_score_select_and_analysis_scripts(tmp_path):
+    scored = tmp_path / "scored"
+    result = script("score.py", "model=tiny_llama", "data.max_train_pairs=40", "data.max_val_pairs=12",
+                    "scores=[irm,annotator,random,influence,ifd]", "shard_size=16", f"hydra.run.dir={scored}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores, provenance = read_scores(scored)
+    assert list(scores.columns) == ["pair_id", "irm", "annotator", "random", "influence", "ifd"]
+    assert len(scores) == 40 and provenance["data"]
+    summary = json.loads((scored / "scores_summary.json").read_text())
+    # the initial model is its own reference: zero up to float32 rounding (batches are padded differently)
+    assert abs(summary["statistics"]["irm"]["max"]) < 1e-5 and abs(summary["statistics"]["irm"]["min"]) < 1e-5
+    # select.py applies a rule to the file
+    selected = tmp_path / "selected"
+    result = script("select.py", f"scores={scored}", "select=topk", "select.score=annotator", "select.keep_fraction=0.25",
+                    f"hydra.run.dir={selected}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    selection = json.loads((selected / "selection.json").read_text())
+    top = scores.sort_values("annotator", ascending=False, kind="stable")["pair_id"].head(10)
+    assert sorted(selection["kept"]) == sorted(top) and selection["kept_count"] == 10
+    # and the analysis: overlap with TIF, correlations, noise kept, plots
+    analysis = tmp_path / "analysis"
+    result = script("select.py", f"scores={scored}", "analyze=true", "data.max_train_pairs=40",
+                    "analysis.rules=[tif,annotator,random,irm]", "analysis.scatter=[[influence,annotator]]",
+                    f"hydra.run.dir={analysis}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (analysis / "analysis.md").read_text()
+    assert "Overlap coefficient with tif" in report and "Noise kept" in report
+    noise = pd.read_csv(analysis / "noise.csv").set_index("selection")
+    assert noise.loc["tif", "label_flipped_base_rate"] == pytest.approx(noise.loc["random", "label_flipped_base_rate"])
+    assert (analysis / "plots" / "scatter_influence_annotator.png").exists()
+    overlap = pd.read_csv(analysis / "overlap.csv", index_col=0)
+    assert overlap.loc["tif", "tif"] == 1.0 and 0 <= overlap.loc["annotator", "tif"] <= 1
+
+
+def test_scoring_resumes_after_an_interruption(tmp_path):
+    first = script("score.py", "model=tiny_llama", "data.max_train_pairs=40", "data.max_val_pairs=8",
+                   "scores=[irm,random]", "shard_size=16", f"paths.cache_dir={tmp_path / 'cache'}",
+                   f"hydra.run.dir={tmp_path / 'a'}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    shards = sorted((tmp_path / "cache" / "scores").glob("*/shards/shard-*.parquet"))
+    assert len(shards) == 3  # 40 pairs in shards of 16
+    complete, _ = read_scores(tmp_path / "a")
+    # lose the last shard and the final file, as if the run had been killed while scoring it
+    shards[-1].unlink()
+    (shards[-1].parent.parent / "scores.parquet").unlink()
+    before = {path: path.stat().st_mtime_ns for path in shards[:-1]}
+    second = script("score.py", "model=tiny_llama", "data.max_train_pairs=40", "data.max_val_pairs=8",
+                    "scores=[irm,random]", "shard_size=16", f"paths.cache_dir={tmp_path / 'cache'}",
+                    f"hydra.run.dir={tmp_path / 'b'}")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "resuming, 2 of 3 shards already done" in second.stdout + second.stderr
+    assert {path: path.stat().st_mtime_ns for path in shards[:-1]} == before  # finished shards untouched
+    resumed, _ = read_scores(tmp_path / "b")
+    pd.testing.assert_frame_equal(resumed, complete)
+
+
+EXPERIMENTS = sorted(path.stem for path in (ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_runs_on_a_tiny_model(experiment, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = train("-m", f"experiment={experiment}", "model=tiny_llama", "data.max_train_pairs=24", "data.max_val_pairs=8",
+                   "scorers.bees_implicit.seed_pairs=16", "logger=csv", f"hydra.sweep.dir={sweep}",
+                   f"paths.cache_dir={tmp_path / 'cache'}")
+    check(result)
+    runs = runs_of(sweep)
+    assert runs and all((run["dir"] / "policy" / "config.json").exists() for run in runs)
