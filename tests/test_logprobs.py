@@ -13,7 +13,7 @@ def make_batch(seed: int = 0, mismatched: bool = False):
     generator = torch.Generator().manual_seed(seed)
     items = []
     for index, (p, c, r) in enumerate([(5, 3, 4), (2, 6, 1), (7, 2, 2)]):
-        draw = lambda n: torch.randint(3, 1000, (n,), generator=generator).tolist()  # noqa: E731
+        draw = lambda n: torch.randint(3, 1000, (n,), generator=generator).tolist()
         items.append(dict(pair_id=str(index), index=index, prompt_ids=draw(p), chosen_ids=draw(c), rejected_ids=draw(r)))
     if mismatched:
         for index, item in enumerate(items):
@@ -29,11 +29,13 @@ def plain_logp(model, prompt, completion):
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-@pytest.mark.parametrize("share_prompt", [True, False])
-def test_pair_logps_match_unpadded_sequences(architecture, share_prompt):
+@pytest.mark.parametrize("mode", ["shared_prompt", "concatenated", "packed"])
+def test_pair_logps_match_unpadded_sequences(architecture, mode):
     model = tiny_model(architecture, dtype="float64")
     items, batch = make_batch(mismatched=True)
-    out = pair_logps(model, batch, share_prompt=share_prompt, mismatched=True)
+    # pack_length 12 puts several sequences in one packed row, and gives the longest one a row of its own
+    pack_length = 12 if mode == "packed" else None
+    out = pair_logps(model, batch, share_prompt=mode == "shared_prompt", mismatched=True, pack_length=pack_length)
     for name in ("chosen", "rejected", "kl_chosen", "kl_rejected"):
         expected = torch.stack([plain_logp(model, it["prompt_ids"], it[f"{name}_ids"]) for it in items])
         assert_close(out[f"{name}_logps"], expected, rtol=1e-10, atol=1e-10)

@@ -29,13 +29,19 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from prefalign.atomic import write_json
 from prefalign.data.tokenization import PairTokenizer
 from prefalign.evaluation.benchmarks import Benchmark
 from prefalign.evaluation.generation import generate_answers
 from prefalign.evaluation.judges import Judge
 from prefalign.evaluation.metrics import bootstrap, length_controlled_win_rate, win_rate
-from prefalign.models import ModelSource, directory_fingerprint, ensure_pad_token, release_padding_row, resolve_checkpoint_dir
-from prefalign.training import write_json
+from prefalign.models import (
+    ModelSource,
+    directory_fingerprint,
+    ensure_pad_token,
+    release_padding_row,
+    resolve_checkpoint_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +79,8 @@ def items_fingerprint(items: list[Any]) -> str:
 
 def heldout_metrics(run_cfg: DictConfig, policy: torch.nn.Module, cache_dir: Path, resamples: int, seed: int) -> dict[str, Any]:
     """Reward accuracy, margin and loss of the policy on the run's validation pairs, with bootstrap intervals."""
-    from prefalign.module import pair_metrics, reference_logps
     from prefalign.logprobs import pair_logps
+    from prefalign.module import pair_metrics, reference_logps
     from prefalign.reference import move_to
     from prefalign.training import attach_reference_logps
 
@@ -85,7 +91,7 @@ def heldout_metrics(run_cfg: DictConfig, policy: torch.nn.Module, cache_dir: Pat
     datamodule.setup()
     if loss.requires_reference:
         reference = source.load_reference_model()
-        attach_reference_logps(datamodule, reference, source, cache_dir, run_cfg.share_prompt)
+        attach_reference_logps(datamodule, reference, source, cache_dir, run_cfg.share_prompt, splits=("val",))
         del reference
     values: dict[str, list[float]] = {}
     device = next(policy.parameters()).device
@@ -194,9 +200,7 @@ def evaluate_policy(
     for record in judge.records():
         records[record["item_id"]].append(record)
     with open(output_dir / "generations.jsonl", "w") as stream:
-        for index, item in enumerate(items):
-            stream.write(
-                json.dumps(
+        stream.writelines(json.dumps(
                     {
                         "item_id": item.item_id,
                         "prompt": item.prompt,
@@ -208,8 +212,7 @@ def evaluate_policy(
                         "judge_replies": records.get(item.item_id, []),
                     }
                 )
-                + "\n"
-            )
+                + "\n" for index, item in enumerate(items))
     write_json(result, output_dir / "eval.json")
     (output_dir / "eval.md").write_text(eval_markdown(result))
     log.info(

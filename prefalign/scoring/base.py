@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from prefalign.atomic import atomic_write
 from prefalign.data.datamodule import PreferenceDataModule
 from prefalign.logprobs import pair_logps
 from prefalign.losses import PreferenceLoss
@@ -112,15 +112,7 @@ class Scorer:
 
 
 def atomic_write_parquet(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    os.close(handle)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def read_scores(path: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, Any]]:

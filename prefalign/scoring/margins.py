@@ -17,10 +17,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from transformers import AutoModelForCausalLM
 
+from prefalign.atomic import atomic_directory
 from prefalign.data.records import DataError, PreferencePair, Text
 from prefalign.logprobs import pair_logps
 from prefalign.losses import DPOLoss
-from prefalign.models import DTYPES, _atomic_save, release_padding_row
+from prefalign.models import DTYPES, release_padding_row
 from prefalign.scoring.base import Scorer, ScoringContext
 from prefalign.scoring.proxies import train_on_pairs
 
@@ -71,7 +72,7 @@ def conversation_text(tokenizer: Any, prompt: Text, completion: Text) -> str:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         reply = [{"role": "assistant", "content": completion}] if isinstance(completion, str) else list(completion)
         return tokenizer.apply_chat_template(messages + reply, tokenize=False)
-    as_text = lambda value: value if isinstance(value, str) else "\n".join(m["content"] for m in value)  # noqa: E731
+    as_text = lambda value: value if isinstance(value, str) else "\n".join(m["content"] for m in value)
     return as_text(prompt) + as_text(completion)
 
 
@@ -98,7 +99,7 @@ class RewardModel:
         self.max_length = max_length
         self.batch_size = batch_size
 
-    def to(self, device: torch.device) -> "RewardModel":
+    def to(self, device: torch.device) -> RewardModel:
         self.model.to(device)
         return self
 
@@ -262,7 +263,7 @@ class BeesImplicitScorer(Scorer):
             proxy = train_on_pairs(
                 proxy.to(context.device), context, loader, self.epochs, self.lr, "BeeS proxy model", DPOLoss(self.beta)
             )
-            _atomic_save(proxy.save_pretrained, folder)
+            atomic_directory(folder, proxy.save_pretrained)
         self._proxy = proxy.to(context.device).eval()
 
     def score_batch(self, context: ScoringContext, batch: dict[str, Any], shared: dict[str, Tensor]) -> Tensor:

@@ -27,9 +27,10 @@ import torch
 from torch import Tensor
 from transformers import AutoModelForCausalLM
 
+from prefalign.atomic import atomic_directory
 from prefalign.logprobs import pair_logps
 from prefalign.losses import PreferenceLoss
-from prefalign.models import _atomic_save, release_padding_row
+from prefalign.models import release_padding_row
 from prefalign.module import PreferenceModule, warmup_schedule
 from prefalign.scoring.base import Scorer, ScoringContext
 
@@ -152,7 +153,7 @@ class LossDiffScorer(Scorer):
         model.train()
         loader = context.datamodule._loader("val", context.datamodule.batch_size, shuffle=True)
         model = train_on_pairs(model, context, loader, self.epochs, self.lr, "lossdiff auxiliary model")
-        _atomic_save(model.save_pretrained, folder)
+        atomic_directory(folder, model.save_pretrained)
         self._auxiliary = model.to(context.device).eval()
 
     def score_batch(self, context: ScoringContext, batch: dict[str, Any], shared: dict[str, Tensor]) -> Tensor:

@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
+from prefalign.atomic import write_json
 from prefalign.models import directory_fingerprint, resolve_checkpoint_dir
 from prefalign.pipeline import compute_scores, load_policy_from
-from prefalign.training import attach_reference_logps, setup_run, write_json
+from prefalign.training import attach_reference_logps, setup_run
 
 log = logging.getLogger(__name__)
 

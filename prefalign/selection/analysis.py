@@ -44,6 +44,14 @@ def overlap_table(selections: dict[str, Selection]) -> pd.DataFrame:
     return matrix
 
 
+def spearman(first: pd.Series, second: pd.Series) -> float:
+    """Spearman's rank correlation: Pearson on average ranks (ties share their mean rank), as
+    ``scipy.stats.spearmanr`` computes it, without needing SciPy (pandas' ``method="spearman"`` imports it).
+    Rows where either value is missing are dropped first."""
+    both = pd.concat([first.rename("a"), second.rename("b")], axis=1).dropna()
+    return both["a"].rank().corr(both["b"].rank(), method="pearson")
+
+
 def correlation_table(scores: pd.DataFrame) -> pd.DataFrame:
     """Pearson and Spearman correlation of every pair of score columns."""
     columns = [c for c in scores.columns if c != "pair_id" and scores[c].nunique() > 1]
@@ -54,7 +62,7 @@ def correlation_table(scores: pd.DataFrame) -> pd.DataFrame:
                 "score_a": a,
                 "score_b": b,
                 "pearson": scores[a].corr(scores[b], method="pearson"),
-                "spearman": scores[a].corr(scores[b], method="spearman"),
+                "spearman": spearman(scores[a], scores[b]),
             }
         )
     return pd.DataFrame(rows, columns=["score_a", "score_b", "pearson", "spearman"])
@@ -148,7 +156,7 @@ def plot_scores(scores: pd.DataFrame, out_dir: Path, truth: pd.DataFrame | None,
         for g in [g for g in colours if (category == g).any()]:
             mask = category == g
             axis.scatter(merged[a][mask], merged[b][mask], s=6, alpha=0.6, label=g, color=colours[g])
-        rho = merged[a].corr(merged[b], method="spearman")
+        rho = spearman(merged[a], merged[b])
         axis.set_xlabel(a)
         axis.set_ylabel(b)
         axis.set_title(f"{a} vs {b} (Spearman {rho:.3f})")

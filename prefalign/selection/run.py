@@ -11,6 +11,7 @@ import pandas as pd
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from prefalign.atomic import write_json
 from prefalign.scoring.base import read_scores
 from prefalign.selection.analysis import (
     correlation_table,
@@ -21,7 +22,6 @@ from prefalign.selection.analysis import (
     plot_scores,
 )
 from prefalign.selection.rules import Selection, SelectionRule
-from prefalign.training import write_json
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,144 @@
+"""Forward scoring throughput as a fraction of the machine's dense matmul peak (model FLOPs utilisation).
+
+    python -m bench.scoring [--model smollm2_135m] [--pairs 128] [--batch-size 32]
+
+Measures, in one run on the same pairs: the machine's dense float32 matmul peak (the best of several square
+GEMMs), then the summed log-probs of every pair's chosen and rejected completion with
+
+* **padded**: each completion with its own copy of the prompt, in padded batches (TRL's concatenated batch);
+* **shared prompt**: prefalign's default, the prompt once per pair, padded batches grouped by length;
+* **packed**: padding-free packing of every ``prompt + completion`` sequence into rows of ``--pack-length``
+  tokens with restarting position ids;
+
+and for each the pairs/s, the model FLOPs per second (useful work only: ``2 x decoder parameters`` per real token
+run, ``2 x vocabulary x hidden`` per scored position, and attention ``4 x layers x hidden x context`` per real
+token, causal), the utilisation against the peak, and how the time grows from 1x to 4x the number of pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import append_result, machine, markdown, train_config
+from prefalign.logprobs import pair_logps
+
+
+def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
+    """Best dense float32 GEMM throughput in FLOP/s over a few square sizes (the machine's practical peak)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    best = 0.0
+    for n in (1024, size, 2 * size if device == "cuda" else size):
+        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+        for _ in range(2):
+            a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start))
+    return best
+
+
+def model_flops(model: torch.nn.Module, items: list, mode: str) -> float:
+    """Useful FLOPs of scoring ``items`` (tokenised pairs) in ``mode``: no padding counted."""
+    config = model.config
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    embedding = model.get_input_embeddings().weight.numel()
+    head = model.get_output_embeddings().weight
+    tied = head.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    decoder = sum(p.numel() for p in model.parameters()) - embedding - (0 if tied else head.numel())
+    total = 0.0
+    for item in items:
+        p, c, r = len(item.prompt_ids), len(item.chosen_ids), len(item.rejected_ids)
+        run = [(0, p), (p, c), (p, r)] if mode == "shared prompt" else [(0, p + c), (0, p + r)]
+        for start, length in run:
+            for position in range(start, start + length):
+                # matmuls with the weights, then QK^T and AV over the (causal) context
+                total += 2 * decoder + 4 * layers * hidden * (position + 1)
+        total += 2 * head.numel() * (c + r)
+    return total
+
+
+def score(model: torch.nn.Module, datamodule, mode: str, pack_length: int) -> float:
+    """Seconds to score every training pair once in ``mode``."""
+    loader = datamodule.eval_loader("train")
+    if mode == "padded":
+        datamodule.group_by_length = False
+        loader = datamodule.eval_loader("train")
+        datamodule.group_by_length = True
+    start = time.perf_counter()
+    with torch.no_grad():
+        for batch in loader:
+            batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            pair_logps(model, batch, share_prompt=mode == "shared prompt", pack_length=pack_length if mode == "packed" else None)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2_135m")
+    parser.add_argument("--pairs", type=int, default=128, help="pairs of the 1x run (the 4x run scores 4 times as many)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--pack-length", type=int, default=2048)
+    parser.add_argument("--dtype", default=None, help="model dtype (default: the model config's)")
+    args = parser.parse_args()
+
+    peak = matmul_peak()
+    print(f"dense matmul peak: {peak / 1e9:.1f} GFLOP/s", flush=True)
+    from hydra.utils import instantiate
+
+    overrides = [f"model={args.model}", f"data.eval_batch_size={args.batch_size}", "data.max_val_pairs=8"]
+    if args.dtype:
+        overrides.append(f"model.dtype={args.dtype}")
+    rows = []
+    times: dict[str, dict[int, float]] = {}
+    model = None
+    for multiple in (1, 4):
+        cfg = train_config([*overrides, f"data.max_train_pairs={multiple * args.pairs}"], Path(tempfile.mkdtemp()))
+        source = instantiate(cfg.model)
+        if model is None:
+            model = source.load_model().eval()
+            if torch.cuda.is_available():
+                model = model.cuda()
+        datamodule = instantiate(cfg.data)(tokenizer=source.load_tokenizer())
+        datamodule.setup()
+        items = datamodule.datasets["train"].items
+        score(model, datamodule, "shared prompt", args.pack_length)  # warm-up of the kernels and allocator
+        for mode in ("padded", "shared prompt", "packed"):
+            seconds = score(model, datamodule, mode, args.pack_length)
+            times.setdefault(mode, {})[multiple] = seconds
+            if multiple == 1:
+                flops = model_flops(model, items, mode)
+                rows.append({
+                    "mode": mode,
+                    "pairs": len(items),
+                    "seconds": seconds,
+                    "pairs_per_s": len(items) / seconds,
+                    "model_GFLOP_per_s": flops / seconds / 1e9,
+                    "utilisation_of_peak": flops / seconds / peak,
+                })
+            print(f"{mode} x{multiple}: {seconds:.1f} s", flush=True)
+    for row in rows:
+        row["time_4x_over_1x"] = times[row["mode"]][4] / times[row["mode"]][1]
+    table = markdown(rows) + f"\n\nDense matmul peak: {peak / 1e9:.1f} GFLOP/s."
+    print(table)
+    settings = {"model": args.model, "pairs_1x": args.pairs, "pairs_4x": 4 * args.pairs, "batch_size": args.batch_size,
+                "pack_length": args.pack_length, "dtype": str(next(model.parameters()).dtype)}
+    append_result("Forward scoring throughput and utilisation", "python -m bench.scoring " + " ".join(sys.argv[1:]),
+                  settings, table, machine())
+
+
+if __name__ == "__main__":
+    main()
