@@ -34,6 +34,7 @@ from bench.common import ROOT, append_result, machine, markdown, train_config
 
 LR = 1e-5
 MAX_LENGTH = 128
+EVAL_BATCH_SIZE = 32  # the built-in data's eval_batch_size: prefalign's reference pass batch
 
 
 def model_dir(model: str, cache_dir: Path) -> Path:
@@ -56,6 +57,7 @@ def prefalign_overrides(args: argparse.Namespace, pairs: int, folder: Path, cach
         f"data.max_train_pairs={pairs}",
         "data.max_val_pairs=8",
         f"data.batch_size={args.batch_size}",
+        f"data.eval_batch_size={EVAL_BATCH_SIZE}",
         f"data.max_length={MAX_LENGTH}",
         f"optimizer.lr={LR}",
         "optimizer.weight_decay=0.0",
@@ -102,6 +104,7 @@ def trl_trainer(args: argparse.Namespace, folder: Path, rows: list[dict[str, str
         beta=0.1,
         loss_type=["sigmoid"],
         precompute_ref_log_probs=precompute,
+        precompute_ref_batch_size=EVAL_BATCH_SIZE,  # as large as prefalign's reference pass (its fastest setting)
         logging_steps=1,
         report_to="none",
         save_strategy="no",

@@ -107,8 +107,9 @@ class PreferenceModule(L.LightningModule):
         self.val_metrics = torch.nn.ModuleDict({name.replace("/", "_"): MeanMetric() for name in METRICS})
 
     def on_fit_start(self) -> None:
-        # from_pretrained returns models in eval mode and Lightning keeps whatever mode it finds
-        self.policy.train()
+        # from_pretrained returns models in eval mode, scorers leave the policy and the loss in eval mode, and
+        # Lightning keeps whatever mode it finds
+        self.train()
 
     def forward(self, batch: dict[str, Any]) -> tuple[LossOutput, dict[str, Tensor]]:
         """Policy log-probs of the batch and the loss against its cached reference log-probs."""

@@ -4,16 +4,16 @@ score.py and select.py; and every experiment sweep."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from prefalign.data.sources import BuiltinSource
 from prefalign.scoring.base import read_scores
 from tests.test_cli import ROOT, check, train
-
-import subprocess
-import sys
 
 SMALL = ["model=tiny_llama", "data.max_train_pairs=40", "data.max_val_pairs=12", "optimizer.lr=1e-3", "logger=csv"]
 
@@ -105,7 +105,13 @@ def test_score_select_and_analysis_scripts(tmp_path):
     report = (analysis / "analysis.md").read_text()
     assert "Overlap coefficient with tif" in report and "Noise kept" in report
     noise = pd.read_csv(analysis / "noise.csv").set_index("selection")
+    # base rates are over the scored pairs (the first 40), not over the whole data file
+    flipped = [pair.metadata["label_flipped"] for pair in BuiltinSource().load("train") if pair.pair_id in set(scores["pair_id"])]
+    assert len(flipped) == 40
+    assert noise.loc["random", "label_flipped_base_rate"] == pytest.approx(sum(flipped) / 40)
     assert noise.loc["tif", "label_flipped_base_rate"] == pytest.approx(noise.loc["random", "label_flipped_base_rate"])
+    kept = noise.loc["tif", "label_flipped_kept"]
+    assert noise.loc["tif", "label_flipped_removed"] == pytest.approx(1 - kept / sum(flipped))
     assert (analysis / "plots" / "scatter_influence_annotator.png").exists()
     overlap = pd.read_csv(analysis / "overlap.csv", index_col=0)
     assert overlap.loc["tif", "tif"] == 1.0 and 0 <= overlap.loc["annotator", "tif"] <= 1

@@ -68,8 +68,9 @@ def run_analysis(cfg: DictConfig) -> dict[str, Any]:
         data = json.loads(Path(path).read_text())
         selections[Path(path).parent.name or data["rule"]] = Selection.from_dict(data)
 
-    pairs = instantiate(cfg.data.source).load("train")
-    truth = ground_truth(pairs)
+    # the ground truth of the scored pairs only: base rates and "removed" shares are over the scores' universe
+    scored = set(scores["pair_id"])
+    truth = ground_truth([pair for pair in instantiate(cfg.data.source).load("train") if pair.pair_id in scored])
     overlap = overlap_table(selections)
     overlap.index.name = "selection"
     correlations = correlation_table(scores)
