@@ -62,10 +62,10 @@ def prefalign_overrides(args: argparse.Namespace, pairs: int, folder: Path, cach
         f"optimizer.lr={LR}",
         "optimizer.weight_decay=0.0",
         "~scheduler",
-        "trainer.max_epochs=1",
-        "trainer.limit_val_batches=0",
-        "trainer.gradient_clip_val=1.0",
-        "trainer.log_every_n_steps=1",
+        "++trainer.max_epochs=1",
+        "++trainer.limit_val_batches=0",
+        "++trainer.gradient_clip_val=1.0",
+        "++trainer.log_every_n_steps=1",
         "logger=csv",
         f"paths.cache_dir={cache}",
     ]
@@ -116,6 +116,18 @@ def trl_trainer(args: argparse.Namespace, folder: Path, rows: list[dict[str, str
     return DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. ``VmHWM`` belongs to the current address space; ``ru_maxrss`` would
+    also count the parent's memory at fork time, which Linux carries across ``exec``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def worker(args: argparse.Namespace) -> None:
     """One timed epoch in this process; prints a JSON line with the measurements."""
     folder, cache = Path(args.folder), Path(args.cache)
@@ -141,7 +153,7 @@ def worker(args: argparse.Namespace) -> None:
         trainer.train()
         steps = trainer.state.global_step
     elapsed = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     if torch.cuda.is_available():
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     print("RESULT " + json.dumps({"seconds": elapsed, "steps": steps, "peak_mb": peak_mb}))
@@ -174,7 +186,7 @@ def correctness(args: argparse.Namespace, folder: Path, cache: Path) -> dict[str
     )
 
     out = Path(tempfile.mkdtemp())
-    overrides = prefalign_overrides(args, args.batch_size, folder, cache / "check") + ["trainer.max_epochs=2"]
+    overrides = prefalign_overrides(args, args.batch_size, folder, cache / "check") + ["++trainer.max_epochs=2"]
     cfg = train_config(overrides, out)
     setup = setup_run(cfg)
     model = setup.source.load_model()
