@@ -93,15 +93,24 @@ def packed_completion_logps(
     completion_input_ids: Tensor,
     completion_attention_mask: Tensor,
     prompt_index: Tensor | None = None,
-    pack_length: int = 1024,
+    pack_length: int = 512,
+    share_prompt: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """:func:`completion_logps` with padding-free packing: no pad token is ever run through the model.
+    """:func:`completion_logps` with padding-free packing: no pad token is run through the model but a row's tail.
 
-    Each completion becomes one sequence ``prompt + completion``; the sequences are packed greedily, in order,
-    into rows of at most ``pack_length`` tokens (longer sequences get a row of their own) with position ids
-    restarting at 0 for every sequence, which makes transformers build block-diagonal causal masks (packed
-    sequence format; requires no attention mask and no cache). The decoder runs on the packed rows and the
-    vocabulary projection only on the positions that predict completion tokens.
+    Each prompt and the completions that follow it form one *segment*: ``prompt, completion_1[:-1],
+    completion_2[:-1], ...`` (with ``share_prompt``; otherwise one segment ``prompt + completion[:-1]`` per
+    completion). Segments are packed greedily, in order, into rows of at most ``pack_length`` tokens (a longer
+    segment gets a row of its own). Position ids restart at 0 for each segment, and every completion continues
+    at the prompt's length, so each token sees exactly the positions it would see alone. A 4-D attention mask
+    lets a token attend, causally, to its own segment's prompt and to its own completion only: the rejected
+    completion never sees the chosen one. This combines prompt sharing (``|x| + |y_w| + |y_l|`` tokens a pair)
+    with no padding and one decoder call. The vocabulary projection runs only on the positions that predict
+    completion tokens.
+
+    ``pack_length`` trades padding at row tails against attention cost: attention here is computed over the
+    whole row (a dense masked ``L x L`` score matrix; no variable-length kernel runs on a CPU), so short rows of
+    a few hundred tokens are fastest (``python -m bench.scoring`` measures it).
     """
     n_completions = completion_input_ids.shape[0]
     device = completion_input_ids.device
@@ -109,43 +118,82 @@ def packed_completion_logps(
         prompt_index = torch.arange(n_completions, device=device)
     prompts = [ids[mask.bool()] for ids, mask in zip(prompt_input_ids, prompt_attention_mask)]
     completions = [ids[mask.bool()] for ids, mask in zip(completion_input_ids, completion_attention_mask)]
-    sequences = [torch.cat([prompts[int(p)], c]) for p, c in zip(prompt_index, completions)]
-    rows: list[list[int]] = []  # sequence numbers per packed row
+    owners_of: dict[int, list[int]] = {}
+    for number, prompt in enumerate(prompt_index.tolist()):
+        owners_of.setdefault(prompt, []).append(number)
+    if share_prompt:
+        segments = [(prompt, numbers) for prompt, numbers in owners_of.items()]
+    else:
+        segments = [(int(prompt), [number]) for number, prompt in enumerate(prompt_index.tolist())]
+
+    def size(segment: tuple[int, list[int]]) -> int:
+        prompt, numbers = segment
+        return len(prompts[prompt]) + sum(max(len(completions[n]) - 1, 0) for n in numbers)
+
+    rows: list[list[tuple[int, list[int]]]] = []
     lengths: list[int] = []
-    for number, sequence in enumerate(sequences):
-        if rows and lengths[-1] + len(sequence) <= pack_length:
-            rows[-1].append(number)
-            lengths[-1] += len(sequence)
+    for segment in segments:
+        if rows and lengths[-1] + size(segment) <= pack_length:
+            rows[-1].append(segment)
+            lengths[-1] += size(segment)
         else:
-            rows.append([number])
-            lengths.append(len(sequence))
+            rows.append([segment])
+            lengths.append(size(segment))
     width = max(lengths)
     pad_id = int(prompt_input_ids[0, 0]) if prompt_input_ids.numel() else 0
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
-    position_ids = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    # segment number and part (0: prompt, j: j-th completion of the segment) of every token; the tail of a row is
+    # one more segment of its own, attended by nothing real
+    segment_ids = torch.full((len(rows), width), -1, dtype=torch.long)
+    part_ids = torch.zeros((len(rows), width), dtype=torch.long)
     gather_rows, gather_positions, targets, owner = [], [], [], []
-    for row, numbers in enumerate(rows):
+    for row, row_segments in enumerate(rows):
         offset = 0
-        for number in numbers:
-            sequence = sequences[number]
-            size, prompt_size = len(sequence), len(prompts[int(prompt_index[number])])
-            input_ids[row, offset : offset + size] = sequence
-            position_ids[row, offset : offset + size] = torch.arange(size, device=device)
-            predicting = torch.arange(offset + prompt_size - 1, offset + size - 1, device=device)
-            gather_rows.append(torch.full_like(predicting, row))
-            gather_positions.append(predicting)
-            targets.append(sequence[prompt_size:])
-            owner.append(torch.full_like(predicting, number))
-            offset += size
-        # the tail of a row is one more "sequence" of padding, with its own positions, attended by nothing real
-        position_ids[row, offset:] = torch.arange(width - offset, device=device)
-    hidden = model.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
-    selected = hidden[torch.cat(gather_rows), torch.cat(gather_positions)]
-    logits = model.get_output_embeddings()(selected)
-    per_token = token_logps(logits, torch.cat(targets))
-    owners = torch.cat(owner)
-    sums = torch.zeros(n_completions, dtype=per_token.dtype, device=device).index_add(0, owners, per_token)
-    counts = completion_attention_mask.sum(-1).to(per_token.dtype)
+        for number, (prompt, numbers) in enumerate(row_segments):
+            ids = prompts[prompt].cpu()
+            p = len(ids)
+            input_ids[row, offset : offset + p] = ids
+            position_ids[row, offset : offset + p] = torch.arange(p)
+            segment_ids[row, offset : offset + p] = number
+            last_prompt_token = offset + p - 1
+            offset += p
+            for part, completion in enumerate(numbers, start=1):
+                tokens = completions[completion].cpu()
+                n = len(tokens)
+                if n == 0:
+                    continue
+                inputs = n - 1
+                input_ids[row, offset : offset + inputs] = tokens[:-1]
+                position_ids[row, offset : offset + inputs] = torch.arange(p, p + inputs)
+                segment_ids[row, offset : offset + inputs] = number
+                part_ids[row, offset : offset + inputs] = part
+                predicting = torch.cat([torch.tensor([last_prompt_token]), torch.arange(offset, offset + inputs)])
+                gather_rows.append(torch.full_like(predicting, row))
+                gather_positions.append(predicting)
+                targets.append(tokens)
+                owner.append(torch.full_like(predicting, completion))
+                offset += inputs
+        position_ids[row, offset:] = torch.arange(width - offset)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
+    visible_part = (part_ids[:, None, :] == 0) | (part_ids[:, :, None] == part_ids[:, None, :])
+    allowed = (causal & same_segment & visible_part).unsqueeze(1).to(device)  # (rows, 1, query, key)
+    dtype = next(model.parameters()).dtype
+    attention_mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
+    hidden = model.get_decoder()(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask,
+        position_ids=position_ids.to(device),
+        use_cache=False,
+    ).last_hidden_state
+    sums = torch.zeros(n_completions, dtype=torch.promote_types(hidden.dtype, torch.float32), device=device)
+    if gather_rows:
+        selected = hidden[torch.cat(gather_rows).to(device), torch.cat(gather_positions).to(device)]
+        logits = model.get_output_embeddings()(selected)
+        per_token = token_logps(logits, torch.cat(targets).to(device))
+        sums = sums.to(per_token.dtype).index_add(0, torch.cat(owner).to(device), per_token)
+    counts = completion_attention_mask.sum(-1).to(sums.dtype)
     return sums, counts
 
 
@@ -194,8 +242,8 @@ def pair_logps(
     """Log-probs of every completion of a pair batch in one pass over the model.
 
     Chosen, rejected (and, with ``mismatched``, KTO's mismatched completions) are stacked into one completion
-    batch behind the shared prompts; with ``pack_length`` they are packed without padding instead
-    (:func:`packed_completion_logps`).
+    batch behind the shared prompts; with ``pack_length`` they are packed without padding instead, each prompt
+    once with all of its completions when ``share_prompt`` (:func:`packed_completion_logps`).
 
     Returns:
         ``chosen_logps``, ``rejected_logps``, ``chosen_lengths``, ``rejected_lengths`` and, with
@@ -213,7 +261,8 @@ def pair_logps(
     prompt_index = torch.arange(batch_size, device=ids.device).repeat(len(names))
     if pack_length:
         logps, lengths = packed_completion_logps(
-            model, batch["prompt_input_ids"], batch["prompt_attention_mask"], ids, mask, prompt_index, pack_length
+            model, batch["prompt_input_ids"], batch["prompt_attention_mask"], ids, mask, prompt_index, pack_length,
+            share_prompt,
         )
     else:
         logps, lengths = completion_logps(

@@ -29,13 +29,17 @@ def plain_logp(model, prompt, completion):
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-@pytest.mark.parametrize("mode", ["shared_prompt", "concatenated", "packed"])
+@pytest.mark.parametrize("mode", ["shared_prompt", "concatenated", "packed", "packed_shared_prompt"])
 def test_pair_logps_match_unpadded_sequences(architecture, mode):
     model = tiny_model(architecture, dtype="float64")
     items, batch = make_batch(mismatched=True)
-    # pack_length 12 puts several sequences in one packed row, and gives the longest one a row of its own
-    pack_length = 12 if mode == "packed" else None
-    out = pair_logps(model, batch, share_prompt=mode == "shared_prompt", mismatched=True, pack_length=pack_length)
+    # pack_length 12 puts several sequences in one packed row and gives the longest one a row of its own; with a
+    # shared prompt a segment is the prompt + 4 completions less their last tokens (chosen, rejected, KTO's two
+    # mismatched): 12, 12 and 14 tokens, so 24 packs two segments into the first row (the second pair's rejected
+    # completion, a single token, runs no input at all)
+    pack_length = {"packed": 12, "packed_shared_prompt": 24}.get(mode)
+    share = mode in ("shared_prompt", "packed_shared_prompt")
+    out = pair_logps(model, batch, share_prompt=share, mismatched=True, pack_length=pack_length)
     for name in ("chosen", "rejected", "kl_chosen", "kl_rejected"):
         expected = torch.stack([plain_logp(model, it["prompt_ids"], it[f"{name}_ids"]) for it in items])
         assert_close(out[f"{name}_logps"], expected, rtol=1e-10, atol=1e-10)
