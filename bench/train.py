@@ -1,7 +1,7 @@
 """DPO training throughput: prefalign versus TRL's ``DPOTrainer``, side by side in one invocation.
 
     pip install trl            # in the benchmark environment only; not a dependency of prefalign
-    python -m bench.train [--model smollm2_135m] [--pairs 384] [--batch-size 8]
+    python -m bench.train [--model smollm2_135m] [--pairs 384] [--batch-size 8] [--pack-length 512]
 
 Both frameworks get the same model (the converted checkpoint of ``--model``), the same pairs of the built-in data
 (TRL receives each prompt already rendered with the chat template, and each completion as text, to which it adds
@@ -9,7 +9,9 @@ the EOS token, so both tokenise to the same ids; the script counts the pairs whe
 maximum length, precision (float32), optimiser (AdamW, constant learning rate, no weight decay, gradient clipping
 at 1.0) and one epoch. Each throughput run is a separate process (so peak memory is its own) and counts the whole
 epoch's wall time, reference log-probs included: prefalign with an empty reference cache, TRL both with
-``precompute_ref_log_probs=True`` and ``False`` (the faster one is the baseline of the speed-up).
+``precompute_ref_log_probs=True`` and ``False`` (the faster one is the baseline of the speed-up). prefalign runs
+twice: with its default padded batches (prompt shared) and with ``pack_length=--pack-length`` (padding-free
+packing, prompt shared, for the training steps and the reference pass).
 
 Before timing, a correctness check runs both on one fixed batch for two steps: the first-step loss (log 2 for
 any DPO run, since policy = reference), the first-step mean log-probs of chosen and rejected (which depend on
@@ -132,7 +134,7 @@ def worker(args: argparse.Namespace) -> None:
     """One timed epoch in this process; prints a JSON line with the measurements."""
     folder, cache = Path(args.folder), Path(args.cache)
     start = time.perf_counter()
-    if args.worker == "prefalign":
+    if args.worker.startswith("prefalign"):
         from prefalign.training import (
             attach_reference_logps,
             build_trainer,
@@ -141,10 +143,15 @@ def worker(args: argparse.Namespace) -> None:
         )
 
         out = Path(tempfile.mkdtemp())
-        cfg = train_config(prefalign_overrides(args, args.pairs, folder, cache), out)
+        overrides = prefalign_overrides(args, args.pairs, folder, cache)
+        if args.worker == "prefalign-packed":
+            overrides.append(f"pack_length={args.pack_length}")
+        cfg = train_config(overrides, out)
         setup = setup_run(cfg)
         model = setup.source.load_model()
-        attach_reference_logps(setup.datamodule, model, setup.source, setup.cache_dir, cfg.share_prompt)
+        attach_reference_logps(
+            setup.datamodule, model, setup.source, setup.cache_dir, cfg.share_prompt, pack_length=cfg.pack_length
+        )
         trainer = build_trainer(cfg, out, checkpoints=False)
         trainer.fit(make_module(cfg, model, setup.loss), datamodule=setup.datamodule)
         steps = trainer.global_step
@@ -222,7 +229,12 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=384)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--skip-check", action="store_true")
-    parser.add_argument("--worker", choices=["prefalign", "trl-precompute", "trl-online"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--pack-length", type=int, default=512, help="also time prefalign with packed batches of this many tokens (0: not)"
+    )
+    parser.add_argument(
+        "--worker", choices=["prefalign", "prefalign-packed", "trl-precompute", "trl-online"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -239,9 +251,11 @@ def main() -> None:
     check = {} if args.skip_check else correctness(args, folder, work / "cache")
     tokens, tokens_per_pair = token_counts(args.pairs)
     measured = {}
-    for name in ("prefalign", "trl-precompute", "trl-online"):
+    names = ("prefalign", "prefalign-packed", "trl-precompute", "trl-online")
+    for name in names if args.pack_length else [name for name in names if name != "prefalign-packed"]:
         command = [sys.executable, "-m", "bench.train", "--worker", name, "--model", args.model, "--pairs", str(args.pairs),
-                   "--batch-size", str(args.batch_size), "--folder", str(folder), "--cache", str(work / f"cache-{name}")]
+                   "--batch-size", str(args.batch_size), "--folder", str(folder), "--cache", str(work / f"cache-{name}"),
+                   "--pack-length", str(args.pack_length)]
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         line = [l for l in result.stdout.splitlines() if l.startswith("RESULT ")]
         if result.returncode or not line:
@@ -252,7 +266,8 @@ def main() -> None:
     rows = []
     for name, values in measured.items():
         rows.append({
-            "framework": {"prefalign": "prefalign", "trl-precompute": "TRL DPOTrainer, precompute_ref_log_probs=True",
+            "framework": {"prefalign": "prefalign", "prefalign-packed": f"prefalign, pack_length={args.pack_length}",
+                          "trl-precompute": "TRL DPOTrainer, precompute_ref_log_probs=True",
                           "trl-online": "TRL DPOTrainer, precompute_ref_log_probs=False"}[name],
             "epoch_wall_s": values["seconds"],
             "steps": values["steps"],
@@ -271,7 +286,7 @@ def main() -> None:
     print(table)
     settings = {"model": args.model, "pairs": args.pairs, "batch_size": args.batch_size, "max_length": MAX_LENGTH, "lr": LR,
                 "precision": "float32", "epochs": 1, "tokens_per_pair_concatenated": round(tokens_per_pair, 1),
-                "trl": trl.__version__, "fastest_trl": fastest_trl}
+                "trl": trl.__version__, "fastest_trl": fastest_trl, "pack_length": args.pack_length}
     append_result("DPO training: prefalign vs TRL DPOTrainer", "python -m bench.train " + " ".join(sys.argv[1:]), settings,
                   table, machine())
 

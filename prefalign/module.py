@@ -88,6 +88,8 @@ class PreferenceModule(L.LightningModule):
         optimizer: partial optimiser, called with the trainable parameters.
         scheduler: optional partial scheduler, called with the optimiser and the total number of steps.
         share_prompt: run each prompt once for both completions (see :mod:`prefalign.logprobs`).
+        pack_length: pack the batch's sequences into rows of this many tokens without padding (``None``: padded
+            batches); see :func:`~prefalign.logprobs.packed_completion_logps`.
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class PreferenceModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         share_prompt: bool = True,
+        pack_length: int | None = None,
     ) -> None:
         super().__init__()
         self.policy = model
@@ -104,6 +107,7 @@ class PreferenceModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.share_prompt = share_prompt
+        self.pack_length = pack_length
         self.val_metrics = torch.nn.ModuleDict({name.replace("/", "_"): MeanMetric() for name in METRICS})
 
     def on_fit_start(self) -> None:
@@ -114,7 +118,11 @@ class PreferenceModule(L.LightningModule):
     def forward(self, batch: dict[str, Any]) -> tuple[LossOutput, dict[str, Tensor]]:
         """Policy log-probs of the batch and the loss against its cached reference log-probs."""
         policy = pair_logps(
-            self.policy, batch, share_prompt=self.share_prompt, mismatched=self.loss_fn.requires_mismatched
+            self.policy,
+            batch,
+            share_prompt=self.share_prompt,
+            mismatched=self.loss_fn.requires_mismatched,
+            pack_length=self.pack_length,
         )
         reference = reference_logps(batch) if self.loss_fn.requires_reference else None
         if self.loss_fn.requires_mismatched:

@@ -71,6 +71,7 @@ def warmup_key(setup: RunSetup) -> str:
         cfg.seed,
         cfg.pipeline.warmup_epochs,
         cfg.share_prompt,
+        cfg.get("pack_length"),
     )
 
 
@@ -122,6 +123,7 @@ def scoring_context(setup: RunSetup, policy: torch.nn.Module, policy_key: str, w
         cache_dir=setup.cache_dir,
         work_dir=work_dir,
         share_prompt=setup.cfg.share_prompt,
+        pack_length=setup.cfg.get("pack_length"),
         seed=setup.cfg.seed,
         trainer_options={key: trainer.get(key) for key in ("accelerator", "devices", "precision", "gradient_clip_val")},
     )

@@ -41,6 +41,7 @@ def compute_pair_logps(
     share_prompt: bool = True,
     mismatched: bool = False,
     desc: str = "log-probs",
+    pack_length: int | None = None,
 ) -> dict[str, Tensor]:
     """Summed log-probs of every completion of a loader's dataset, in data order (on CPU).
 
@@ -58,7 +59,9 @@ def compute_pair_logps(
     start = time.perf_counter()
     try:
         for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
-            out = pair_logps(model, move_to(batch, device), share_prompt=share_prompt, mismatched=mismatched)
+            out = pair_logps(
+                model, move_to(batch, device), share_prompt=share_prompt, mismatched=mismatched, pack_length=pack_length
+            )
             for key, value in out.items():
                 if key.endswith("_logps"):
                     name = key[: -len("_logps")]
@@ -93,6 +96,7 @@ def cached_reference_logps(
     load_model: Any,
     share_prompt: bool = True,
     split: str = "train",
+    pack_length: int | None = None,
 ) -> tuple[dict[str, Tensor], bool]:
     """Reference log-probs of a dataset, from the cache or computed and cached.
 
@@ -104,6 +108,7 @@ def cached_reference_logps(
         load_model: callable returning the reference model, only called on a cache miss.
         share_prompt: prefix sharing in the log-prob pass.
         split: name for logs.
+        pack_length: padding-free packing in the log-prob pass (:func:`~prefalign.logprobs.pair_logps`).
 
     Returns:
         The log-probs (``chosen``, ``rejected``, and ``kl_*`` when the dataset is mismatched) and whether they
@@ -120,7 +125,12 @@ def cached_reference_logps(
         log.warning("%s: cache entry %s does not match the data; recomputing", split, path)
     model = load_model()
     logps = compute_pair_logps(
-        model, loader, share_prompt=share_prompt, mismatched=dataset.mismatched, desc=f"reference log-probs ({split})"
+        model,
+        loader,
+        share_prompt=share_prompt,
+        mismatched=dataset.mismatched,
+        desc=f"reference log-probs ({split})",
+        pack_length=pack_length,
     )
     atomic_torch_save({"pair_ids": pair_ids, "logps": logps, "reference": reference_fingerprint}, path)
     log.info("%s: reference log-probs cached in %s", split, path)

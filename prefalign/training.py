@@ -79,6 +79,7 @@ def attach_reference_logps(
     cache_dir: str | os.PathLike,
     share_prompt: bool = True,
     splits: tuple[str, ...] = ("train", "val"),
+    pack_length: int | None = None,
 ) -> dict[str, bool]:
     """Give the splits their reference log-probs, from the cache or computed once with the reference model.
 
@@ -107,6 +108,7 @@ def attach_reference_logps(
                 load_model=load_reference,
                 share_prompt=share_prompt,
                 split=split,
+                pack_length=pack_length,
             )
         dataset.reference = logps
         hits[split] = hit
@@ -139,6 +141,7 @@ def make_module(cfg: DictConfig, model: torch.nn.Module, loss: PreferenceLoss) -
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         share_prompt=cfg.share_prompt,
+        pack_length=cfg.get("pack_length"),
     )
 
 
@@ -158,7 +161,9 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     selecting = needs_selection(cfg)
     cache_hits = {}
     if setup.loss.requires_reference or selecting:
-        cache_hits = attach_reference_logps(setup.datamodule, model, setup.source, setup.cache_dir, cfg.share_prompt)
+        cache_hits = attach_reference_logps(
+            setup.datamodule, model, setup.source, setup.cache_dir, cfg.share_prompt, pack_length=cfg.get("pack_length")
+        )
     pipeline: dict[str, Any] = {}
     if selecting:
         model, pipeline = run_selection_pipeline(setup, model)

@@ -75,6 +75,18 @@ def test_multirun_over_losses_and_betas(tmp_path):
     ]
 
 
+def test_packed_training_matches_padded_training(tmp_path):
+    # the same run with padded and with packed batches (training steps, reference and validation passes)
+    sweep = tmp_path / "sweep"
+    check(train("-m", "model=tiny_llama", "pack_length=null,128", *QUICK, f"hydra.sweep.dir={sweep}"))
+    runs = sorted(path for path in sweep.iterdir() if (path / "metrics.json").exists())
+    assert len(runs) == 2 and "pack_length=128" in runs[1].name
+    padded, packed = (json.loads((run / "metrics.json").read_text()) for run in runs)
+    for key in ("train/loss", "val/loss", "val/rewards/margins", "val/logps/chosen", "val/logps/rejected"):
+        assert abs(packed[key] - padded[key]) <= 1e-4 * max(1.0, abs(padded[key])), (key, padded[key], packed[key])
+    assert padded["val/rewards/margins"] != 0  # three steps moved the policy: the comparison is not trivial
+
+
 def test_single_run_outputs_resume_and_reference_cache(tmp_path):
     run = tmp_path / "run"
     cache = tmp_path / "cache"

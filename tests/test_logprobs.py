@@ -49,19 +49,21 @@ def test_pair_logps_match_unpadded_sequences(architecture, mode):
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_prefix_sharing_gives_the_same_gradient(architecture):
+def test_prefix_sharing_and_packing_give_the_same_gradient(architecture):
     model = tiny_model(architecture, dtype="float64")
     _, batch = make_batch(seed=1)
     grads = []
-    for share_prompt in (True, False):
+    # padded with a shared prompt, padded concatenated, packed with a shared prompt (two pairs in a row), packed
+    for share_prompt, pack_length in ((True, None), (False, None), (True, 16), (False, 12)):
         model.zero_grad()
-        out = pair_logps(model, batch, share_prompt=share_prompt)
+        out = pair_logps(model, batch, share_prompt=share_prompt, pack_length=pack_length)
         (out["chosen_logps"] - 0.5 * out["rejected_logps"]).sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     # HF's RMSNorm (Llama, Qwen3) computes in float32 even for a float64 model, so a different summation order
     # in the backward pass shows up at float32 precision there; GPT-NeoX's LayerNorm agrees to ~1e-14
     tolerance = 1e-12 if architecture == "gpt_neox" else 1e-6
-    assert_close(grads[0], grads[1], rtol=tolerance, atol=tolerance)
+    for other in grads[1:]:
+        assert_close(other, grads[0], rtol=tolerance, atol=tolerance)
 
 
 def test_single_token_completions():

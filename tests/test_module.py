@@ -71,6 +71,17 @@ def test_loss_decreases_on_a_fixed_batch(tokenizer, pair_file, architecture, los
         assert (out.chosen_rewards > out.rejected_rewards).float().mean() > 0.5
 
 
+@pytest.mark.parametrize("loss_name", sorted(LOSSES))
+def test_packed_batches_give_the_same_losses(tokenizer, pair_file, loss_name):
+    model = tiny_model("llama", dtype="float64")
+    loss = LOSSES[loss_name]()
+    batch = fixed_batch(tokenizer, pair_file, model, loss)
+    padded, _ = PreferenceModule(model, loss, optimizer=None)(batch)
+    # 96 tokens a row: several pairs (with KTO's mismatched completions too) share a packed row
+    packed, _ = PreferenceModule(model, loss, optimizer=None, pack_length=96)(batch)
+    torch.testing.assert_close(packed.losses, padded.losses, rtol=1e-6, atol=1e-8)
+
+
 def test_non_finite_loss_names_the_pairs(tokenizer, pair_file):
     model = tiny_model("llama")
     loss = DPOLoss()

@@ -91,7 +91,15 @@ def heldout_metrics(run_cfg: DictConfig, policy: torch.nn.Module, cache_dir: Pat
     datamodule.setup()
     if loss.requires_reference:
         reference = source.load_reference_model()
-        attach_reference_logps(datamodule, reference, source, cache_dir, run_cfg.share_prompt, splits=("val",))
+        attach_reference_logps(
+            datamodule,
+            reference,
+            source,
+            cache_dir,
+            run_cfg.share_prompt,
+            splits=("val",),
+            pack_length=run_cfg.get("pack_length"),
+        )
         del reference
     values: dict[str, list[float]] = {}
     device = next(policy.parameters()).device
@@ -99,7 +107,13 @@ def heldout_metrics(run_cfg: DictConfig, policy: torch.nn.Module, cache_dir: Pat
     with torch.no_grad():
         for batch in datamodule.eval_loader("val"):
             batch = move_to(batch, device)
-            logps = pair_logps(policy, batch, share_prompt=run_cfg.share_prompt, mismatched=loss.requires_mismatched)
+            logps = pair_logps(
+                policy,
+                batch,
+                share_prompt=run_cfg.share_prompt,
+                mismatched=loss.requires_mismatched,
+                pack_length=run_cfg.get("pack_length"),
+            )
             out = loss(logps, reference_logps(batch) if loss.requires_reference else None)
             for name, tensor in pair_metrics(out, logps).items():
                 values.setdefault(name, []).extend(tensor.float().cpu().tolist())

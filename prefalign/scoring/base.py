@@ -58,6 +58,7 @@ class ScoringContext:
         cache_dir: the shared cache root.
         work_dir: where this scoring run writes (shards, scores file, artifacts).
         share_prompt: prefix sharing in forward passes.
+        pack_length: padding-free packing in forward passes (``None``: padded batches).
         seed: seed for random scores and auxiliary training.
         trainer_options: keyword arguments for the Lightning trainers of auxiliary models.
     """
@@ -70,6 +71,7 @@ class ScoringContext:
     cache_dir: Path
     work_dir: Path
     share_prompt: bool = True
+    pack_length: int | None = None
     seed: int = 0
     trainer_options: dict[str, Any] = field(default_factory=dict)
 
@@ -216,7 +218,9 @@ class ScoreRunner:
                     was_training = policy.training
                     policy.eval()
                     with torch.no_grad():
-                        shared = pair_logps(policy, batch, share_prompt=context.share_prompt)
+                        shared = pair_logps(
+                            policy, batch, share_prompt=context.share_prompt, pack_length=context.pack_length
+                        )
                     policy.train(was_training)
                     shared["reference"] = reference_logps(batch)  # type: ignore[assignment]
                     timings["policy_forward"] = timings.get("policy_forward", 0.0) + time.perf_counter() - tick

@@ -47,9 +47,13 @@ log = logging.getLogger(__name__)
 class PairLosses(torch.nn.Module):
     """``batch -> per-pair training losses (B,)``, through the training module's own forward."""
 
-    def __init__(self, model: torch.nn.Module, loss: PreferenceLoss, share_prompt: bool = True) -> None:
+    def __init__(
+        self, model: torch.nn.Module, loss: PreferenceLoss, share_prompt: bool = True, pack_length: int | None = None
+    ) -> None:
         super().__init__()
-        self.module = PreferenceModule(model, loss, optimizer=None, share_prompt=share_prompt)  # type: ignore[arg-type]
+        self.module = PreferenceModule(
+            model, loss, optimizer=None, share_prompt=share_prompt, pack_length=pack_length  # type: ignore[arg-type]
+        )
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
         return self.module(batch)[0].losses
@@ -166,7 +170,7 @@ class InfluenceScorer(Scorer):
         model = context.policy
         if self.dtype is not None and next(model.parameters()).dtype != DTYPES[self.dtype]:
             model = copy.deepcopy(model).to(DTYPES[self.dtype])
-        self._losses = PairLosses(model, context.loss, context.share_prompt)
+        self._losses = PairLosses(model, context.loss, context.share_prompt, context.pack_length)
         names = ["module.policy." + name for name in select_parameters(model, self.parameters)]
         self._direction = validation_gradient(self._losses, context.datamodule.eval_loader("val"), names, context.device)
         norm = torch.sqrt(sum((g.double() ** 2).sum() for g in self._direction.values()))

@@ -81,6 +81,7 @@ def train_on_pairs(
         optimizer=partial(torch.optim.AdamW, lr=lr, weight_decay=0.0),
         scheduler=partial(warmup_schedule, warmup_ratio=0.1, decay="cosine"),
         share_prompt=context.share_prompt,
+        pack_length=context.pack_length,
     )
     options = {"accelerator": "auto", "devices": 1, "precision": "32-true", "gradient_clip_val": 1.0}
     options.update(context.trainer_options)
@@ -161,10 +162,22 @@ class LossDiffScorer(Scorer):
         reference = reference_of(shared) if context.loss.requires_reference else None
         mismatched = context.loss.requires_mismatched
         with torch.no_grad():
-            auxiliary = pair_logps(self._auxiliary, batch, share_prompt=context.share_prompt, mismatched=mismatched)
+            auxiliary = pair_logps(
+                self._auxiliary,
+                batch,
+                share_prompt=context.share_prompt,
+                mismatched=mismatched,
+                pack_length=context.pack_length,
+            )
             policy = {key: value for key, value in shared.items() if key != "reference"}
             if mismatched:
-                policy = pair_logps(context.policy, batch, share_prompt=context.share_prompt, mismatched=True)
+                policy = pair_logps(
+                    context.policy,
+                    batch,
+                    share_prompt=context.share_prompt,
+                    mismatched=True,
+                    pack_length=context.pack_length,
+                )
             return context.loss(policy, reference).losses - context.loss(auxiliary, reference).losses
 
     def release(self) -> None:

@@ -26,7 +26,9 @@ def run_scoring(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     setup = setup_run(cfg)
     initial = setup.source.load_model()
-    attach_reference_logps(setup.datamodule, initial, setup.source, setup.cache_dir, cfg.share_prompt)
+    attach_reference_logps(
+        setup.datamodule, initial, setup.source, setup.cache_dir, cfg.share_prompt, pack_length=cfg.get("pack_length")
+    )
     if cfg.get("policy"):
         folder = resolve_checkpoint_dir(cfg.policy)
         policy = load_policy_from(folder, setup).to(next(initial.parameters()).device)
