@@ -56,7 +56,9 @@ def main() -> None:
     cfg = train_config(overrides, work / "run")
     setup = setup_run(cfg)
     model = setup.source.load_model()
-    attach_reference_logps(setup.datamodule, model, setup.source, setup.cache_dir, cfg.share_prompt)
+    attach_reference_logps(
+        setup.datamodule, model, setup.source, setup.cache_dir, cfg.share_prompt, pack_length=cfg.pack_length
+    )
     policy, policy_key, _ = warm_up(setup, model)  # shared by all scores, not timed
     policy.eval()
     setup.datamodule.restrict("train", [pair.pair_id for pair in setup.datamodule.pairs["train"][: args.pairs]])

@@ -1,7 +1,7 @@
 """DPO training throughput: prefalign versus TRL's ``DPOTrainer``, side by side in one invocation.
 
     pip install trl            # in the benchmark environment only; not a dependency of prefalign
-    python -m bench.train [--model smollm2_135m] [--pairs 384] [--batch-size 8] [--pack-length 512]
+    python -m bench.train [--model smollm2_135m] [--pairs 384] [--batch-size 8] [--pack-length 256]
 
 Both frameworks get the same model (the converted checkpoint of ``--model``), the same pairs of the built-in data
 (TRL receives each prompt already rendered with the chat template, and each completion as text, to which it adds
@@ -10,8 +10,9 @@ maximum length, precision (float32), optimiser (AdamW, constant learning rate, n
 at 1.0) and one epoch. Each throughput run is a separate process (so peak memory is its own) and counts the whole
 epoch's wall time, reference log-probs included: prefalign with an empty reference cache, TRL both with
 ``precompute_ref_log_probs=True`` and ``False`` (the faster one is the baseline of the speed-up). prefalign runs
-twice: with its default padded batches (prompt shared) and with ``pack_length=--pack-length`` (padding-free
-packing, prompt shared, for the training steps and the reference pass).
+twice: with padded batches (``pack_length=null``, prompt shared) and with ``pack_length=--pack-length``
+(padding-free packing, prompt shared, for the training steps and the reference pass; the default of
+``conf/train.yaml``). The correctness check runs prefalign with the config's default.
 
 Before timing, a correctness check runs both on one fixed batch for two steps: the first-step loss (log 2 for
 any DPO run, since policy = reference), the first-step mean log-probs of chosen and rejected (which depend on
@@ -144,8 +145,8 @@ def worker(args: argparse.Namespace) -> None:
 
         out = Path(tempfile.mkdtemp())
         overrides = prefalign_overrides(args, args.pairs, folder, cache)
-        if args.worker == "prefalign-packed":
-            overrides.append(f"pack_length={args.pack_length}")
+        # the padded row pins pack_length=null; the packed row sets it (the config's default is 256)
+        overrides.append(f"pack_length={args.pack_length}" if args.worker == "prefalign-packed" else "pack_length=null")
         cfg = train_config(overrides, out)
         setup = setup_run(cfg)
         model = setup.source.load_model()
@@ -197,7 +198,9 @@ def correctness(args: argparse.Namespace, folder: Path, cache: Path) -> dict[str
     cfg = train_config(overrides, out)
     setup = setup_run(cfg)
     model = setup.source.load_model()
-    attach_reference_logps(setup.datamodule, model, setup.source, setup.cache_dir, cfg.share_prompt)
+    attach_reference_logps(
+        setup.datamodule, model, setup.source, setup.cache_dir, cfg.share_prompt, pack_length=cfg.pack_length
+    )
     trainer = build_trainer(cfg, out, checkpoints=False)
     trainer.fit(make_module(cfg, model, setup.loss), datamodule=setup.datamodule)
     ours = pd.read_csv(out / "csv" / "metrics.csv").dropna(subset=["train/loss"]).reset_index(drop=True)
@@ -230,7 +233,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--skip-check", action="store_true")
     parser.add_argument(
-        "--pack-length", type=int, default=512, help="also time prefalign with packed batches of this many tokens (0: not)"
+        "--pack-length", type=int, default=256, help="also time prefalign with packed batches of this many tokens (0: not)"
     )
     parser.add_argument(
         "--worker", choices=["prefalign", "prefalign-packed", "trl-precompute", "trl-online"], help=argparse.SUPPRESS
@@ -266,7 +269,7 @@ def main() -> None:
     rows = []
     for name, values in measured.items():
         rows.append({
-            "framework": {"prefalign": "prefalign", "prefalign-packed": f"prefalign, pack_length={args.pack_length}",
+            "framework": {"prefalign": "prefalign, padded batches", "prefalign-packed": f"prefalign, pack_length={args.pack_length}",
                           "trl-precompute": "TRL DPOTrainer, precompute_ref_log_probs=True",
                           "trl-online": "TRL DPOTrainer, precompute_ref_log_probs=False"}[name],
             "epoch_wall_s": values["seconds"],
