@@ -12,7 +12,8 @@ Two equivalent ways to run the model (tested against each other):
 
 In both, logits are computed only at the positions that predict completion tokens (``logits_to_keep``), not
 over the prompt, which saves the vocabulary projection on every prompt token. A third way, padding-free packing
-(:func:`packed_completion_logps`), runs every ``prompt + completion`` sequence without any padding.
+(:func:`packed_completion_logps`, ``pack_length`` in the configs and their default), runs each prompt once and
+its completions after it in packed rows, without padding, in one decoder call.
 """
 
 from __future__ import annotations

@@ -82,6 +82,12 @@ class ScoringContext:
     def data_fingerprint(self, split: str = "train") -> str:
         return self.datamodule.datasets[split].fingerprint()
 
+    def pair_logps(self, model: torch.nn.Module, batch: dict[str, Any], mismatched: bool = False) -> dict[str, Tensor]:
+        """:func:`~prefalign.logprobs.pair_logps` of ``model`` with this run's prefix sharing and packing."""
+        return pair_logps(
+            model, batch, share_prompt=self.share_prompt, mismatched=mismatched, pack_length=self.pack_length
+        )
+
 
 class Scorer:
     """Base class of a per-pair score.
@@ -218,9 +224,7 @@ class ScoreRunner:
                     was_training = policy.training
                     policy.eval()
                     with torch.no_grad():
-                        shared = pair_logps(
-                            policy, batch, share_prompt=context.share_prompt, pack_length=context.pack_length
-                        )
+                        shared = context.pair_logps(policy, batch)
                     policy.train(was_training)
                     shared["reference"] = reference_logps(batch)  # type: ignore[assignment]
                     timings["policy_forward"] = timings.get("policy_forward", 0.0) + time.perf_counter() - tick

@@ -269,7 +269,7 @@ class BeesImplicitScorer(Scorer):
     def score_batch(self, context: ScoringContext, batch: dict[str, Any], shared: dict[str, Tensor]) -> Tensor:
         assert self._proxy is not None
         with torch.no_grad():
-            proxy = pair_logps(self._proxy, batch, share_prompt=context.share_prompt, pack_length=context.pack_length)
+            proxy = context.pair_logps(self._proxy, batch)
         reference = {key[len("reference_") :]: value for key, value in batch.items() if key.startswith("reference_")}
         return (proxy["chosen_logps"] - reference["chosen_logps"]) - (proxy["rejected_logps"] - reference["rejected_logps"])
 

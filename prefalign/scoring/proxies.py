@@ -28,7 +28,6 @@ from torch import Tensor
 from transformers import AutoModelForCausalLM
 
 from prefalign.atomic import atomic_directory
-from prefalign.logprobs import pair_logps
 from prefalign.losses import PreferenceLoss
 from prefalign.models import release_padding_row
 from prefalign.module import PreferenceModule, warmup_schedule
@@ -162,22 +161,10 @@ class LossDiffScorer(Scorer):
         reference = reference_of(shared) if context.loss.requires_reference else None
         mismatched = context.loss.requires_mismatched
         with torch.no_grad():
-            auxiliary = pair_logps(
-                self._auxiliary,
-                batch,
-                share_prompt=context.share_prompt,
-                mismatched=mismatched,
-                pack_length=context.pack_length,
-            )
+            auxiliary = context.pair_logps(self._auxiliary, batch, mismatched=mismatched)
             policy = {key: value for key, value in shared.items() if key != "reference"}
             if mismatched:
-                policy = pair_logps(
-                    context.policy,
-                    batch,
-                    share_prompt=context.share_prompt,
-                    mismatched=True,
-                    pack_length=context.pack_length,
-                )
+                policy = context.pair_logps(context.policy, batch, mismatched=True)
             return context.loss(policy, reference).losses - context.loss(auxiliary, reference).losses
 
     def release(self) -> None:
