@@ -117,8 +117,9 @@ def packed_completion_logps(
     device = completion_input_ids.device
     if prompt_index is None:
         prompt_index = torch.arange(n_completions, device=device)
-    prompts = [ids[mask.bool()] for ids, mask in zip(prompt_input_ids, prompt_attention_mask)]
-    completions = [ids[mask.bool()] for ids, mask in zip(completion_input_ids, completion_attention_mask)]
+    # the rows are laid out on the CPU (one copy of the ids instead of a device sync per sequence), then moved
+    prompts = [ids[mask.bool()] for ids, mask in zip(prompt_input_ids.cpu(), prompt_attention_mask.cpu())]
+    completions = [ids[mask.bool()] for ids, mask in zip(completion_input_ids.cpu(), completion_attention_mask.cpu())]
     owners_of: dict[int, list[int]] = {}
     for number, prompt in enumerate(prompt_index.tolist()):
         owners_of.setdefault(prompt, []).append(number)
@@ -152,15 +153,17 @@ def packed_completion_logps(
     for row, row_segments in enumerate(rows):
         offset = 0
         for number, (prompt, numbers) in enumerate(row_segments):
-            ids = prompts[prompt].cpu()
+            ids = prompts[prompt]
             p = len(ids)
+            if p == 0:
+                raise ValueError(f"packing needs a non-empty prompt; prompt row {prompt} of the batch is empty")
             input_ids[row, offset : offset + p] = ids
             position_ids[row, offset : offset + p] = torch.arange(p)
             segment_ids[row, offset : offset + p] = number
             last_prompt_token = offset + p - 1
             offset += p
             for part, completion in enumerate(numbers, start=1):
-                tokens = completions[completion].cpu()
+                tokens = completions[completion]
                 n = len(tokens)
                 if n == 0:
                     continue

@@ -5,7 +5,7 @@ import torch
 from torch.testing import assert_close
 
 from prefalign.data.collate import collate_pairs
-from prefalign.logprobs import completion_logps, pair_logps
+from prefalign.logprobs import completion_logps, packed_completion_logps, pair_logps
 from tests.conftest import ARCHITECTURES, tiny_model
 
 
@@ -74,3 +74,11 @@ def test_single_token_completions():
     logps, lengths = completion_logps(model, prompt_ids, mask, completion, torch.ones_like(completion))
     assert_close(logps[0], plain_logp(model, [5, 6, 7], [9]))
     assert lengths.tolist() == [1.0]
+
+
+def test_packing_names_an_empty_prompt():
+    model = tiny_model("llama", dtype="float64")
+    prompt_ids, prompt_mask = torch.tensor([[5, 6], [2, 2]]), torch.tensor([[1, 1], [0, 0]])
+    completion_ids, completion_mask = torch.tensor([[9, 8], [7, 6]]), torch.ones(2, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match="prompt row 1 of the batch is empty"):
+        packed_completion_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, pack_length=64)
