@@ -118,15 +118,17 @@ def packed_completion_logps(
     if prompt_index is None:
         prompt_index = torch.arange(n_completions, device=device)
     # the rows are laid out on the CPU (one copy of the ids instead of a device sync per sequence), then moved
-    prompts = [ids[mask.bool()] for ids, mask in zip(prompt_input_ids.cpu(), prompt_attention_mask.cpu())]
+    prompt_ids = prompt_input_ids.cpu()
+    prompts = [ids[mask.bool()] for ids, mask in zip(prompt_ids, prompt_attention_mask.cpu())]
     completions = [ids[mask.bool()] for ids, mask in zip(completion_input_ids.cpu(), completion_attention_mask.cpu())]
-    owners_of: dict[int, list[int]] = {}
-    for number, prompt in enumerate(prompt_index.tolist()):
-        owners_of.setdefault(prompt, []).append(number)
+    index = prompt_index.tolist()
     if share_prompt:
-        segments = [(prompt, numbers) for prompt, numbers in owners_of.items()]
+        owners_of: dict[int, list[int]] = {}
+        for number, prompt in enumerate(index):
+            owners_of.setdefault(prompt, []).append(number)
+        segments = list(owners_of.items())
     else:
-        segments = [(int(prompt), [number]) for number, prompt in enumerate(prompt_index.tolist())]
+        segments = [(prompt, [number]) for number, prompt in enumerate(index)]
 
     def size(segment: tuple[int, list[int]]) -> int:
         prompt, numbers = segment
@@ -135,14 +137,15 @@ def packed_completion_logps(
     rows: list[list[tuple[int, list[int]]]] = []
     lengths: list[int] = []
     for segment in segments:
-        if rows and lengths[-1] + size(segment) <= pack_length:
+        length = size(segment)
+        if rows and lengths[-1] + length <= pack_length:
             rows[-1].append(segment)
-            lengths[-1] += size(segment)
+            lengths[-1] += length
         else:
             rows.append([segment])
-            lengths.append(size(segment))
+            lengths.append(length)
     width = max(lengths)
-    pad_id = int(prompt_input_ids[0, 0]) if prompt_input_ids.numel() else 0
+    pad_id = int(prompt_ids[0, 0]) if prompt_ids.numel() else 0
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     position_ids = torch.zeros((len(rows), width), dtype=torch.long)
     # segment number and part (0: prompt, j: j-th completion of the segment) of every token; the tail of a row is

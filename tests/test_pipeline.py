@@ -106,7 +106,8 @@ def test_score_select_and_analysis_scripts(tmp_path):
     assert "Overlap coefficient with tif" in report and "Noise kept" in report
     noise = pd.read_csv(analysis / "noise.csv").set_index("selection")
     # base rates are over the scored pairs (the first 40), not over the whole data file
-    flipped = [pair.metadata["label_flipped"] for pair in BuiltinSource().load("train") if pair.pair_id in set(scores["pair_id"])]
+    scored = set(scores["pair_id"])
+    flipped = [pair.metadata["label_flipped"] for pair in BuiltinSource().load("train") if pair.pair_id in scored]
     assert len(flipped) == 40
     assert noise.loc["random", "label_flipped_base_rate"] == pytest.approx(sum(flipped) / 40)
     assert noise.loc["tif", "label_flipped_base_rate"] == pytest.approx(noise.loc["random", "label_flipped_base_rate"])
