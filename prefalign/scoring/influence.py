@@ -39,6 +39,7 @@ from prefalign.losses import PreferenceLoss
 from prefalign.models import DTYPES
 from prefalign.module import PreferenceModule
 from prefalign.reference import move_to
+from prefalign.scoring import jvp_attention
 from prefalign.scoring.base import Scorer, ScoringContext
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def jvp_influence(losses: PairLosses, batch: dict[str, Any], direction: dict[str
     def per_pair(parameters: dict[str, Tensor]) -> Tensor:
         return functional_call(losses, parameters, (batch,), strict=False)
 
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), jvp_attention.installed(losses.module.policy):
         values, influence = jvp(per_pair, (primals,), (tangents,))
     return values, influence
 
@@ -151,13 +152,26 @@ class InfluenceScorer(Scorer):
         parameters: which parameters count (see :func:`select_parameters`).
         dtype: compute in this dtype (``float64`` for exactness checks; ``null`` keeps the policy's dtype).
         method: ``jvp`` (batched forward-mode, default) or ``autograd`` (per-pair gradients, the reference).
+        pack_length: row length of the packed batches of this score (the validation gradient and the JVP),
+            ``"run"`` for the run's ``pack_length``, ``None`` for padded batches. The scores do not depend on it
+            (float rounding aside); the JVP is fastest on shorter rows than a forward pass, because it carries
+            two ``L x L`` attention matrices per head (``python -m bench.influence``).
     """
 
     name = "influence"
 
-    def __init__(self, parameters: str | list[str] = "trainable", dtype: str | None = None, method: str = "jvp") -> None:
+    def __init__(
+        self,
+        parameters: str | list[str] = "trainable",
+        dtype: str | None = None,
+        method: str = "jvp",
+        pack_length: int | str | None = 128,
+    ) -> None:
         if method not in ("jvp", "autograd"):
             raise ValueError(f"score.influence.method must be jvp or autograd, got {method!r}")
+        if not (pack_length is None or pack_length == "run" or (isinstance(pack_length, int) and pack_length > 0)):
+            raise ValueError(f"score.influence.pack_length must be a positive integer, 'run' or null, got {pack_length!r}")
+        self.pack_length = pack_length
         if dtype is not None and dtype not in DTYPES:
             raise ValueError(f"score.influence.dtype must be one of {sorted(DTYPES)} or null, got {dtype!r}")
         self.parameters = parameters if isinstance(parameters, str) else list(parameters)
@@ -170,7 +184,8 @@ class InfluenceScorer(Scorer):
         model = context.policy
         if self.dtype is not None and next(model.parameters()).dtype != DTYPES[self.dtype]:
             model = copy.deepcopy(model).to(DTYPES[self.dtype])
-        self._losses = PairLosses(model, context.loss, context.share_prompt, context.pack_length)
+        pack_length = context.pack_length if self.pack_length == "run" else self.pack_length
+        self._losses = PairLosses(model, context.loss, context.share_prompt, pack_length)
         names = ["module.policy." + name for name in select_parameters(model, self.parameters)]
         self._direction = validation_gradient(self._losses, context.datamodule.eval_loader("val"), names, context.device)
         norm = torch.sqrt(sum((g.double() ** 2).sum() for g in self._direction.values()))

@@ -64,16 +64,20 @@ def test_jvp_influence_matches_per_pair_autograd(tokenizer, pair_files, tmp_path
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_packed_batches_give_the_same_influence(tokenizer, pair_files, tmp_path, architecture):
     # the JVP runs through the 4-D block mask of packed rows (eager attention adds it to the scores)
+    # and through its own attention (jvp_attention), for padded and packed batches alike
     context = make_context(tokenizer, pair_files, architecture, DPOLoss(beta=0.5), tmp_path)
-    packed = dataclasses.replace(context, pack_length=128)  # several pairs a row
+    run_packed = dataclasses.replace(context, pack_length=64)
     batch = next(iter(context.datamodule.eval_loader("train")))
     scores = []
-    for ctx in (context, packed):
-        scorer = InfluenceScorer()
+    # padded; the scorer's own rows (several pairs a row); the run's rows (about one pair a row)
+    for pack_length, ctx, expected in ((None, run_packed, None), (128, context, 128), ("run", run_packed, 64)):
+        scorer = InfluenceScorer(pack_length=pack_length)
         scorer.prepare(ctx)
+        assert scorer._losses.module.pack_length == expected
         scores.append(scorer.score_batch(ctx, batch, {}))
     assert scores[0].abs().max() > 0
-    torch.testing.assert_close(scores[1], scores[0], rtol=1e-6, atol=1e-6 * float(scores[0].abs().max()))
+    for packed in scores[1:]:
+        torch.testing.assert_close(packed, scores[0], rtol=1e-6, atol=1e-6 * float(scores[0].abs().max()))
 
 
 def test_influence_is_the_inner_product_with_the_validation_gradient(tokenizer, pair_files, tmp_path):
@@ -100,6 +104,13 @@ def test_reference_free_loss_and_parameter_subsets(tokenizer, pair_files, tmp_pa
     fast = scorer.score_batch(context, batch, {})
     reference = per_pair_influence(scorer._losses, batch, scorer._direction)
     assert (fast - reference).abs().max() <= 1e-6 * reference.abs().max()
+
+
+def test_option_errors_name_the_key():
+    with pytest.raises(ValueError, match="score.influence.pack_length"):
+        InfluenceScorer(pack_length=0)
+    with pytest.raises(ValueError, match="score.influence.method"):
+        InfluenceScorer(method="hessian")
 
 
 def test_parameter_selection_errors():
