@@ -76,12 +76,17 @@ def main() -> None:
         return scores, provenance["timings_s"], elapsed
 
     proxies, proxy_timings, proxy_total = run([LossDiffScorer(lr=float(cfg.optimizer.lr)), IRMScorer()], "proxies")
-    influence, influence_timings, influence_total = run([InfluenceScorer()], "influence")
+    class KeptInfluence(InfluenceScorer):
+        """The timed scorer, keeping its validation gradient for the comparison below (not recomputed)."""
+
+        def release(self) -> None:
+            pass
+
+    scorer = KeptInfluence()
+    influence, influence_timings, influence_total = run([scorer], "influence")
 
     # the per-pair autograd reference on the first pairs, with the same v
-    scorer = InfluenceScorer()
     context = scoring_context(setup, policy, policy_key, work / "reference")
-    scorer.prepare(context)
     dataset = setup.datamodule.datasets["train"]
     subset = list(range(min(args.reference_pairs, n_pairs)))
     batch_size = setup.datamodule.eval_batch_size
@@ -99,7 +104,7 @@ def main() -> None:
     fast = torch.cat(jvp_values).double()
     spearman = rank_correlation(pd.Series(fast.numpy()), pd.Series(reference.numpy()))
     relative_error = float((fast - reference).abs().max() / reference.abs().max())
-    scorer.release()
+    InfluenceScorer.release(scorer)
 
     forward_only = proxy_timings.get("policy_forward", 0.0) + proxy_timings.get("lossdiff", 0.0) + proxy_timings.get("irm", 0.0)
     rows = [
@@ -122,7 +127,8 @@ def main() -> None:
     table = markdown(rows) + "\n\n" + markdown([{"ratio": k, "value": v} for k, v in ratios.items()])
     print(table)
     settings = {"model": args.model, "pairs": n_pairs, "reference_pairs": len(subset), "val_pairs": len(setup.datamodule.datasets["val"]),
-                "warmup_pairs": args.warmup_pairs, "batch_size": batch_size, "loss": type(setup.loss).__name__}
+                "warmup_pairs": args.warmup_pairs, "batch_size": batch_size, "loss": type(setup.loss).__name__,
+                "pack_length": cfg.pack_length, "influence_pack_length": scorer.pack_length}
     append_result("Exact influence vs LossDiff + IRM vs per-pair autograd", "python -m bench.influence " + " ".join(sys.argv[1:]),
                   settings, table, machine())
     shutil.rmtree(work, ignore_errors=True)
