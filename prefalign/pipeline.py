@@ -33,7 +33,7 @@ from prefalign.atomic import write_json
 from prefalign.models import DTYPES, release_padding_row, save_policy
 from prefalign.scoring.base import ScoreRunner, ScoringContext, read_scores
 from prefalign.selection.rules import FullSelection, SelectionRule
-from prefalign.training import RunSetup, build_trainer, final_metrics, make_module
+from prefalign.training import RunSetup, build_trainer, compiled_decoder, final_metrics, make_module
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,8 @@ def warm_up(setup: RunSetup, model: torch.nn.Module) -> tuple[torch.nn.Module, s
     log.info("warm-up: %d epoch(s) on all %d training pairs", epochs, len(setup.datamodule.datasets["train"]))
     module = make_module(setup.cfg, model, setup.loss)
     trainer = build_trainer(setup.cfg, setup.output_dir / "warmup", checkpoints=False, max_epochs=epochs)
-    trainer.fit(module, datamodule=setup.datamodule)
+    with compiled_decoder(model, bool(setup.cfg.get("compile", False))):
+        trainer.fit(module, datamodule=setup.datamodule)
     save_policy(model, setup.tokenizer, folder)
     write_json({"key": key, "metrics": final_metrics(trainer)}, folder / DONE)
     return model, key, False

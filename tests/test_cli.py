@@ -87,6 +87,18 @@ def test_packed_training_matches_padded_training(tmp_path):
     assert padded["val/rewards/margins"] != 0  # three steps moved the policy: the comparison is not trivial
 
 
+def test_compiled_training_matches_eager_training(tmp_path):
+    # compile=true: the decoder runs through torch.compile (inductor) for the training and validation steps
+    sweep = tmp_path / "sweep"
+    check(train("-m", "model=tiny_llama", "compile=false,true", *QUICK, f"hydra.sweep.dir={sweep}"))
+    runs = sorted(path for path in sweep.iterdir() if (path / "metrics.json").exists())
+    assert len(runs) == 2 and "compile=True" in runs[1].name
+    eager, compiled = (json.loads((run / "metrics.json").read_text()) for run in runs)
+    for key in ("train/loss", "val/loss", "val/rewards/margins"):
+        assert abs(compiled[key] - eager[key]) <= 1e-4 * max(1.0, abs(eager[key])), (key, eager[key], compiled[key])
+    assert eager["val/rewards/margins"] != 0
+
+
 def test_single_run_outputs_resume_and_reference_cache(tmp_path):
     run = tmp_path / "run"
     cache = tmp_path / "cache"
