@@ -75,28 +75,26 @@ def test_multirun_over_losses_and_betas(tmp_path):
     ]
 
 
+def assert_same_run_metrics(tmp_path, override: str, second: str) -> None:
+    """A two-run multirun over ``override`` gives the same metrics (1e-4) in both runs."""
+    sweep = tmp_path / "sweep"
+    check(train("-m", "model=tiny_llama", override, *QUICK, f"hydra.sweep.dir={sweep}"))
+    runs = sorted(path for path in sweep.iterdir() if (path / "metrics.json").exists())
+    assert len(runs) == 2 and second in runs[1].name
+    first, other = (json.loads((run / "metrics.json").read_text()) for run in runs)
+    for key in ("train/loss", "val/loss", "val/rewards/margins", "val/logps/chosen", "val/logps/rejected"):
+        assert abs(other[key] - first[key]) <= 1e-4 * max(1.0, abs(first[key])), (key, first[key], other[key])
+    assert first["val/rewards/margins"] != 0  # three steps moved the policy: the comparison is not trivial
+
+
 def test_packed_training_matches_padded_training(tmp_path):
     # the same run with padded and with packed batches (training steps, reference and validation passes)
-    sweep = tmp_path / "sweep"
-    check(train("-m", "model=tiny_llama", "pack_length=null,128", *QUICK, f"hydra.sweep.dir={sweep}"))
-    runs = sorted(path for path in sweep.iterdir() if (path / "metrics.json").exists())
-    assert len(runs) == 2 and "pack_length=128" in runs[1].name
-    padded, packed = (json.loads((run / "metrics.json").read_text()) for run in runs)
-    for key in ("train/loss", "val/loss", "val/rewards/margins", "val/logps/chosen", "val/logps/rejected"):
-        assert abs(packed[key] - padded[key]) <= 1e-4 * max(1.0, abs(padded[key])), (key, padded[key], packed[key])
-    assert padded["val/rewards/margins"] != 0  # three steps moved the policy: the comparison is not trivial
+    assert_same_run_metrics(tmp_path, "pack_length=null,128", "pack_length=128")
 
 
 def test_compiled_training_matches_eager_training(tmp_path):
     # compile=true: the decoder runs through torch.compile (inductor) for the training and validation steps
-    sweep = tmp_path / "sweep"
-    check(train("-m", "model=tiny_llama", "compile=false,true", *QUICK, f"hydra.sweep.dir={sweep}"))
-    runs = sorted(path for path in sweep.iterdir() if (path / "metrics.json").exists())
-    assert len(runs) == 2 and "compile=True" in runs[1].name
-    eager, compiled = (json.loads((run / "metrics.json").read_text()) for run in runs)
-    for key in ("train/loss", "val/loss", "val/rewards/margins"):
-        assert abs(compiled[key] - eager[key]) <= 1e-4 * max(1.0, abs(eager[key])), (key, eager[key], compiled[key])
-    assert eager["val/rewards/margins"] != 0
+    assert_same_run_metrics(tmp_path, "compile=false,true", "compile=True")
 
 
 def test_single_run_outputs_resume_and_reference_cache(tmp_path):
