@@ -38,6 +38,13 @@ from prefalign.selection.analysis import spearman as rank_correlation
 from prefalign.training import attach_reference_logps, setup_run
 
 
+class KeptInfluence(InfluenceScorer):
+    """The timed scorer, keeping its validation gradient for the per-pair comparison (not computed twice)."""
+
+    def release(self) -> None:
+        pass  # released by main() once the comparison is done
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=256, help="training pairs to score")
@@ -76,12 +83,6 @@ def main() -> None:
         return scores, provenance["timings_s"], elapsed
 
     proxies, proxy_timings, proxy_total = run([LossDiffScorer(lr=float(cfg.optimizer.lr)), IRMScorer()], "proxies")
-    class KeptInfluence(InfluenceScorer):
-        """The timed scorer, keeping its validation gradient for the comparison below (not recomputed)."""
-
-        def release(self) -> None:
-            pass
-
     scorer = KeptInfluence()
     influence, influence_timings, influence_total = run([scorer], "influence")
 

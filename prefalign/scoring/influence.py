@@ -14,8 +14,9 @@ every pair's exact IF in the batch: no per-example gradient is ever formed. This
 approximation: it equals the per-pair autograd inner product up to floating-point rounding
 (:func:`per_pair_influence` is that reference, kept for tests and benchmarks).
 
-Forward-mode AD needs attention kernels with a forward-AD formula: the pass runs PyTorch's math SDPA backend
-(the fused flash / memory-efficient kernels have none). ``nn.Embedding(padding_idx=pad)`` zeroes the pad row
+Forward-mode AD needs attention with a forward-AD formula (PyTorch's fused flash / memory-efficient kernels
+have none): the pass runs :mod:`prefalign.scoring.jvp_attention` (attention with a hand-written JVP), and
+PyTorch's math SDPA backend wherever that does not apply. ``nn.Embedding(padding_idx=pad)`` zeroes the pad row
 of every gradient, so the validation gradient ``v`` has a zero pad row and JVP and autograd agree.
 
 Which parameters count is an option: every trainable parameter (default; the LoRA weights under LoRA), all

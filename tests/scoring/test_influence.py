@@ -63,8 +63,8 @@ def test_jvp_influence_matches_per_pair_autograd(tokenizer, pair_files, tmp_path
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_packed_batches_give_the_same_influence(tokenizer, pair_files, tmp_path, architecture):
-    # the JVP runs through the 4-D block mask of packed rows (eager attention adds it to the scores)
-    # and through its own attention (jvp_attention), for padded and packed batches alike
+    # the JVP runs through the 4-D block mask of packed rows and through its own attention (jvp_attention),
+    # for padded and packed batches alike
     context = make_context(tokenizer, pair_files, architecture, DPOLoss(beta=0.5), tmp_path)
     run_packed = dataclasses.replace(context, pack_length=64)
     batch = next(iter(context.datamodule.eval_loader("train")))
