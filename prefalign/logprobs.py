@@ -18,8 +18,27 @@ its completions after it in packed rows, without padding, in one decoder call.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 from torch import Tensor
+
+# (hidden (N, H), output embeddings, targets (N,)) -> log-probs (N,): the vocabulary step of packed passes, when
+# replaced (the JVP influence installs one with a hand-written forward-mode derivative)
+_HEAD_LOGPS: ContextVar[Callable[[Tensor, torch.nn.Module, Tensor], Tensor] | None] = ContextVar("head_logps", default=None)
+
+
+@contextmanager
+def head_logps(function: Callable[[Tensor, torch.nn.Module, Tensor], Tensor]) -> Iterator[None]:
+    """Inside the block, :func:`packed_completion_logps` computes ``log softmax(head(hidden))[target]`` with
+    ``function(hidden, head, targets)`` instead of the head followed by :func:`token_logps`."""
+    token = _HEAD_LOGPS.set(function)
+    try:
+        yield
+    finally:
+        _HEAD_LOGPS.reset(token)
 
 
 def _positions(attention_mask: Tensor) -> Tensor:
@@ -200,8 +219,9 @@ def packed_completion_logps(
     sums = torch.zeros(n_completions, dtype=torch.promote_types(hidden.dtype, torch.float32), device=device)
     if gather_rows:
         selected = hidden[torch.cat(gather_rows).to(device), torch.cat(gather_positions).to(device)]
-        logits = model.get_output_embeddings()(selected)
-        per_token = token_logps(logits, torch.cat(targets).to(device))
+        head, target_ids = model.get_output_embeddings(), torch.cat(targets).to(device)
+        replaced = _HEAD_LOGPS.get()
+        per_token = token_logps(head(selected), target_ids) if replaced is None else replaced(selected, head, target_ids)
         sums = sums.to(per_token.dtype).index_add(0, torch.cat(owner).to(device), per_token)
     counts = completion_attention_mask.sum(-1).to(sums.dtype)
     return sums, counts

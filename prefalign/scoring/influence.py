@@ -40,7 +40,7 @@ from prefalign.losses import PreferenceLoss
 from prefalign.models import DTYPES
 from prefalign.module import PreferenceModule
 from prefalign.reference import move_to
-from prefalign.scoring import jvp_attention
+from prefalign.scoring import jvp_attention, jvp_head
 from prefalign.scoring.base import Scorer, ScoringContext
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def jvp_influence(losses: PairLosses, batch: dict[str, Any], direction: dict[str
     def per_pair(parameters: dict[str, Tensor]) -> Tensor:
         return functional_call(losses, parameters, (batch,), strict=False)
 
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), jvp_attention.installed(losses.module.policy):
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), jvp_attention.installed(losses.module.policy), jvp_head.installed():
         values, influence = jvp(per_pair, (primals,), (tangents,))
     return values, influence
 

@@ -11,6 +11,7 @@ from prefalign.data.sources import LocalSource
 from prefalign.losses import DPOLoss, IPOLoss, SimPOLoss, SLiCLoss
 from prefalign.models import TinyModel
 from prefalign.reference import compute_pair_logps
+from prefalign.scoring import jvp_head
 from prefalign.scoring.base import ScoringContext
 from prefalign.scoring.influence import InfluenceScorer, PairLosses, jvp_influence, per_pair_influence, select_parameters
 from tests.conftest import ARCHITECTURES
@@ -47,12 +48,16 @@ def make_context(tokenizer, folder, architecture, loss, tmp_path):
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 @pytest.mark.parametrize("loss", [DPOLoss(beta=0.5), SLiCLoss(beta=0.5), IPOLoss(beta=0.5)], ids=["dpo", "slic", "ipo"])
-def test_jvp_influence_matches_per_pair_autograd(tokenizer, pair_files, tmp_path, architecture, loss):
+def test_jvp_influence_matches_per_pair_autograd(tokenizer, pair_files, tmp_path, architecture, loss, monkeypatch):
     context = make_context(tokenizer, pair_files, architecture, loss, tmp_path)
     scorer = InfluenceScorer()
     scorer.prepare(context)  # v = the real validation gradient
     batch = next(iter(context.datamodule.eval_loader("train")))
+    calls = []
+    apply = jvp_head._HeadLogps.apply
+    monkeypatch.setattr(jvp_head._HeadLogps, "apply", lambda *args: calls.append(1) or apply(*args))
     fast = scorer.score_batch(context, batch, {})
+    assert calls, "the JVP's vocabulary step did not run through jvp_head"
     reference = per_pair_influence(scorer._losses, batch, scorer._direction)
     assert reference.abs().max() > 0
     assert (fast - reference).abs().max() <= 1e-6 * reference.abs().max(), (fast, reference)
