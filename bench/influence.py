@@ -94,7 +94,7 @@ def main() -> None:
     subset = list(range(min(args.reference_pairs, n_pairs)))
     batch_size = setup.datamodule.eval_batch_size
     # the JVP has run over all pairs above; the per-pair path runs once, untimed, before its timed passes, so that
-    # neither side pays first-call costs (allocating the per-pair gradients: ~5 s on this CPU) in the comparison
+    # neither side pays first-call costs in the comparison (a microbenchmark saw up to 5 s on a first per-pair batch)
     per_pair_influence(scorer._losses, move_to(setup.datamodule.collate([dataset[0]]), context.device), scorer._direction)
     reference_values, jvp_values = [], []
     autograd_time = jvp_time = 0.0

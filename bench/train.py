@@ -2,6 +2,7 @@
 
     pip install trl            # in the benchmark environment only; not a dependency of prefalign
     python -m bench.train [--model smollm2_135m] [--pairs 384] [--batch-size 8] [--pack-length 256]
+                          [--head-chunk-tokens 128]
 
 Both frameworks get the same model (the converted checkpoint of ``--model``), the same pairs of the built-in data
 (TRL receives each prompt already rendered with the chat template, and each completion as text, to which it adds
@@ -12,7 +13,9 @@ epoch's wall time, reference log-probs included: prefalign with an empty referen
 ``precompute_ref_log_probs=True`` and ``False`` (the faster one is the baseline of the speed-up). prefalign runs
 twice: with padded batches (``pack_length=null``, prompt shared) and with ``pack_length=--pack-length``
 (padding-free packing, prompt shared, for the training steps and the reference pass; the default of
-``conf/train.yaml``). The correctness check runs prefalign with the config's default.
+``conf/train.yaml``); with ``--head-chunk-tokens``, a third time packed with the vocabulary step in chunks
+(``head_chunk_tokens``: no tokens x vocabulary tensor kept, logits recomputed in the backward pass), to show its
+memory and its speed. The correctness check runs prefalign with the config's default.
 
 Before timing, a correctness check runs both on one fixed batch for two steps: the first-step loss (log 2 for
 any DPO run, since policy = reference), the first-step mean log-probs of chosen and rejected (which depend on
@@ -145,8 +148,10 @@ def worker(args: argparse.Namespace) -> None:
 
         out = Path(tempfile.mkdtemp())
         overrides = prefalign_overrides(args, args.pairs, folder, cache)
-        # the padded row pins pack_length=null; the packed row sets it (the config's default is 256)
-        overrides.append(f"pack_length={args.pack_length}" if args.worker == "prefalign-packed" else "pack_length=null")
+        # the padded row pins pack_length=null; the packed rows set it (the config's default is 256)
+        overrides.append(f"pack_length={args.pack_length}" if args.worker != "prefalign" else "pack_length=null")
+        if args.worker == "prefalign-chunked":
+            overrides.append(f"head_chunk_tokens={args.head_chunk_tokens}")
         cfg = train_config(overrides, out)
         setup = setup_run(cfg)
         model = setup.source.load_model()
@@ -236,7 +241,12 @@ def main() -> None:
         "--pack-length", type=int, default=256, help="also time prefalign with packed batches of this many tokens (0: not)"
     )
     parser.add_argument(
-        "--worker", choices=["prefalign", "prefalign-packed", "trl-precompute", "trl-online"], help=argparse.SUPPRESS
+        "--head-chunk-tokens", type=int, default=0,
+        help="also time prefalign packed with the vocabulary step in chunks of this many tokens (0: not)",
+    )
+    parser.add_argument(
+        "--worker", choices=["prefalign", "prefalign-packed", "prefalign-chunked", "trl-precompute", "trl-online"],
+        help=argparse.SUPPRESS,
     )
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
@@ -254,11 +264,15 @@ def main() -> None:
     check = {} if args.skip_check else correctness(args, folder, work / "cache")
     tokens, tokens_per_pair = token_counts(args.pairs)
     measured = {}
-    names = ("prefalign", "prefalign-packed", "trl-precompute", "trl-online")
-    for name in names if args.pack_length else [name for name in names if name != "prefalign-packed"]:
+    names = ["prefalign", "prefalign-packed", "prefalign-chunked", "trl-precompute", "trl-online"]
+    if not args.pack_length:
+        names = [name for name in names if name not in ("prefalign-packed", "prefalign-chunked")]
+    if not args.head_chunk_tokens:
+        names = [name for name in names if name != "prefalign-chunked"]
+    for name in names:
         command = [sys.executable, "-m", "bench.train", "--worker", name, "--model", args.model, "--pairs", str(args.pairs),
                    "--batch-size", str(args.batch_size), "--folder", str(folder), "--cache", str(work / f"cache-{name}"),
-                   "--pack-length", str(args.pack_length)]
+                   "--pack-length", str(args.pack_length), "--head-chunk-tokens", str(args.head_chunk_tokens)]
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         line = [l for l in result.stdout.splitlines() if l.startswith("RESULT ")]
         if result.returncode or not line:
@@ -270,6 +284,7 @@ def main() -> None:
     for name, values in measured.items():
         rows.append({
             "framework": {"prefalign": "prefalign, padded batches", "prefalign-packed": f"prefalign, pack_length={args.pack_length}",
+                          "prefalign-chunked": f"prefalign, pack_length={args.pack_length}, head_chunk_tokens={args.head_chunk_tokens}",
                           "trl-precompute": "TRL DPOTrainer, precompute_ref_log_probs=True",
                           "trl-online": "TRL DPOTrainer, precompute_ref_log_probs=False"}[name],
             "epoch_wall_s": values["seconds"],
@@ -289,7 +304,8 @@ def main() -> None:
     print(table)
     settings = {"model": args.model, "pairs": args.pairs, "batch_size": args.batch_size, "max_length": MAX_LENGTH, "lr": LR,
                 "precision": "float32", "epochs": 1, "tokens_per_pair_concatenated": round(tokens_per_pair, 1),
-                "trl": trl.__version__, "fastest_trl": fastest_trl, "pack_length": args.pack_length}
+                "trl": trl.__version__, "fastest_trl": fastest_trl, "pack_length": args.pack_length,
+                "head_chunk_tokens": args.head_chunk_tokens}
     append_result("DPO training: prefalign vs TRL DPOTrainer", "python -m bench.train " + " ".join(sys.argv[1:]), settings,
                   table, machine())
 

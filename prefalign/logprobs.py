@@ -18,9 +18,11 @@ its completions after it in packed rows, without padding, in one decoder call.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -225,6 +227,86 @@ def packed_completion_logps(
         sums = sums.to(per_token.dtype).index_add(0, torch.cat(owner).to(device), per_token)
     counts = completion_attention_mask.sum(-1).to(sums.dtype)
     return sums, counts
+
+
+class _ChunkedHeadLogps(torch.autograd.Function):
+    """``(hidden (N, H), weight (V, H), bias (V,) or None, targets (N,), chunk) -> log softmax(W h + b)[target]``.
+
+    Chunks of ``chunk`` tokens: the forward keeps only each token's log-sum-exp, the backward recomputes each
+    chunk's logits, so no ``N x V`` tensor is ever kept (at most one ``chunk x V`` at a time). With
+    ``G = dL/dz = g (onehot(y) - softmax(z))``: ``dh = G W``, ``dW = G^T h``, ``db = sum_t G``.
+    """
+
+    @staticmethod
+    def forward(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
+        dtype = torch.promote_types(hidden.dtype, torch.float32)
+        picked = torch.empty(hidden.shape[0], dtype=dtype, device=hidden.device)
+        lse = torch.empty_like(picked)
+        for start in range(0, hidden.shape[0], chunk):
+            part = slice(start, start + chunk)
+            logits = torch.nn.functional.linear(hidden[part], weight, bias).to(dtype)
+            lse[part] = torch.logsumexp(logits, dim=-1)
+            picked[part] = logits.gather(-1, targets[part].unsqueeze(-1)).squeeze(-1) - lse[part]
+        return picked, lse
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        hidden, weight, bias, targets, chunk = inputs
+        _picked, lse = output
+        ctx.chunk = chunk
+        ctx.has_bias = bias is not None
+        ctx.mark_non_differentiable(lse)
+        ctx.save_for_backward(hidden, weight, bias if bias is not None else torch.empty(0), targets, lse)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor, _grad_lse: Any) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        bias = bias if ctx.has_bias else None
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        dhidden = torch.empty_like(hidden) if need_hidden else None
+        dweight = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) if need_weight else None
+        dbias = torch.zeros(weight.shape[0], dtype=lse.dtype, device=weight.device) if need_bias and bias is not None else None
+        rows = torch.arange(min(ctx.chunk, hidden.shape[0]), device=hidden.device)
+        for start in range(0, hidden.shape[0], ctx.chunk):
+            part = slice(start, start + ctx.chunk)
+            g = grad[part].to(lse.dtype)
+            logits = torch.nn.functional.linear(hidden[part], weight, bias).to(lse.dtype)
+            # G = g (onehot(y) - p), in place on the recomputed logits
+            dlogits = logits.sub_(lse[part].unsqueeze(-1)).exp_().mul_(-g.unsqueeze(-1))
+            dlogits[rows[: len(g)], targets[part]] += g
+            if dhidden is not None:
+                dhidden[part] = dlogits.to(weight.dtype) @ weight
+            if dweight is not None:
+                dweight.addmm_(dlogits.T, hidden[part].to(lse.dtype))
+            if dbias is not None:
+                dbias += dlogits.sum(0)
+        return (
+            dhidden,
+            None if dweight is None else dweight.to(weight.dtype),
+            None if dbias is None else dbias.to(weight.dtype),
+            None,
+            None,
+        )
+
+
+def chunked_head_logps(hidden: Tensor, head: torch.nn.Module, targets: Tensor, chunk_tokens: int) -> Tensor:
+    """``log softmax(head(hidden))[target]`` per row, ``(N, H), (N,) -> (N,)``, in chunks of ``chunk_tokens``
+    tokens that never keep an ``N x V`` tensor (one more head matmul in the backward pass, which recomputes the
+    logits). A head other than a plain ``nn.Linear`` (a LoRA-wrapped head, say) takes the generic path."""
+    if type(head) is not torch.nn.Linear:
+        return token_logps(head(hidden), targets)
+    return _ChunkedHeadLogps.apply(hidden, head.weight, head.bias, targets, chunk_tokens)[0]
+
+
+def use_head_chunks(chunk_tokens: int | None) -> None:
+    """From now on (in this thread), packed log-prob passes compute the vocabulary step in chunks of
+    ``chunk_tokens`` tokens (:func:`chunked_head_logps`); ``None``: all at once (the logits kept for backward).
+
+    Set once per run from the config key ``head_chunk_tokens``; :func:`head_logps` blocks still take precedence.
+    """
+    if chunk_tokens is not None and (isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens <= 0):
+        raise ValueError(f"head_chunk_tokens must be a positive integer or null, got {chunk_tokens!r}")
+    _HEAD_LOGPS.set(None if chunk_tokens is None else functools.partial(chunked_head_logps, chunk_tokens=chunk_tokens))
 
 
 def token_logps(logits: Tensor, token_ids: Tensor) -> Tensor:

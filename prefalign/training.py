@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prefalign.atomic import write_json
 from prefalign.data.datamodule import PreferenceDataModule
+from prefalign.logprobs import use_head_chunks
 from prefalign.losses import PreferenceLoss
 from prefalign.models import ModelSource, save_policy
 from prefalign.module import PreferenceModule
@@ -61,6 +62,7 @@ def setup_run(cfg: DictConfig) -> RunSetup:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True)
+    use_head_chunks(cfg.get("head_chunk_tokens"))  # for every log-prob pass of this run
     source: ModelSource = instantiate(cfg.model)
     tokenizer = source.load_tokenizer()
     loss: PreferenceLoss = instantiate(cfg.loss)

@@ -97,6 +97,11 @@ def test_compiled_training_matches_eager_training(tmp_path):
     assert_same_run_metrics(tmp_path, "compile=false,true", "compile=True")
 
 
+def test_chunked_vocabulary_training_matches_plain_training(tmp_path):
+    # head_chunk_tokens: the vocabulary step in chunks, logits recomputed in the backward pass
+    assert_same_run_metrics(tmp_path, "head_chunk_tokens=null,16", "head_chunk_tokens=16")
+
+
 def test_single_run_outputs_resume_and_reference_cache(tmp_path):
     run = tmp_path / "run"
     cache = tmp_path / "cache"

@@ -1,9 +1,13 @@
 """The shared log-prob function: completion tokens only, prefix sharing equals the plain computation."""
 
+import contextvars
+import math
+
 import pytest
 import torch
 from torch.testing import assert_close
 
+from prefalign import logprobs
 from prefalign.data.collate import collate_pairs
 from prefalign.logprobs import completion_logps, packed_completion_logps, pair_logps
 from tests.conftest import ARCHITECTURES, tiny_model
@@ -82,3 +86,62 @@ def test_packing_names_an_empty_prompt():
     completion_ids, completion_mask = torch.tensor([[9, 8], [7, 6]]), torch.ones(2, 2, dtype=torch.long)
     with pytest.raises(ValueError, match="prompt row 1 of the batch is empty"):
         packed_completion_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, pack_length=64)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("frozen_head", [False, True])
+def test_chunked_head_matches_the_generic_path_in_values_and_gradients(with_bias, frozen_head):
+    generator = torch.Generator().manual_seed(0)
+    tokens, width, vocab = 7, 5, 11
+    hidden = torch.randn(tokens, width, generator=generator, dtype=torch.float64, requires_grad=True)
+    head = torch.nn.Linear(width, vocab, bias=with_bias).double()
+    head.requires_grad_(not frozen_head)  # LoRA: the head is frozen, only the hidden states need a gradient
+    targets = torch.randint(0, vocab, (tokens,), generator=generator)
+    upstream = torch.randn(tokens, generator=generator, dtype=torch.float64)
+    inputs = [hidden] + ([] if frozen_head else list(head.parameters()))
+
+    expected = logprobs.token_logps(head(hidden), targets)
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), inputs)
+    value = logprobs.chunked_head_logps(hidden, head, targets, chunk_tokens=3)  # chunks of 3, 3 and 1 tokens
+    grads = torch.autograd.grad((value * upstream).sum(), inputs)
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
+    for grad, reference in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, reference, rtol=1e-12, atol=1e-12)
+    assert grads[0].abs().max() > 0.01
+
+
+def test_chunked_head_hand_worked_two_word_vocabulary():
+    """h = 1, W = (1, 0), target 0: z = (1, 0), p = (e, 1)/(1+e), logp = 1 - log(1+e);
+    dlogp/dW = (onehot - p) h = (1, -1)/(1+e), dlogp/dh = W[0] - p W = 1/(1+e)."""
+    hidden = torch.tensor([[1.0]], dtype=torch.float64, requires_grad=True)
+    head = torch.nn.Linear(1, 2, bias=False).double()
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0], [0.0]]))
+    value = logprobs.chunked_head_logps(hidden, head, torch.tensor([0]), chunk_tokens=1)
+    value.sum().backward()
+    e = math.e
+    assert value.item() == pytest.approx(1 - math.log(1 + e), rel=1e-12)
+    assert head.weight.grad[:, 0].tolist() == pytest.approx([1 / (1 + e), -1 / (1 + e)], rel=1e-12)
+    assert hidden.grad.item() == pytest.approx(1 / (1 + e), rel=1e-12)
+
+
+def test_head_chunks_setting_is_validated_and_used_by_packed_passes(monkeypatch):
+    for bad in (0, -1, 2.5, True, "64"):
+        with pytest.raises(ValueError, match="head_chunk_tokens"):
+            logprobs.use_head_chunks(bad)
+    calls = []
+    apply = logprobs._ChunkedHeadLogps.apply
+    monkeypatch.setattr(logprobs._ChunkedHeadLogps, "apply", lambda *args: calls.append(args[-1]) or apply(*args))
+    model = tiny_model("llama", dtype="float64")
+    generator = torch.Generator().manual_seed(4)
+    prompts = torch.randint(5, 100, (2, 4), generator=generator)
+    completions = torch.randint(5, 100, (2, 6), generator=generator)
+    ones = torch.ones_like
+    expected = logprobs.packed_completion_logps(model, prompts, ones(prompts), completions, ones(completions), pack_length=32)[0]
+    context = contextvars.copy_context()  # the setting lasts for the thread: keep it out of the other tests
+    chunked = context.run(
+        lambda: logprobs.use_head_chunks(4)
+        or logprobs.packed_completion_logps(model, prompts, ones(prompts), completions, ones(completions), pack_length=32)[0]
+    )
+    assert calls == [4]
+    torch.testing.assert_close(chunked, expected, rtol=1e-12, atol=1e-12)

@@ -79,9 +79,11 @@ def items_fingerprint(items: list[Any]) -> str:
 
 def heldout_metrics(run_cfg: DictConfig, policy: torch.nn.Module, cache_dir: Path, resamples: int, seed: int) -> dict[str, Any]:
     """Reward accuracy, margin and loss of the policy on the run's validation pairs, with bootstrap intervals."""
-    from prefalign.logprobs import pair_logps
+    from prefalign.logprobs import pair_logps, use_head_chunks
     from prefalign.module import pair_metrics, reference_logps
     from prefalign.reference import move_to
+
+    use_head_chunks(run_cfg.get("head_chunk_tokens"))
     from prefalign.training import attach_reference_logps
 
     source: ModelSource = instantiate(run_cfg.model)
