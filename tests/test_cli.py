@@ -98,7 +98,7 @@ def test_compiled_training_matches_eager_training(tmp_path):
 
 
 def test_chunked_vocabulary_training_matches_plain_training(tmp_path):
-    # head_chunk_tokens: the vocabulary step in chunks, logits recomputed in the backward pass
+    # head_chunk_tokens (256 by default): the vocabulary step in chunks, logits recomputed in the backward pass
     assert_same_run_metrics(tmp_path, "head_chunk_tokens=null,16", "head_chunk_tokens=16")
 
 

@@ -82,9 +82,9 @@ def heldout_metrics(run_cfg: DictConfig, policy: torch.nn.Module, cache_dir: Pat
     from prefalign.logprobs import pair_logps, use_head_chunks
     from prefalign.module import pair_metrics, reference_logps
     from prefalign.reference import move_to
+    from prefalign.training import attach_reference_logps
 
     use_head_chunks(run_cfg.get("head_chunk_tokens"))
-    from prefalign.training import attach_reference_logps
 
     source: ModelSource = instantiate(run_cfg.model)
     tokenizer = source.load_tokenizer()

@@ -3,8 +3,8 @@
 The last step of every log-prob is ``z = W h (+ b)`` over the vocabulary (``V`` = 49k to 152k) and
 ``logp = z[y] - logsumexp(z)``. Forward-mode AD differentiated op by op materialises the logits' tangent
 ``dz = dW h + W dh (+ db)`` (an ``N x V`` tensor, as large as the logits) and then makes several elementwise passes
-over both for the log-sum-exp and its tangent. On a CPU those passes over ``N x V`` cost about a tenth of the
-whole influence JVP. With ``p = softmax(z)`` the tangent needs no ``N x V`` tensor but ``p`` itself::
+over both for the log-sum-exp and its tangent (on the 2-core CPU, 1.21 s of a ~11 s JVP over 32 pairs of the
+embedded model; 0.90 s this way). With ``p = softmax(z)`` the tangent needs no ``N x V`` tensor but ``p``::
 
     dlogp_t = dz_t[y_t] - <p_t, dz_t>
             = <dh_t, W[y_t] - p_t W> + <h_t, dW[y_t] - p_t dW> + (db[y_t] - <p_t, db>)
