@@ -86,3 +86,14 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
     return "\n".join(lines)
+
+
+def run_worker(name: str, command: list[str]) -> dict[str, Any]:
+    """Run one benchmark worker in a process of its own; its measurements, from its ``RESULT {json}`` line."""
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    lines = [text for text in result.stdout.splitlines() if text.startswith("RESULT ")]
+    if result.returncode or not lines:
+        sys.exit(f"{name} failed:\n{result.stderr[-4000:]}")
+    measured = json.loads(lines[-1][len("RESULT "):])
+    print(f"{name}: {measured}", flush=True)
+    return measured

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from bench.common import ROOT, append_result, machine, markdown
+from bench.common import append_result, machine, markdown, run_worker
 
 
 def memory_mb(field: str) -> float:
@@ -72,12 +71,7 @@ def main() -> None:
     for name in ("generic", "chunked"):
         command = [sys.executable, "-m", "bench.head", "--worker", name, "--tokens", str(args.tokens), "--vocab",
                    str(args.vocab), "--hidden", str(args.hidden), "--chunk", str(args.chunk)]
-        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-        line = [text for text in result.stdout.splitlines() if text.startswith("RESULT ")]
-        if result.returncode or not line:
-            sys.exit(f"{name} failed:\n{result.stderr[-4000:]}")
-        measured[name] = json.loads(line[-1][len("RESULT "):])
-        print(f"{name}: {measured[name]}", flush=True)
+        measured[name] = run_worker(name, command)
     labels = {"generic": "logits kept (head_chunk_tokens=null)", "chunked": f"head_chunk_tokens={args.chunk}"}
     rows = [{"vocabulary step": labels[name], **values,
              "memory_vs_generic": values["peak_above_start_mb"] / measured["generic"]["peak_above_start_mb"],

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from typing import Any
 
 import torch
 
-from bench.common import ROOT, append_result, machine, markdown, train_config
+from bench.common import append_result, machine, markdown, run_worker, train_config
 
 LR = 1e-5
 MAX_LENGTH = 128
@@ -273,12 +272,7 @@ def main() -> None:
         command = [sys.executable, "-m", "bench.train", "--worker", name, "--model", args.model, "--pairs", str(args.pairs),
                    "--batch-size", str(args.batch_size), "--folder", str(folder), "--cache", str(work / f"cache-{name}"),
                    "--pack-length", str(args.pack_length), "--head-chunk-tokens", str(args.head_chunk_tokens)]
-        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-        line = [l for l in result.stdout.splitlines() if l.startswith("RESULT ")]
-        if result.returncode or not line:
-            sys.exit(f"{name} failed:\n{result.stderr[-4000:]}")
-        measured[name] = json.loads(line[-1][len("RESULT "):])
-        print(f"{name}: {measured[name]}", flush=True)
+        measured[name] = run_worker(name, command)
     fastest_trl = min(("trl-precompute", "trl-online"), key=lambda name: measured[name]["seconds"])
     rows = []
     for name, values in measured.items():
