@@ -9,11 +9,12 @@ reference-free losses); accuracies count pairs with a strictly larger chosen rew
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import HalfPrecision
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
@@ -56,6 +57,38 @@ def warmup_schedule(
         return 0.5 * (1 + math.cos(math.pi * progress)) if decay == "cosine" else 1.0 - progress
 
     return LambdaLR(optimizer, factor)
+
+
+class KeepReferencePrecision(HalfPrecision):
+    """Lightning's ``bf16-true`` / ``16-true`` precision, less its rounding of the cached reference log-probs.
+
+    Lightning casts every floating-point tensor of a batch to the weights' dtype before the step. The batch's
+    ``reference_*_logps`` are float32 sums over a completion's tokens: in bfloat16 (8 significant bits) a
+    summed log-prob of -130.87 becomes -131.0, so each implicit reward ``beta * (s - s_ref)`` would carry an
+    error of up to ``beta * 0.5`` nats from the cast alone, and the first-step DPO loss would not be log 2
+    (measured on the tiny Llama in bfloat16: 0.6795 instead of 0.6931). Those tensors stay float32 here; the
+    rest of the batch is converted as Lightning would (the token ids and masks are integers and unchanged).
+    """
+
+    def convert_input(self, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            return {
+                key: value if key.startswith("reference_") else super(KeepReferencePrecision, self).convert_input(value)
+                for key, value in data.items()
+            }
+        return super().convert_input(data)
+
+
+def precision_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Lightning ``Trainer`` keyword arguments with ``precision="bf16-true"`` or ``"16-true"`` swapped for
+    :class:`KeepReferencePrecision` (a plugin instead of the flag, which Lightning does not accept together);
+    every other precision is left to Lightning (``*-mixed`` autocasts without converting the batch)."""
+    options = dict(options)
+    if str(options.get("precision")) in ("bf16-true", "16-true"):
+        precision = options.pop("precision")
+        options["precision"] = None
+        options["plugins"] = [*(options.get("plugins") or []), KeepReferencePrecision(precision)]
+    return options
 
 
 def reference_logps(batch: dict[str, Any]) -> dict[str, Tensor] | None:

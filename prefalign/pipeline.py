@@ -106,11 +106,13 @@ def warm_up(setup: RunSetup, model: torch.nn.Module) -> tuple[torch.nn.Module, s
     log.info("warm-up: %d epoch(s) on all %d training pairs", epochs, len(setup.datamodule.datasets["train"]))
     module = make_module(setup.cfg, model, setup.loss)
     trainer = build_trainer(setup.cfg, setup.output_dir / "warmup", checkpoints=False, max_epochs=epochs)
+    device = next(model.parameters()).device
     with compiled_decoder(model, bool(setup.cfg.get("compile", False))):
         trainer.fit(module, datamodule=setup.datamodule)
     save_policy(model, setup.tokenizer, folder)
     write_json({"key": key, "metrics": final_metrics(trainer)}, folder / DONE)
-    return model, key, False
+    # Lightning leaves the model on the CPU when fit ends; the scorers run where the run trains
+    return model.to(device), key, False
 
 
 def scoring_context(setup: RunSetup, policy: torch.nn.Module, policy_key: str, work_dir: Path) -> ScoringContext:

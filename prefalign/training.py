@@ -30,14 +30,14 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from prefalign.atomic import write_json
 from prefalign.data.datamodule import PreferenceDataModule
 from prefalign.logprobs import use_head_chunks
 from prefalign.losses import PreferenceLoss
 from prefalign.models import ModelSource, save_policy
-from prefalign.module import PreferenceModule
+from prefalign.module import PreferenceModule, precision_options
 from prefalign.reference import cached_reference_logps
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,43 @@ class RunSetup:
     datamodule: PreferenceDataModule
     output_dir: Path
     cache_dir: Path
+    # where trainer.fit will train (from trainer.accelerator / trainer.devices): the passes outside fit
+    # (reference log-probs, scoring) run there too
+    device: torch.device = torch.device("cpu")
+
+
+def run_device(trainer: Any) -> torch.device:
+    """The device Lightning's ``trainer.fit`` trains on, for the passes that run outside it.
+
+    Reference log-probs, the scorers and held-out metrics run on the model's own device. Models load on the
+    CPU and Lightning moves them to its accelerator only inside ``fit`` (and back to the CPU when ``fit``
+    ends), so without this a GPU run would compute its reference log-probs and every score on the CPU.
+
+    Args:
+        trainer: the ``trainer`` config (``accelerator``: ``auto``, ``cpu``, ``gpu``/``cuda`` or ``mps``;
+            ``devices``: a count, ``auto`` or a list of indices, whose first is used).
+
+    Raises:
+        ValueError: an accelerator that is not available here, or one prefalign does not know.
+    """
+    accelerator = str(trainer.get("accelerator", "auto")).lower()
+    if accelerator == "auto":  # Lightning's order: MPS, then CUDA, then the CPU
+        mps = getattr(torch.backends, "mps", None)
+        accelerator = "mps" if mps is not None and mps.is_available() else "cuda" if torch.cuda.is_available() else "cpu"
+    if accelerator == "cpu":
+        return torch.device("cpu")
+    if accelerator in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"trainer.accelerator={trainer.get('accelerator')}: no CUDA device is available here "
+                "(torch.cuda.is_available() is False); use trainer.accelerator=auto or cpu"
+            )
+        devices = trainer.get("devices", "auto")
+        first = list(devices)[0] if isinstance(devices, (list, tuple, ListConfig)) and len(devices) else 0
+        return torch.device("cuda", int(first))
+    if accelerator == "mps":
+        return torch.device("mps")
+    raise ValueError(f"trainer.accelerator={trainer.get('accelerator')!r}: prefalign knows auto, cpu, gpu, cuda and mps")
 
 
 def setup_run(cfg: DictConfig) -> RunSetup:
@@ -72,7 +109,7 @@ def setup_run(cfg: DictConfig) -> RunSetup:
     datamodule.setup("fit")
     write_json(datamodule.report, output_dir / "data_report.json")
     cache_dir = Path(str(cfg.paths.cache_dir)).expanduser()
-    return RunSetup(cfg, source, tokenizer, loss, datamodule, output_dir, cache_dir)
+    return RunSetup(cfg, source, tokenizer, loss, datamodule, output_dir, cache_dir, run_device(cfg.trainer))
 
 
 def attach_reference_logps(
@@ -130,7 +167,8 @@ def build_trainer(cfg: DictConfig, output_dir: Path, checkpoints: bool = True, *
         callbacks.append(instantiate(callback))
     if not checkpoints:
         overrides["enable_checkpointing"] = False
-    return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(output_dir), **overrides)
+    options = precision_options({"precision": cfg.trainer.get("precision"), **overrides})
+    return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(output_dir), **options)
 
 
 def final_metrics(trainer: L.Trainer) -> dict[str, float]:
@@ -179,7 +217,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
 
     start = time.perf_counter()
     setup = setup_run(cfg)
-    model = setup.source.load_model()
+    model = setup.source.load_model().to(setup.device)
     if getattr(model, "peft_config", None):
         model.print_trainable_parameters()
     selecting = needs_selection(cfg)

@@ -10,7 +10,7 @@ import torch
 from prefalign.data.datamodule import PreferenceDataModule
 from prefalign.data.sources import LocalSource
 from prefalign.losses import DPOLoss, IPOLoss, KTOLoss, SFTLoss, SimPOLoss, SLiCLoss
-from prefalign.module import PreferenceModule, warmup_schedule
+from prefalign.module import KeepReferencePrecision, PreferenceModule, precision_options, warmup_schedule
 from prefalign.reference import compute_pair_logps
 from tests.conftest import ARCHITECTURES, tiny_model
 
@@ -111,3 +111,51 @@ def test_warmup_schedule_shapes():
     # then decay over the remaining 8 steps, factor 1 - k/8 at the k-th (as transformers' linear schedule)
     assert lrs["linear"] == pytest.approx([0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125])
     assert lrs["cosine"][2:5] == pytest.approx([0.5 * (1 + math.cos(k * math.pi / 8)) for k in (0, 1, 2)])
+
+
+def test_half_precision_keeps_the_reference_log_probs_in_float32():
+    plugin = KeepReferencePrecision("bf16-true")
+    batch = {
+        "reference_chosen_logps": torch.tensor([-130.87, -32.2587]),
+        "other_values": torch.tensor([-130.87]),
+        "chosen_input_ids": torch.tensor([[5, 6]]),
+        "pair_ids": ["a", "b"],
+    }
+    converted = plugin.convert_input(batch)
+    assert converted["reference_chosen_logps"].dtype == torch.float32
+    assert converted["reference_chosen_logps"].tolist() == batch["reference_chosen_logps"].tolist()
+    # what Lightning does to any other floating tensor: -130.87 has no closer bfloat16 than -131.0
+    assert converted["other_values"].dtype == torch.bfloat16 and converted["other_values"].item() == -131.0
+    assert converted["chosen_input_ids"].dtype == torch.long and converted["pair_ids"] == ["a", "b"]
+    options = precision_options({"precision": "bf16-true", "devices": 1})
+    assert options["precision"] is None and isinstance(options["plugins"][0], KeepReferencePrecision)
+    assert options["devices"] == 1
+    assert precision_options({"precision": "32-true"}) == {"precision": "32-true"}
+    assert precision_options({"precision": "bf16-mixed"}) == {"precision": "bf16-mixed"}
+
+
+def test_first_bfloat16_dpo_step_has_loss_log_2(tokenizer, pair_file):
+    """Policy = reference at the first step, so every DPO loss is log 2, in bfloat16 too: the cached float32
+    reference log-probs must reach the loss unrounded (Lightning's bf16-true would cast them to bfloat16)."""
+    import lightning as L
+
+    model = tiny_model("llama", dtype="bfloat16")
+    loss = DPOLoss()
+    batch = fixed_batch(tokenizer, pair_file, model, loss)
+    module = PreferenceModule(model, loss, optimizer=partial(torch.optim.SGD, lr=0.0))
+    losses, seen = [], []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+            seen.append(batch["reference_chosen_logps"])
+
+    trainer = L.Trainer(
+        **precision_options({"precision": "bf16-true"}), accelerator="cpu", max_steps=1, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()],
+    )
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader([batch], batch_size=None))
+    # the step saw the float32 values themselves (rounded to bfloat16, they moved the loss by 7.8e-4 here)
+    assert seen[0].dtype == torch.float32 and torch.equal(seen[0], batch["reference_chosen_logps"])
+    # what remains is bfloat16 arithmetic in the two passes (4.8e-5 when measured)
+    assert abs(losses[0] - math.log(2)) < 2e-4

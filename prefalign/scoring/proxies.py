@@ -30,7 +30,7 @@ from transformers import AutoModelForCausalLM
 from prefalign.atomic import atomic_directory
 from prefalign.losses import PreferenceLoss
 from prefalign.models import release_padding_row
-from prefalign.module import PreferenceModule, warmup_schedule
+from prefalign.module import PreferenceModule, precision_options, warmup_schedule
 from prefalign.scoring.base import Scorer, ScoringContext
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def train_on_pairs(
         pack_length=context.pack_length,
     )
     options = {"accelerator": "auto", "devices": 1, "precision": "32-true", "gradient_clip_val": 1.0}
-    options.update(context.trainer_options)
+    options = precision_options({**options, **context.trainer_options})
     trainer = L.Trainer(
         max_epochs=epochs,
         logger=False,
