@@ -298,6 +298,10 @@ class TinyModel(ModelSource):
     Args:
         architecture: ``llama``, ``gpt_neox`` (Pythia) or ``qwen3``.
         hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size: the transformer's shape.
+        head_dim: the attention heads' width (Llama and Qwen3); default ``hidden_size // num_heads``.
+        vocab_size: rows of the embedding and the output projection; default the tokenizer's length. A larger
+            value gives a real model's vocabulary cost (``conf/model/random_qwen3_0_6b.yaml``: 151,936); the
+            rows past the tokenizer's are never looked up but are part of every softmax.
         seed: initialisation seed; the same seed gives the same weights (and fingerprint).
     """
 
@@ -310,6 +314,8 @@ class TinyModel(ModelSource):
         num_heads: int = 4,
         num_kv_heads: int = 2,
         intermediate_size: int = 128,
+        head_dim: int | None = None,
+        vocab_size: int | None = None,
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
@@ -324,12 +330,23 @@ class TinyModel(ModelSource):
             num_kv_heads=num_kv_heads,
             intermediate_size=intermediate_size,
         )
+        # only when set, so that the fingerprints (and cached warm-ups) of the existing tiny models stay valid
+        self.shape.update({key: value for key, value in (("head_dim", head_dim), ("vocab_size", vocab_size)) if value})
+        if head_dim and architecture == "gpt_neox":
+            raise ValueError("model.head_dim is for llama and qwen3; gpt_neox heads are hidden_size // num_heads wide")
         self.seed = seed
 
     def config(self, vocab_size: int, pad_token_id: int | None) -> Any:
         from transformers import GPTNeoXConfig, LlamaConfig, Qwen3Config
 
         shape = self.shape
+        if shape.get("vocab_size"):
+            if shape["vocab_size"] < vocab_size:
+                raise ValueError(
+                    f"model.vocab_size={shape['vocab_size']} is smaller than the tokenizer's {vocab_size} tokens"
+                )
+            vocab_size = shape["vocab_size"]
+        head_dim = shape.get("head_dim") or shape["hidden_size"] // shape["num_heads"]
         common = dict(
             vocab_size=vocab_size,
             hidden_size=shape["hidden_size"],
@@ -340,11 +357,13 @@ class TinyModel(ModelSource):
             pad_token_id=pad_token_id,
         )
         if self.architecture == "llama":
-            return LlamaConfig(num_key_value_heads=shape["num_kv_heads"], tie_word_embeddings=True, **common)
+            return LlamaConfig(
+                num_key_value_heads=shape["num_kv_heads"], head_dim=head_dim, tie_word_embeddings=True, **common
+            )
         if self.architecture == "qwen3":
             return Qwen3Config(
                 num_key_value_heads=shape["num_kv_heads"],
-                head_dim=shape["hidden_size"] // shape["num_heads"],
+                head_dim=head_dim,
                 tie_word_embeddings=True,
                 **common,
             )
