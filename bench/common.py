@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,42 @@ def train_config(overrides: list[str], output_dir: Path) -> DictConfig:
     """The ``train`` config with overrides, as ``train.py`` would compose it."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose(config_name="train", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+
+
+def sync() -> None:
+    """Wait for the GPU's queued work, so that a clock read after it times the work (a no-op on the CPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, repeats: int = 10) -> float:
+    """The best dense GEMM throughput in FLOP/s over a few square sizes: the machine's practical peak for ``dtype``
+    (float32 on this CPU; bfloat16 on a GPU, where it is the denominator of the model FLOPs utilisation).
+
+    Both ``a @ b`` and ``linear(a, b) = a @ b.T`` (the kernel of a model's linear layers) are timed and the
+    faster counts: they run alike in float32, but in bfloat16 on this CPU ``a @ b`` reaches ~1 GFLOP/s where
+    ``linear`` reaches ~17, and a peak below what the model's own layers run at would overstate utilisation.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        sizes = (1024, 2048, 4096)
+    elif dtype == torch.float32:
+        sizes = (1024, 2048, 2048)
+    else:  # bfloat16 a @ b on this CPU: one 2048 product would take 13 s
+        sizes = (256, 512)
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+        for product in (torch.matmul, torch.nn.functional.linear):
+            for _ in range(2):
+                product(a, b)
+            sync()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                product(a, b)
+            sync()
+            best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start))
+    return best
 
 
 def machine() -> dict[str, Any]:

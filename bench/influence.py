@@ -2,6 +2,9 @@
 
     python -m bench.influence [--pairs 256] [--reference-pairs 64] [--model smollm2_135m]
 
+    # on a GPU (no hub needed): Qwen3-0.6B's shape with random weights, bf16
+    python -m bench.influence --model random_qwen3_0_6b --overrides trainer=gpu
+
 On the same warmed-up policy (the warm-up itself is shared by every score and excluded from the timings) and
 the same training pairs, it measures:
 
@@ -31,7 +34,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bench.common import append_result, machine, markdown, train_config
+from bench.common import append_result, machine, markdown, sync, train_config
 from prefalign.pipeline import warm_up
 from prefalign.reference import move_to
 from prefalign.scoring.base import ScoreRunner, read_scores
@@ -65,7 +68,7 @@ def main() -> None:
         overrides.append(f"data.max_val_pairs={args.val_pairs}")
     cfg = train_config(overrides, work / "run")
     setup = setup_run(cfg)
-    model = setup.source.load_model()
+    model = setup.source.load_model().to(setup.device)
     attach_reference_logps(
         setup.datamodule, model, setup.source, setup.cache_dir, cfg.share_prompt, pack_length=cfg.pack_length
     )
@@ -79,8 +82,10 @@ def main() -> None:
     def run(scorers: list, name: str) -> tuple[pd.DataFrame, dict[str, float], float]:
         context = scoring_context(setup, policy, policy_key, work / name)
         context.cache_dir = work / f"cache-{name}"  # auxiliary models are trained here, never taken from a cache
+        sync()
         start = time.perf_counter()
         ScoreRunner(scorers, shard_size=n_pairs).run(context)
+        sync()
         elapsed = time.perf_counter() - start
         scores, provenance = read_scores(work / name / "scores.parquet")
         return scores, provenance["timings_s"], elapsed
@@ -101,11 +106,12 @@ def main() -> None:
     autograd_time = jvp_time = 0.0
     for start in range(0, len(subset), batch_size):
         batch = move_to(setup.datamodule.collate([dataset[i] for i in subset[start : start + batch_size]]), context.device)
+        sync()
         tick = time.perf_counter()
-        reference_values.append(per_pair_influence(scorer._losses, batch, scorer._direction))
+        reference_values.append(per_pair_influence(scorer._losses, batch, scorer._direction).cpu())
         autograd_time += time.perf_counter() - tick
         tick = time.perf_counter()
-        jvp_values.append(scorer.score_batch(context, batch, {}))
+        jvp_values.append(scorer.score_batch(context, batch, {}).cpu())
         jvp_time += time.perf_counter() - tick
     reference = torch.cat(reference_values).double()
     fast = torch.cat(jvp_values).double()

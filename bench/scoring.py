@@ -30,28 +30,8 @@ from pathlib import Path
 
 import torch
 
-from bench.common import append_result, machine, markdown, train_config
+from bench.common import append_result, machine, markdown, matmul_peak, train_config
 from prefalign.logprobs import pair_logps
-
-
-def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
-    """Best dense float32 GEMM throughput in FLOP/s over a few square sizes (the machine's practical peak)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    best = 0.0
-    for n in (1024, size, 2 * size if device == "cuda" else size):
-        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-        for _ in range(2):
-            a @ b
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start))
-    return best
 
 
 def model_flops(model: torch.nn.Module, items: list, mode: str) -> float:
@@ -106,8 +86,6 @@ def main() -> None:
     parser.add_argument("--dtype", default=None, help="model dtype (default: the model config's)")
     args = parser.parse_args()
 
-    peaks = [matmul_peak()]
-    print(f"dense matmul peak: {peaks[0] / 1e9:.1f} GFLOP/s", flush=True)
     from hydra.utils import instantiate
 
     overrides = [f"model={args.model}", f"data.eval_batch_size={args.batch_size}", "data.max_val_pairs=8"]
@@ -118,6 +96,7 @@ def main() -> None:
     flops: dict[str, float] = {}
     pairs: dict[int, int] = {}
     model = None
+    peaks: list[float] = []
     for multiple in (1, 4):
         cfg = train_config([*overrides, f"data.max_train_pairs={multiple * args.pairs}"], Path(tempfile.mkdtemp()))
         source = instantiate(cfg.model)
@@ -125,6 +104,9 @@ def main() -> None:
             model = source.load_model().eval()
             if torch.cuda.is_available():
                 model = model.cuda()
+            device, dtype = model.device, next(model.parameters()).dtype
+            peaks = [matmul_peak(device, dtype)]
+            print(f"dense {dtype} matmul peak: {peaks[0] / 1e9:.1f} GFLOP/s", flush=True)
         datamodule = instantiate(cfg.data)(tokenizer=source.load_tokenizer())
         datamodule.setup()
         items = datamodule.datasets["train"].items
@@ -133,7 +115,7 @@ def main() -> None:
         for mode in modes:
             best = float("inf")
             for _ in range(args.repeats):
-                peaks.append(matmul_peak())
+                peaks.append(matmul_peak(device, dtype))
                 best = min(best, score(model, datamodule, mode, args.pack_length))
             times.setdefault(mode, {})[multiple] = best
             if multiple == 1:
@@ -154,7 +136,7 @@ def main() -> None:
     for row in rows:
         row["time_4x_over_1x"] = times[row["mode"]][4] / times[row["mode"]][1]
     table = markdown(rows) + (
-        f"\n\nDense matmul peak: {peak / 1e9:.1f} GFLOP/s, the highest of {len(peaks)} measurements in this run "
+        f"\n\nDense {dtype} matmul peak: {peak / 1e9:.1f} GFLOP/s, the highest of {len(peaks)} measurements in this run "
         f"(lowest {min(peaks) / 1e9:.1f}); 4x = {pairs[4]} pairs."
     )
     print(table)

@@ -2,12 +2,16 @@
 
     pip install trl            # in the benchmark environment only; not a dependency of prefalign
     python -m bench.train [--model smollm2_135m] [--pairs 384] [--batch-size 8] [--pack-length 256]
-                          [--head-chunk-tokens 128]
+                          [--head-chunk-tokens 128] [--precision fp32|bf16]
+
+    # on a GPU (no hub needed): Qwen3-0.6B's shape with random weights, bf16 in both frameworks
+    python -m bench.train --model random_qwen3_0_6b --precision bf16 --batch-size 16 --head-chunk-tokens 1024
 
 Both frameworks get the same model (the converted checkpoint of ``--model``), the same pairs of the built-in data
 (TRL receives each prompt already rendered with the chat template, and each completion as text, to which it adds
 the EOS token, so both tokenise to the same ids; the script counts the pairs where they do), the same batch size,
-maximum length, precision (float32), optimiser (AdamW, constant learning rate, no weight decay, gradient clipping
+maximum length, precision (``--precision``: float32, or bfloat16 weights and matmuls in both: prefalign
+``model.dtype=bfloat16 trainer.precision=bf16-true``, TRL the model loaded in bfloat16 with ``bf16=True``), optimiser (AdamW, constant learning rate, no weight decay, gradient clipping
 at 1.0) and one epoch. Each throughput run is a separate process (so peak memory is its own) and counts the whole
 epoch's wall time, reference log-probs included: prefalign with an empty reference cache, TRL both with
 ``precompute_ref_log_probs=True`` and ``False`` (the faster one is the baseline of the speed-up). prefalign runs
@@ -15,7 +19,16 @@ twice: with padded batches (``pack_length=null``, prompt shared) and with ``pack
 (padding-free packing, prompt shared, for the training steps and the reference pass; the default of
 ``conf/train.yaml``); with ``--head-chunk-tokens``, a third time packed with the vocabulary step in chunks
 (``head_chunk_tokens``: no tokens x vocabulary tensor kept, logits recomputed in the backward pass), to show its
-memory and its speed. The correctness check runs prefalign with the config's default.
+memory and its speed. The correctness check runs prefalign with the config's default. Both run on the GPU when
+there is one (Lightning's ``accelerator=auto``; TRL's default), else on the CPU.
+
+Model FLOPs utilisation (``nominal_mfu``): the same nominal work for every row, ``8 N`` FLOPs per token of the
+concatenated sequences (``6 N`` for the policy's forward and backward, ``2 N`` for the reference's forward; ``N``
+the parameters of the weight matmuls, the output projection included, the input embedding not; attention's
+``QK^T`` and ``AV`` not counted), divided by the epoch's wall time and by the dense matmul peak of the run's
+precision measured on this machine before and after the workers (the higher). It is a throughput in the units
+of the hardware, proportional to pairs/s: work a framework skips (prefalign runs each prompt once) is not
+subtracted.
 
 Before timing, a correctness check runs both on one fixed batch for two steps: the first-step loss (log 2 for
 any DPO run, since policy = reference), the first-step mean log-probs of chosen and rejected (which depend on
@@ -35,9 +48,10 @@ from typing import Any
 
 import torch
 
-from bench.common import append_result, machine, markdown, run_worker, train_config
+from bench.common import append_result, machine, markdown, matmul_peak, run_worker, train_config
 
 LR = 1e-5
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MAX_LENGTH = 128
 EVAL_BATCH_SIZE = 32  # the built-in data's eval_batch_size: prefalign's reference pass batch
 
@@ -73,6 +87,7 @@ def prefalign_overrides(args: argparse.Namespace, pairs: int, folder: Path, cach
         "++trainer.log_every_n_steps=1",
         "logger=csv",
         f"paths.cache_dir={cache}",
+        *(["model.dtype=bfloat16", "++trainer.precision=bf16-true"] if args.precision == "bf16" else ["model.dtype=float32"]),
     ]
 
 
@@ -95,7 +110,7 @@ def trl_trainer(args: argparse.Namespace, folder: Path, rows: list[dict[str, str
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[args.precision])
     tokenizer = AutoTokenizer.from_pretrained(folder)
     config = DPOConfig(
         output_dir=str(out),
@@ -114,11 +129,24 @@ def trl_trainer(args: argparse.Namespace, folder: Path, rows: list[dict[str, str
         report_to="none",
         save_strategy="no",
         use_cpu=not torch.cuda.is_available(),
-        bf16=False,
+        bf16=args.precision == "bf16",
         seed=42,
         dataloader_num_workers=0,
     )
     return DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+
+
+def matmul_parameters(folder: Path) -> int:
+    """Parameters of the weight matmuls of the checkpoint in ``folder``: all but the input embedding (a lookup);
+    a tied output projection counted once, as a matmul. Counted on the meta device (no weights loaded)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    total = sum(p.numel() for p in model.parameters()) - embedding.numel()
+    return total + (head.numel() if head is embedding else 0)
 
 
 def peak_rss_mb() -> float:
@@ -153,7 +181,7 @@ def worker(args: argparse.Namespace) -> None:
             overrides.append(f"head_chunk_tokens={args.head_chunk_tokens}")
         cfg = train_config(overrides, out)
         setup = setup_run(cfg)
-        model = setup.source.load_model()
+        model = setup.source.load_model().to(setup.device)
         attach_reference_logps(
             setup.datamodule, model, setup.source, setup.cache_dir, cfg.share_prompt, pack_length=cfg.pack_length
         )
@@ -201,7 +229,7 @@ def correctness(args: argparse.Namespace, folder: Path, cache: Path) -> dict[str
     overrides = prefalign_overrides(args, args.batch_size, folder, cache / "check") + ["++trainer.max_epochs=2"]
     cfg = train_config(overrides, out)
     setup = setup_run(cfg)
-    model = setup.source.load_model()
+    model = setup.source.load_model().to(setup.device)
     attach_reference_logps(
         setup.datamodule, model, setup.source, setup.cache_dir, cfg.share_prompt, pack_length=cfg.pack_length
     )
@@ -236,6 +264,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=384)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--skip-check", action="store_true")
+    parser.add_argument("--precision", choices=sorted(DTYPES), default="fp32", help="weights and matmuls in both frameworks")
     parser.add_argument(
         "--pack-length", type=int, default=256, help="also time prefalign with packed batches of this many tokens (0: not)"
     )
@@ -261,6 +290,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     folder = model_dir(args.model, work / "cache")
     check = {} if args.skip_check else correctness(args, folder, work / "cache")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    peaks = [matmul_peak(device, DTYPES[args.precision])]
     tokens, tokens_per_pair = token_counts(args.pairs)
     measured = {}
     names = ["prefalign", "prefalign-packed", "prefalign-chunked", "trl-precompute", "trl-online"]
@@ -271,8 +302,11 @@ def main() -> None:
     for name in names:
         command = [sys.executable, "-m", "bench.train", "--worker", name, "--model", args.model, "--pairs", str(args.pairs),
                    "--batch-size", str(args.batch_size), "--folder", str(folder), "--cache", str(work / f"cache-{name}"),
-                   "--pack-length", str(args.pack_length), "--head-chunk-tokens", str(args.head_chunk_tokens)]
+                   "--pack-length", str(args.pack_length), "--head-chunk-tokens", str(args.head_chunk_tokens),
+                   "--precision", args.precision]
         measured[name] = run_worker(name, command)
+    peaks.append(matmul_peak(device, DTYPES[args.precision]))
+    flops_per_token = 8 * matmul_parameters(folder)
     fastest_trl = min(("trl-precompute", "trl-online"), key=lambda name: measured[name]["seconds"])
     rows = []
     for name, values in measured.items():
@@ -286,9 +320,13 @@ def main() -> None:
             "pairs_per_s": args.pairs / values["seconds"],
             "tokens_per_s": tokens / values["seconds"],
             "peak_memory_mb": values["peak_mb"],
+            "nominal_mfu": flops_per_token * tokens / values["seconds"] / max(peaks),
             "speed_vs_fastest_trl": measured[fastest_trl]["seconds"] / values["seconds"],
         })
-    table = markdown(rows)
+    table = markdown(rows) + (
+        f"\n\nDense {args.precision} matmul peak on {device.type}: {max(peaks) / 1e9:.1f} GFLOP/s (before the workers "
+        f"{peaks[0] / 1e9:.1f}, after {peaks[1] / 1e9:.1f}); nominal work {flops_per_token / 1e9:.3f} GFLOP per token."
+    )
     if check:
         table += "\n\nCorrectness check (one fixed batch, two steps; prefalign, TRL):\n\n" + markdown(
             [{"quantity": key, "prefalign": value[0] if isinstance(value, tuple) else value,
@@ -297,7 +335,7 @@ def main() -> None:
         )
     print(table)
     settings = {"model": args.model, "pairs": args.pairs, "batch_size": args.batch_size, "max_length": MAX_LENGTH, "lr": LR,
-                "precision": "float32", "epochs": 1, "tokens_per_pair_concatenated": round(tokens_per_pair, 1),
+                "precision": args.precision, "epochs": 1, "tokens_per_pair_concatenated": round(tokens_per_pair, 1),
                 "trl": trl.__version__, "fastest_trl": fastest_trl, "pack_length": args.pack_length,
                 "head_chunk_tokens": args.head_chunk_tokens}
     append_result("DPO training: prefalign vs TRL DPOTrainer", "python -m bench.train " + " ".join(sys.argv[1:]), settings,
