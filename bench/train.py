@@ -11,9 +11,10 @@ Both frameworks get the same model (the converted checkpoint of ``--model``), th
 (TRL receives each prompt already rendered with the chat template, and each completion as text, to which it adds
 the EOS token, so both tokenise to the same ids; the script counts the pairs where they do), the same batch size,
 maximum length, precision (``--precision``: float32, or bfloat16 weights and matmuls in both: prefalign
-``model.dtype=bfloat16 trainer.precision=bf16-true``, TRL the model loaded in bfloat16 with ``bf16=True``), optimiser (AdamW, constant learning rate, no weight decay, gradient clipping
-at 1.0) and one epoch. Each throughput run is a separate process (so peak memory is its own) and counts the whole
-epoch's wall time, reference log-probs included: prefalign with an empty reference cache, TRL both with
+``model.dtype=bfloat16 trainer.precision=bf16-true``, TRL the model loaded in bfloat16 with ``bf16=True``),
+optimiser (AdamW, constant learning rate, no weight decay, gradient clipping at 1.0) and one epoch. Each
+throughput run is a separate process (so peak memory is its own) and counts the whole epoch's wall time,
+reference log-probs included: prefalign with an empty reference cache, TRL both with
 ``precompute_ref_log_probs=True`` and ``False`` (the faster one is the baseline of the speed-up). prefalign runs
 twice: with padded batches (``pack_length=null``, prompt shared) and with ``pack_length=--pack-length``
 (padding-free packing, prompt shared, for the training steps and the reference pass; the default of
@@ -48,7 +49,14 @@ from typing import Any
 
 import torch
 
-from bench.common import append_result, machine, markdown, matmul_peak, run_worker, train_config
+from bench.common import (
+    append_result,
+    machine,
+    markdown,
+    matmul_peak,
+    run_worker,
+    train_config,
+)
 
 LR = 1e-5
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ class RunSetup:
     cache_dir: Path
     # where trainer.fit will train (from trainer.accelerator / trainer.devices): the passes outside fit
     # (reference log-probs, scoring) run there too
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
 def run_device(trainer: Any) -> torch.device:
@@ -86,7 +86,7 @@ def run_device(trainer: Any) -> torch.device:
                 "(torch.cuda.is_available() is False); use trainer.accelerator=auto or cpu"
             )
         devices = trainer.get("devices", "auto")
-        first = list(devices)[0] if isinstance(devices, (list, tuple, ListConfig)) and len(devices) else 0
+        first = next(iter(devices)) if isinstance(devices, (list, tuple, ListConfig)) and len(devices) else 0
         return torch.device("cuda", int(first))
     if accelerator == "mps":
         return torch.device("mps")

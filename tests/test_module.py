@@ -10,7 +10,12 @@ import torch
 from prefalign.data.datamodule import PreferenceDataModule
 from prefalign.data.sources import LocalSource
 from prefalign.losses import DPOLoss, IPOLoss, KTOLoss, SFTLoss, SimPOLoss, SLiCLoss
-from prefalign.module import KeepReferencePrecision, PreferenceModule, precision_options, warmup_schedule
+from prefalign.module import (
+    KeepReferencePrecision,
+    PreferenceModule,
+    precision_options,
+    warmup_schedule,
+)
 from prefalign.reference import compute_pair_logps
 from tests.conftest import ARCHITECTURES, tiny_model
 
