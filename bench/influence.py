@@ -68,7 +68,7 @@ def main() -> None:
         overrides.append(f"data.max_val_pairs={args.val_pairs}")
     cfg = train_config(overrides, work / "run")
     setup = setup_run(cfg)
-    model = setup.source.load_model().to(setup.device)
+    model = setup.load_model()
     attach_reference_logps(
         setup.datamodule, model, setup.source, setup.cache_dir, cfg.share_prompt, pack_length=cfg.pack_length
     )

@@ -30,7 +30,14 @@ from pathlib import Path
 
 import torch
 
-from bench.common import append_result, machine, markdown, matmul_peak, train_config
+from bench.common import (
+    append_result,
+    machine,
+    markdown,
+    matmul_peak,
+    sync,
+    train_config,
+)
 from prefalign.logprobs import pair_logps
 
 
@@ -71,8 +78,7 @@ def score(model: torch.nn.Module, datamodule, mode: str, pack_length: int) -> fl
                 share_prompt="shared prompt" in mode,
                 pack_length=pack_length if mode.startswith("packed") else None,
             )
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    sync()
     return time.perf_counter() - start
 
 

@@ -189,7 +189,7 @@ def worker(args: argparse.Namespace) -> None:
             overrides.append(f"head_chunk_tokens={args.head_chunk_tokens}")
         cfg = train_config(overrides, out)
         setup = setup_run(cfg)
-        model = setup.source.load_model().to(setup.device)
+        model = setup.load_model()
         attach_reference_logps(
             setup.datamodule, model, setup.source, setup.cache_dir, cfg.share_prompt, pack_length=cfg.pack_length
         )
@@ -237,7 +237,7 @@ def correctness(args: argparse.Namespace, folder: Path, cache: Path) -> dict[str
     overrides = prefalign_overrides(args, args.batch_size, folder, cache / "check") + ["++trainer.max_epochs=2"]
     cfg = train_config(overrides, out)
     setup = setup_run(cfg)
-    model = setup.source.load_model().to(setup.device)
+    model = setup.load_model()
     attach_reference_logps(
         setup.datamodule, model, setup.source, setup.cache_dir, cfg.share_prompt, pack_length=cfg.pack_length
     )

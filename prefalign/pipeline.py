@@ -204,7 +204,7 @@ def run_selection_pipeline(setup: RunSetup, model: torch.nn.Module) -> tuple[tor
     )
     restart = cfg.pipeline.restart_from
     if restart == "reference":
-        policy = setup.source.load_model().to(next(policy.parameters()).device)
+        policy = setup.load_model()
     elif restart != "warmup":
         raise ValueError(f"pipeline.restart_from must be warmup or reference, got {restart!r}")
     summary = {

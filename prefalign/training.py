@@ -58,6 +58,10 @@ class RunSetup:
     # (reference log-probs, scoring) run there too
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
+    def load_model(self) -> torch.nn.Module:
+        """The initial policy (the model source's), on the run's device."""
+        return self.source.load_model().to(self.device)
+
 
 def run_device(trainer: Any) -> torch.device:
     """The device Lightning's ``trainer.fit`` trains on, for the passes that run outside it.
@@ -217,7 +221,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
 
     start = time.perf_counter()
     setup = setup_run(cfg)
-    model = setup.source.load_model().to(setup.device)
+    model = setup.load_model()
     if getattr(model, "peft_config", None):
         model.print_trainable_parameters()
     selecting = needs_selection(cfg)

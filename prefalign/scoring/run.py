@@ -25,7 +25,7 @@ def run_scoring(cfg: DictConfig) -> dict[str, Any]:
     """
     start = time.perf_counter()
     setup = setup_run(cfg)
-    initial = setup.source.load_model().to(setup.device)
+    initial = setup.load_model()
     attach_reference_logps(
         setup.datamodule, initial, setup.source, setup.cache_dir, cfg.share_prompt, pack_length=cfg.get("pack_length")
     )
