@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from bench.common import append_result, machine, markdown, train_config  # noqa: E402
 from prefalign.scoring.influence import PairLosses  # noqa: E402
-from prefalign.training import setup_run  # noqa: E402
+from prefalign.run_setup import setup_run  # noqa: E402
 
 
 def main() -> None:

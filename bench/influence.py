@@ -35,13 +35,14 @@ import pandas as pd
 import torch
 
 from bench.common import append_result, machine, markdown, sync, train_config
-from prefalign.pipeline import warm_up
+from prefalign.pipeline import warmup_config
 from prefalign.reference import move_to
-from prefalign.scoring.base import ScoreRunner, read_scores
+from prefalign.run_setup import setup_run
+from prefalign.scoring.base import ScoreRunner, ScoringContext, read_scores
+from prefalign.scoring.config import build_scorers
 from prefalign.scoring.influence import InfluenceScorer, per_pair_influence
-from prefalign.scoring.proxies import IRMScorer, LossDiffScorer
 from prefalign.selection.analysis import spearman as rank_correlation
-from prefalign.training import attach_reference_logps, setup_run
+from prefalign.training import run_training
 
 
 class KeptInfluence(InfluenceScorer):
@@ -67,20 +68,25 @@ def main() -> None:
     if args.val_pairs:
         overrides.append(f"data.max_val_pairs={args.val_pairs}")
     cfg = train_config(overrides, work / "run")
+    # the warm-up stage of the selection pipeline (cached), shared by all scores, not timed
+    warm_cfg, warm_dir = warmup_config(cfg)
+    if not (warm_dir / "metrics.json").exists():
+        run_training(warm_cfg)
     setup = setup_run(cfg)
-    model = setup.load_model()
-    attach_reference_logps(
-        setup.datamodule, model, setup.source, setup.cache_dir, cfg.share_prompt, pack_length=cfg.pack_length
-    )
-    policy, policy_key, _ = warm_up(setup, model)  # shared by all scores, not timed
-    policy.eval()
+    setup.attach_reference(setup.load_model())
+    policy = setup.source.load_policy(warm_dir).to(setup.device).eval()
+    policy_key = f"warmup:{warm_dir.name}"
     setup.datamodule.restrict("train", [pair.pair_id for pair in setup.datamodule.pairs["train"][: args.pairs]])
     n_pairs = len(setup.datamodule.datasets["train"])
 
-    from prefalign.pipeline import scoring_context
+    def scoring_context(work_dir: Path) -> ScoringContext:
+        return ScoringContext(
+            policy, policy_key, setup.loss, setup.datamodule, setup.source, setup.cache_dir, work_dir,
+            share_prompt=cfg.share_prompt, pack_length=cfg.get("pack_length"), seed=cfg.seed, cfg=cfg,
+        )
 
     def run(scorers: list, name: str) -> tuple[pd.DataFrame, dict[str, float], float]:
-        context = scoring_context(setup, policy, policy_key, work / name)
+        context = scoring_context(work / name)
         context.cache_dir = work / f"cache-{name}"  # auxiliary models are trained here, never taken from a cache
         sync()
         start = time.perf_counter()
@@ -90,12 +96,15 @@ def main() -> None:
         scores, provenance = read_scores(work / name / "scores.parquet")
         return scores, provenance["timings_s"], elapsed
 
-    proxies, proxy_timings, proxy_total = run([LossDiffScorer(lr=float(cfg.optimizer.lr)), IRMScorer()], "proxies")
-    scorer = KeptInfluence()
+    proxies, proxy_timings, proxy_total = run(build_scorers(cfg, ["lossdiff", "irm"]), "proxies")
+    (configured,) = build_scorers(cfg, ["influence"])
+    options = {key: value for key, value in configured.settings.items() if key != "_target_"}
+    scorer = KeptInfluence(**options)
+    scorer.name, scorer.settings = configured.name, configured.settings
     influence, influence_timings, influence_total = run([scorer], "influence")
 
     # the per-pair autograd reference on the first pairs, with the same v
-    context = scoring_context(setup, policy, policy_key, work / "reference")
+    context = scoring_context(work / "reference")
     dataset = setup.datamodule.datasets["train"]
     subset = list(range(min(args.reference_pairs, n_pairs)))
     batch_size = setup.datamodule.eval_batch_size

@@ -174,12 +174,8 @@ def worker(args: argparse.Namespace) -> None:
     folder, cache = Path(args.folder), Path(args.cache)
     start = time.perf_counter()
     if args.worker.startswith("prefalign"):
-        from prefalign.training import (
-            attach_reference_logps,
-            build_trainer,
-            make_module,
-            setup_run,
-        )
+        from prefalign.run_setup import setup_run
+        from prefalign.trainer import build_trainer, run_module
 
         out = Path(tempfile.mkdtemp())
         overrides = prefalign_overrides(args, args.pairs, folder, cache)
@@ -190,11 +186,9 @@ def worker(args: argparse.Namespace) -> None:
         cfg = train_config(overrides, out)
         setup = setup_run(cfg)
         model = setup.load_model()
-        attach_reference_logps(
-            setup.datamodule, model, setup.source, setup.cache_dir, cfg.share_prompt, pack_length=cfg.pack_length
-        )
+        setup.attach_reference(model)
         trainer = build_trainer(cfg, out, checkpoints=False)
-        trainer.fit(make_module(cfg, model, setup.loss), datamodule=setup.datamodule)
+        trainer.fit(run_module(cfg, model, setup.loss), datamodule=setup.datamodule)
         steps = trainer.global_step
     else:
         trainer = trl_trainer(args, folder, trl_rows(args.pairs), args.worker == "trl-precompute", 1, Path(tempfile.mkdtemp()))
@@ -226,23 +220,17 @@ def correctness(args: argparse.Namespace, folder: Path, cache: Path) -> dict[str
     import pandas as pd
 
     from prefalign.data.tokenization import PairTokenizer
-    from prefalign.training import (
-        attach_reference_logps,
-        build_trainer,
-        make_module,
-        setup_run,
-    )
+    from prefalign.run_setup import setup_run
+    from prefalign.trainer import build_trainer, run_module
 
     out = Path(tempfile.mkdtemp())
     overrides = prefalign_overrides(args, args.batch_size, folder, cache / "check") + ["++trainer.max_epochs=2"]
     cfg = train_config(overrides, out)
     setup = setup_run(cfg)
     model = setup.load_model()
-    attach_reference_logps(
-        setup.datamodule, model, setup.source, setup.cache_dir, cfg.share_prompt, pack_length=cfg.pack_length
-    )
+    setup.attach_reference(model)
     trainer = build_trainer(cfg, out, checkpoints=False)
-    trainer.fit(make_module(cfg, model, setup.loss), datamodule=setup.datamodule)
+    trainer.fit(run_module(cfg, model, setup.loss), datamodule=setup.datamodule)
     ours = pd.read_csv(out / "csv" / "metrics.csv").dropna(subset=["train/loss"]).reset_index(drop=True)
 
     rows = trl_rows(args.batch_size)

@@ -74,7 +74,8 @@ class PreferenceLoss(nn.Module):
         return LossOutput(losses, (self.beta * chosen_ratio).detach(), (self.beta * rejected_ratio).detach())
 
     def hparams(self) -> dict[str, float | bool]:
-        """The loss's hyper-parameters (part of cache keys of everything trained or scored with it)."""
+        """The loss's numeric and boolean hyper-parameters, for its ``repr`` (cache keys take the resolved loss
+        config instead, every value included: :mod:`prefalign.keys`)."""
         values = {key: value for key, value in vars(self).items() if isinstance(value, (int, float, bool))}
         values.pop("training", None)
         return {"loss": type(self).__name__, **values}

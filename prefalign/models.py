@@ -13,7 +13,11 @@ key: reference log-probs, scores). Three kinds of sources:
 
 Every source accepts ``path``: a previous run's output directory (its ``policy/`` folder is used) or any
 Hugging Face checkpoint folder, which then replaces the source's own weights. This is how an SFT run becomes
-the starting point (policy and reference) of a DPO run.
+the starting point (policy and reference) of a DPO run. ``init_from`` instead starts only the *trainable
+policy* from a checkpoint and keeps the source's weights as the reference: this is how the final run of the
+selection pipeline continues from the warm-up policy (``python train.py data.selection=... model.init_from=<warm-up
+run>``). :func:`load_checkpoint` is the one loader of saved policies (run directories, checkpoint folders, peft
+adapters) that every stage uses.
 
 The reference model is never kept in memory during training: reference log-probs are computed once before
 training with the initial weights (or with ``reference_path`` when given) and cached on disk
@@ -29,6 +33,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +140,39 @@ def embedded_checkpoint_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     return target
 
 
+def load_checkpoint(
+    path: str | os.PathLike,
+    dtype: str = "float32",
+    attn_implementation: str | None = None,
+    base: Callable[[], PreTrainedModel] | None = None,
+    trainable: bool = False,
+) -> PreTrainedModel:
+    """A saved policy: a run directory (its ``policy/``) or a Hugging Face checkpoint folder.
+
+    Args:
+        path: the run directory or checkpoint folder.
+        dtype: parameter dtype (a key of :data:`DTYPES`).
+        attn_implementation: passed to ``from_pretrained`` (``None``: transformers' default).
+        base: under LoRA, the adapter-free initial weights; when given and the folder holds a peft adapter
+            (``adapter/``, written by :func:`save_policy`), the adapter is loaded on top of them, so the policy stays
+            a LoRA model whose disabled adapter is the reference.
+        trainable: load the adapter with trainable weights.
+
+    Raises:
+        FileNotFoundError: no checkpoint there, or a ``config.json`` without weights (named).
+    """
+    folder = resolve_checkpoint_dir(path)
+    if base is not None and (folder / "adapter").exists():
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base(), folder / "adapter", is_trainable=trainable)
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        raise FileNotFoundError(f"policy directory {folder} has a config.json but no weights (*.safetensors or *.bin)")
+    options = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], **options)
+    return release_padding_row(model)
+
+
 def release_padding_row(model: PreTrainedModel) -> PreTrainedModel:
     """Let the input embedding's pad row receive gradients like every other row.
 
@@ -160,10 +198,14 @@ class ModelSource:
         reference_path: optional checkpoint for the reference model; by default the reference is the initial
             policy (the same weights as ``path`` or the source).
         dtype: parameter dtype (``float32`` on CPU; ``bfloat16`` for the hub models on GPUs).
-        attn_implementation: ``sdpa`` (fast) or ``eager`` (needed for forward-mode AD in the influence score).
+        attn_implementation: ``sdpa`` (fast) or ``eager``; the influence score's JVP runs its own attention
+            (:mod:`prefalign.scoring.jvp_attention`) whichever is set.
         lora: ``None`` for full fine-tuning, or a dict of peft ``LoraConfig`` arguments
             (``r``, ``lora_alpha``, ``lora_dropout``, ``target_modules``).
         cache_dir: where converted checkpoints and caches live (default ``~/.cache/prefalign``).
+        init_from: optional run directory or checkpoint the trainable policy starts from; the reference stays
+            the source's weights (or ``reference_path``). Under LoRA, a folder with an ``adapter/`` continues that
+            adapter.
     """
 
     def __init__(
@@ -175,6 +217,7 @@ class ModelSource:
         attn_implementation: str = "sdpa",
         lora: dict[str, Any] | None = None,
         cache_dir: str | None = None,
+        init_from: str | None = None,
     ) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -185,6 +228,7 @@ class ModelSource:
         self.attn_implementation = attn_implementation
         self.lora = dict(lora) if lora else None
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.init_from = init_from
 
     # -- what subclasses provide -------------------------------------------------------------------------
     def _load_own_model(self) -> PreTrainedModel:
@@ -216,9 +260,21 @@ class ModelSource:
             model = self._load_own_model()
         return release_padding_row(model)
 
+    def load_policy(self, path: str | os.PathLike) -> PreTrainedModel:
+        """A saved policy of this source (a run directory or checkpoint), in this source's dtype; under LoRA its
+        adapter on top of this source's initial weights."""
+        return load_checkpoint(
+            path, self.dtype, self.attn_implementation, base=self.load_base_model if self.lora else None, trainable=True
+        )
+
     def load_model(self) -> PreTrainedModel:
-        """The trainable policy: the initial weights, wrapped with LoRA adapters when configured."""
-        model = self.load_base_model()
+        """The trainable policy: the initial weights (or ``init_from``), wrapped with LoRA adapters when configured."""
+        if self.init_from:
+            model = self.load_policy(self.init_from)
+            if hasattr(model, "peft_config") or not self.lora:
+                return model
+        else:
+            model = self.load_base_model()
         if self.lora:
             from peft import LoraConfig, get_peft_model
 
@@ -241,6 +297,12 @@ class ModelSource:
         if self.path:
             return f"path:{directory_fingerprint(resolve_checkpoint_dir(self.path))}"
         return self._own_fingerprint()
+
+    def policy_fingerprint(self) -> str:
+        """Identifies the weights the trainable policy starts from (``init_from`` when set)."""
+        if self.init_from:
+            return f"init:{directory_fingerprint(resolve_checkpoint_dir(self.init_from))}"
+        return self.fingerprint()
 
     def reference_fingerprint(self) -> str:
         if self.reference_path:

@@ -172,18 +172,27 @@ class PreferenceModule(L.LightningModule):
                 f"non-finite loss at global step {self.global_step} for pair ids {pair_ids}; stopping"
             )
 
+    def pair_values(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Per-pair values of every logged metric for one batch: what validation averages, and what held-out
+        evaluation (:func:`prefalign.evaluation.run.heldout_metrics`) bootstraps."""
+        out, policy = self(batch)
+        return pair_metrics(out, policy)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out, policy = self(batch)
         self._check_finite(out, batch)
-        loss = out.losses.mean()
+        weights = batch.get("weights")
+        # data.weights: the mean of weighted per-pair losses (unweighted pairs have weight 1); logged as train/loss
+        loss = out.losses.mean() if weights is None else (out.losses * weights.to(out.losses.dtype)).mean()
         size = len(batch["pair_ids"])
-        for name, values in pair_metrics(out, policy).items():
+        metrics = pair_metrics(out, policy)
+        metrics["loss"] = loss.detach()
+        for name, values in metrics.items():
             self.log(f"train/{name}", values.mean(), on_step=True, on_epoch=False, batch_size=size, prog_bar=name == "loss")
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        out, policy = self(batch)
-        for name, values in pair_metrics(out, policy).items():
+        for name, values in self.pair_values(batch).items():
             self.val_metrics[name.replace("/", "_")].update(values)
 
     def on_validation_epoch_end(self) -> None:

@@ -1,223 +1,253 @@
-"""The TIF paper's selection pipeline, in one command: ``python train.py select=lossdiff_irm``.
+"""``train.py``: one training run, or the TIF paper's selection pipeline as a sequence of the stages.
 
-1. **Warm-up**: train on all pairs for ``pipeline.warmup_epochs`` (the paper: one epoch), giving ``theta``.
-2. **Scores** the rule needs (``lossdiff`` trains its auxiliary model on the validation set, ``bees_implicit``
-   its proxy, ``influence`` takes one validation backward pass), computed for every training pair against
-   ``theta``.
-3. **Selection**: the rule keeps a subset (``selection.json``).
-4. **Training** on the subset, continuing from ``theta`` (``pipeline.restart_from=warmup``, the paper's
-   default) or from the initial weights (``restart_from=reference``); done by :func:`run_training`.
+With ``select=full`` (the default) ``train.py`` is the training stage (:func:`prefalign.training.run_training`).
+With any other rule it runs, each stage through the same ``run(cfg)`` its own entry point calls, writing the
+same files::
 
-Every intermediate artifact is cached by content under ``paths.cache_dir``: the warm-up policy under a key
-of the initial weights, data, loss, optimiser, schedule, batch size, seed and epochs; the scores under the
-warm-up key and the scorers' configs; auxiliary models likewise. A multirun over thresholds, kept fractions or
-final-training seeds therefore warms up and scores once.
+    1. warm-up    train.py  trainer.max_epochs=<pipeline.warmup_epochs>              -> <cache>/warmup/<key>/
+    2. scores     score.py  policy=<warm-up run> scores=[<the rule's scores>]        -> <run>/score/
+    3. selection  select.py scores=<run>/score select=<rule>                         -> <run>/select/selection.json
+    4. training   train.py  data.selection=<run>/select/selection.json model.init_from=<warm-up run>  -> <run>/
+
+The warm-up is an ordinary training run on all pairs, cached under a key of its resolved config
+(:func:`prefalign.keys.training_key`), so a sweep over thresholds, kept fractions or final-training seeds warms up
+once; the scores are cached by the scoring stage likewise. ``pipeline.restart_from=reference`` trains the final
+run from the initial weights instead of the warm-up policy. ``<run>/pipeline.json`` lists every stage's
+directory and the commands that repeat it by hand, which give the same numbers.
+
+``evaluate_after_training=true`` then runs the evaluation stage on the trained run.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import shutil
+import shlex
+import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
-from transformers import AutoModelForCausalLM
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from prefalign.atomic import write_json
-from prefalign.models import DTYPES, release_padding_row, save_policy
-from prefalign.scoring.base import ScoreRunner, ScoringContext, read_scores
+from prefalign.data.records import pairs_fingerprint
+from prefalign.keys import training_key
+from prefalign.models import ModelSource
+from prefalign.run_setup import setup_run
+from prefalign.scoring.config import build_scorers
+from prefalign.scoring.run import run_scoring
 from prefalign.selection.rules import FullSelection, SelectionRule
-from prefalign.training import RunSetup, build_trainer, compiled_decoder, final_metrics, make_module
+from prefalign.selection.run import run_selection, select_rule
+from prefalign.training import run_training
 
 log = logging.getLogger(__name__)
 
-DONE = "prefalign_done.json"
+RESTARTS = ("warmup", "reference")
 
 
 def needs_selection(cfg: DictConfig) -> bool:
     """Whether ``select`` asks for anything but the full data."""
-    return cfg.get("select") is not None and not isinstance(instantiate(cfg.select), FullSelection)
+    return cfg.get("select") is not None and not isinstance(select_rule(cfg.select), FullSelection)
 
 
-def content_key(*parts: Any) -> str:
-    payload = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha1(payload.encode()).hexdigest()[:20]
+def derive(cfg: DictConfig, changes: dict[str, Any]) -> DictConfig:
+    """A copy of ``cfg`` with dotted keys set (the stage configs of the pipeline); ``hydra:`` interpolations
+    are resolved first, so the copy works outside the running app too."""
+    stage = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    with open_dict(stage):
+        for key, value in changes.items():
+            OmegaConf.update(stage, key, value, merge=False, force_add=True)
+    return stage
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
-def warmup_key(setup: RunSetup) -> str:
-    """Identifies the warm-up policy: everything that changes its weights."""
-    cfg = setup.cfg
-    trainer = {key: cfg.trainer.get(key) for key in ("precision", "gradient_clip_val", "accumulate_grad_batches")}
-    return content_key(
-        "warmup-v1",
-        setup.source.fingerprint(),
-        setup.source.lora,
-        setup.datamodule.datasets["train"].fingerprint(),
-        setup.loss.hparams(),
-        _plain(cfg.optimizer),
-        _plain(cfg.get("scheduler")),
-        trainer,
-        setup.datamodule.batch_size,
-        cfg.seed,
-        cfg.pipeline.warmup_epochs,
-        cfg.share_prompt,
-        cfg.get("pack_length"),
-    )
-
-
-def load_policy_from(folder: Path, setup: RunSetup) -> torch.nn.Module:
-    """A cached policy: the peft adapter on top of the initial weights under LoRA, else the full model."""
-    if (folder / "adapter").exists():
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(setup.source.load_base_model(), folder / "adapter", is_trainable=True)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=DTYPES[setup.source.dtype], attn_implementation=setup.source.attn_implementation
-    )
-    return release_padding_row(model)
-
-
-def warm_up(setup: RunSetup, model: torch.nn.Module) -> tuple[torch.nn.Module, str, bool]:
-    """The warm-up policy ``theta``: from the cache, or trained on all pairs and cached.
+def check_pipeline(cfg: DictConfig) -> tuple[SelectionRule, list[str]]:
+    """Everything of the pipeline that can be checked without a model, before the first forward pass.
 
     Returns:
-        The policy, its cache key, and whether it came from the cache.
+        The rule and the score names to compute (the rule's, then ``pipeline.extra_scores``).
     """
-    epochs = int(setup.cfg.pipeline.warmup_epochs)
+    pipeline = cfg.pipeline
+    if pipeline.restart_from not in RESTARTS:
+        raise ValueError(f"pipeline.restart_from must be one of {RESTARTS}, got {pipeline.restart_from!r}")
+    if int(pipeline.warmup_epochs) < 0:
+        raise ValueError(f"pipeline.warmup_epochs must be 0 or more, got {pipeline.warmup_epochs}")
+    if int(pipeline.shard_size) <= 0:
+        raise ValueError(f"pipeline.shard_size must be a positive number of pairs, got {pipeline.shard_size}")
+    if cfg.data.get("selection"):
+        raise ValueError(
+            f"select={cfg.select.get('name', cfg.select._target_)} and data.selection={cfg.data.selection} both choose "
+            "the training pairs: drop one (data.selection trains on a selection made earlier, select=full)"
+        )
+    rule = select_rule(cfg.select)
+    names = list(dict.fromkeys([*rule.scores, *(pipeline.get("extra_scores") or [])]))
+    build_scorers(cfg, names)  # unknown score names and bad scorer settings fail here
+    return rule, names
+
+
+def warmup_config(cfg: DictConfig) -> tuple[DictConfig, Path]:
+    """The warm-up stage: ``cfg`` as a plain training run on all pairs for ``pipeline.warmup_epochs``, and its
+    cached run directory (named by the key of that config)."""
+    changes = {
+        "trainer.max_epochs": int(cfg.pipeline.warmup_epochs),
+        "data.selection": None,
+        "data.weights": None,
+        "ckpt_path": None,
+        "evaluate_after_training": False,
+        "select": {"_target_": "prefalign.selection.FullSelection", "keep_fraction": None},
+        "callbacks.checkpoint": None,  # the cached warm-up keeps its policy, not a resumable checkpoint
+    }
+    warm = derive(cfg, changes)
+    source: ModelSource = instantiate(warm.model)
+    data = instantiate(warm.data.source)
+    limit = warm.data.get("max_train_pairs")
+    pairs = data.load("train")[: limit if limit is not None else None]
+    key = training_key(warm, source.policy_fingerprint(), pairs_fingerprint(pairs) + pairs_fingerprint(data.load("val")))
+    folder = Path(str(cfg.paths.cache_dir)).expanduser() / "warmup" / key
+    with open_dict(warm):
+        warm.paths.output_dir = str(folder)
+    return warm, folder
+
+
+def command(script: str, overrides: dict[str, Any], base: list[str]) -> str:
+    """The shell command that repeats a stage by hand: the run's own overrides, then the stage's."""
+    pieces = [*base, *(f"{key}={value}" for key, value in overrides.items())]
+    return " ".join(["python", script, *(shlex.quote(piece) for piece in pieces)])
+
+
+def user_overrides() -> tuple[list[str], list[str], str | None]:
+    """The overrides this run was started with, split into those of the training runs and those of the rule and
+    its scorers (``select*``, ``scorers.*``, ``pipeline.*``), and the ``select`` option chosen (outside a Hydra
+    app: none)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+    except ValueError:
+        return [], [], None
+    rule_keys = ("select", "scorers.", "+scorers.", "++scorers.")
+    overrides = [item for item in hydra_cfg.overrides.task if not item.startswith(("hydra.", "pipeline."))]
+    training = [item for item in overrides if not item.startswith(rule_keys)]
+    rule = [item for item in overrides if item.startswith(rule_keys) and not item.startswith("select=")]
+    return training, rule, hydra_cfg.runtime.choices.get("select")
+
+
+def run_selection_pipeline(cfg: DictConfig) -> dict[str, Any]:
+    """Warm-up, scores, selection, then the final training run (module docstring); returns its metrics."""
+    start = time.perf_counter()
+    rule, names = check_pipeline(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    base, rule_overrides, choice = user_overrides()
+
+    # 1. the warm-up: an ordinary training run, cached
+    epochs = int(cfg.pipeline.warmup_epochs)
     if epochs == 0:
         log.warning("pipeline.warmup_epochs=0: scoring the initial model (IRM is then zero for every pair)")
-        return model, f"initial:{setup.source.fingerprint()}", False
-    key = warmup_key(setup)
-    folder = setup.cache_dir / "warmup" / key
-    if (folder / DONE).exists():
-        log.info("warm-up policy from cache %s", folder)
-        device = next(model.parameters()).device
-        return load_policy_from(folder, setup).to(device), key, True
-    log.info("warm-up: %d epoch(s) on all %d training pairs", epochs, len(setup.datamodule.datasets["train"]))
-    module = make_module(setup.cfg, model, setup.loss)
-    trainer = build_trainer(setup.cfg, setup.output_dir / "warmup", checkpoints=False, max_epochs=epochs)
-    device = next(model.parameters()).device
-    with compiled_decoder(model, bool(setup.cfg.get("compile", False))):
-        trainer.fit(module, datamodule=setup.datamodule)
-    save_policy(model, setup.tokenizer, folder)
-    write_json({"key": key, "metrics": final_metrics(trainer)}, folder / DONE)
-    # Lightning leaves the model on the CPU when fit ends; the scorers run where the run trains
-    return model.to(device), key, False
-
-
-def scoring_context(setup: RunSetup, policy: torch.nn.Module, policy_key: str, work_dir: Path) -> ScoringContext:
-    trainer = setup.cfg.trainer
-    return ScoringContext(
-        policy=policy,
-        policy_fingerprint=policy_key,
-        loss=setup.loss,
-        datamodule=setup.datamodule,
-        source=setup.source,
-        cache_dir=setup.cache_dir,
-        work_dir=work_dir,
-        share_prompt=setup.cfg.share_prompt,
-        pack_length=setup.cfg.get("pack_length"),
-        seed=setup.cfg.seed,
-        trainer_options={key: trainer.get(key) for key in ("accelerator", "devices", "precision", "gradient_clip_val")},
-    )
-
-
-def instantiate_scorers(cfg: DictConfig, names: list[str]) -> list[Any]:
-    catalogue = cfg.get("scorers") or {}
-    missing = [name for name in names if name not in catalogue]
-    if missing:
-        raise KeyError(f"no scorer config for {missing}; available: {sorted(catalogue)} (conf/score/)")
-    scorers = [instantiate(catalogue[name]) for name in names]
-    for name, scorer in zip(names, scorers):
-        if scorer.name != name:
-            raise ValueError(f"scorers.{name} produces the column '{scorer.name}'; the key must match it")
-    return scorers
-
-
-def compute_scores(
-    setup: RunSetup, policy: torch.nn.Module, policy_key: str, names: list[str], shard_size: int = 256
-) -> tuple[pd.DataFrame, bool]:
-    """The scores ``names`` of every training pair under ``policy``, from the cache or computed and cached.
-
-    The result is also copied to ``<output_dir>/scores.parquet``.
-    """
-    pair_ids = [pair.pair_id for pair in setup.datamodule.pairs["train"]]
-    if not names:
-        return pd.DataFrame({"pair_id": pair_ids}), True
-    scorers = instantiate_scorers(setup.cfg, names)
-    key = content_key(
-        "scores-v1",
-        policy_key,
-        setup.datamodule.datasets["train"].fingerprint(),
-        setup.datamodule.datasets["val"].fingerprint(),
-        setup.loss.hparams(),
-        [(scorer.name, scorer.fingerprint()) for scorer in scorers],
-    )
-    work_dir = setup.cache_dir / "scores" / key
-    hit = (work_dir / "scores.parquet").exists()
-    if hit:
-        log.info("scores %s from cache %s", names, work_dir)
+        warm_dir, warm_hit = None, False
     else:
-        context = scoring_context(setup, policy, policy_key, work_dir)
-        provenance = {"model": setup.source.name, "checkpoint": policy_key, "config": _plain(setup.cfg.get("scorers"))}
-        ScoreRunner(scorers, shard_size=shard_size).run(context, provenance)
-    shutil.copyfile(work_dir / "scores.parquet", setup.output_dir / "scores.parquet")
-    scores, _ = read_scores(work_dir / "scores.parquet")
-    if scores["pair_id"].tolist() != pair_ids:
-        raise RuntimeError(f"cached scores in {work_dir} do not match the training pairs; delete the folder")
-    return scores, hit
+        warm_cfg, warm_dir = warmup_config(cfg)
+        warm_hit = (warm_dir / "metrics.json").exists() and (warm_dir / "policy" / "config.json").exists()
+        if warm_hit:
+            log.info("warm-up run from cache %s", warm_dir)
+        else:
+            log.info("warm-up: %d epoch(s) on all training pairs -> %s", epochs, warm_dir)
+            run_training(warm_cfg)
 
-
-def run_selection_pipeline(setup: RunSetup, model: torch.nn.Module) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Warm-up, scores, selection; restricts the training data to the kept pairs.
-
-    Returns:
-        The model to train on the subset (the warm-up policy or a fresh initial model) and a summary.
-    """
-    cfg = setup.cfg
-    rule: SelectionRule = instantiate(cfg.select)
-    policy, policy_key, warmup_hit = warm_up(setup, model)
-    # the rule's scores, plus any extra ones asked for the analysis (computed in the same pass, never used here)
-    names = list(dict.fromkeys([*rule.scores, *(cfg.pipeline.get("extra_scores") or [])]))
-    scores, scores_hit = compute_scores(setup, policy, policy_key, names, int(cfg.pipeline.shard_size))
-    selection = rule.select(scores)
-    if not selection.kept:
-        raise ValueError(f"select={selection.rule} kept no pairs (thresholds: {selection.thresholds})")
-    (setup.output_dir / "selection.json").write_text(selection.to_json())
-    setup.datamodule.restrict("train", selection.kept)
-    log.info(
-        "selection %s kept %d of %d pairs (%.1f%%)",
-        selection.rule,
-        len(selection.kept),
-        selection.total,
-        100 * selection.kept_fraction,
+    # 2. the scores the rule reads (and the extra ones), against the warm-up policy
+    score_dir = run_dir / "score"
+    score_cfg = derive(
+        cfg,
+        {
+            "policy": str(warm_dir) if warm_dir else None,
+            "scores": names,
+            "shard_size": int(cfg.pipeline.shard_size),
+            "task_name": "score",
+            "paths.output_dir": str(score_dir),
+        },
     )
+    scoring = run_scoring(score_cfg) if names else None
+
+    # 3. the selection
+    select_dir = run_dir / "select"
+    if names:
+        selection = run_selection(
+            derive(cfg, {"scores": str(score_dir), "task_name": "select", "paths.output_dir": str(select_dir)})
+        )
+    else:  # a rule that reads no score (random): the pairs' ids are all it needs
+        selection = select_without_scores(cfg, rule, select_dir)
+
+    # 4. the final training run on the selection
     restart = cfg.pipeline.restart_from
-    if restart == "reference":
-        policy = setup.load_model()
-    elif restart != "warmup":
-        raise ValueError(f"pipeline.restart_from must be warmup or reference, got {restart!r}")
-    summary = {
-        "rule": selection.rule,
-        "thresholds": selection.thresholds,
-        "kept_count": len(selection.kept),
-        "total": selection.total,
-        "kept_fraction": selection.kept_fraction,
-        "scores": rule.scores,
+    final = {"data.selection": selection["path"]}
+    if restart == "warmup" and warm_dir is not None:
+        final["model.init_from"] = str(warm_dir)
+    result = run_training(derive(cfg, final))
+
+    # the same stages by hand (pipeline.json): the rule and its scorers' overrides go to score.py and select.py
+    rule_args = [f"select={choice or rule.name}", *rule_overrides]
+    commands = []
+    if warm_dir is not None:
+        commands.append(command("train.py", {"trainer.max_epochs": epochs, "hydra.run.dir": warm_dir}, base))
+    if names:
+        policy = {"policy": warm_dir or "null", "scores": f"[{','.join(names)}]"}
+        commands.append(command("score.py", {**policy, "hydra.run.dir": score_dir}, [*base, *rule_args]))
+        commands.append(command("select.py", {"scores": score_dir, "hydra.run.dir": select_dir}, rule_args))
+    commands.append(command("train.py", {**final, "hydra.run.dir": run_dir}, base))
+    record = {
+        "warmup": {"dir": str(warm_dir) if warm_dir else None, "from_cache": warm_hit},
+        "score": {"dir": str(score_dir), "from_cache": scoring["from_cache"] if scoring else None, "scores": names},
+        "select": {"dir": str(select_dir), "file": selection["path"]},
+        "train": {"dir": str(run_dir), "restart_from": restart},
+        "commands": commands,
+        "elapsed_s": round(time.perf_counter() - start, 1),
+    }
+    write_json(record, run_dir / "pipeline.json")
+    result["selection"] = {
+        **result.get("selection", {}),
+        "kept_fraction": selection["kept_fraction"],
         "extra_scores": [name for name in names if name not in rule.scores],
-        "warmup_from_cache": warmup_hit,
-        "scores_from_cache": scores_hit,
-        "warmup_key": policy_key,
+        "warmup_from_cache": warm_hit,
+        "scores_from_cache": scoring["from_cache"] if scoring else True,
+        "warmup_dir": str(warm_dir) if warm_dir else None,
         "restart_from": restart,
     }
-    return policy, summary
+    result["run"]["elapsed_s"] = record["elapsed_s"]
+    write_json(result, run_dir / "metrics.json")
+    return result
+
+
+def select_without_scores(cfg: DictConfig, rule: SelectionRule, folder: Path) -> dict[str, Any]:
+    """The selection stage of a rule that reads no score (``random``): applied to the pair ids alone."""
+    import pandas as pd
+
+    # the pairs the training stage will load, cleaned the same way
+    setup = setup_run(derive(cfg, {"paths.output_dir": str(folder)}))
+    ids = [pair.pair_id for pair in setup.datamodule.pairs["train"]]
+    selection = rule.select(pd.DataFrame({"pair_id": ids}))
+    record = {
+        **selection.to_dict(),
+        "scores": [],
+        "data_fingerprint": setup.datamodule.fingerprints["train"],
+        "scores_file": None,
+    }
+    write_json(record, folder / "selection.json")
+    return {"kept_fraction": selection.kept_fraction, "kept": len(selection.kept), "path": str(folder / "selection.json")}
+
+
+def run_train_command(cfg: DictConfig) -> dict[str, Any]:
+    """What ``python train.py`` does: a training run or the selection pipeline, then the evaluation if asked."""
+    result = run_selection_pipeline(cfg) if needs_selection(cfg) else run_training(cfg)
+    if cfg.get("evaluate_after_training"):
+        from prefalign.evaluation.sweep import evaluate_run
+
+        evaluation = cfg.evaluation
+        report = evaluate_run(Path(cfg.paths.output_dir), evaluation, Path(str(cfg.paths.cache_dir)).expanduser())
+        result["evaluation"] = {
+            report["folder"]: {
+                "single": report["single"]["policy"]["value"],
+                "baseline_single": report["single"]["baseline"]["value"],
+                "winrate": report["winrate"]["value"],
+            }
+        }
+        write_json(result, Path(cfg.paths.output_dir) / "metrics.json")
+    return result

@@ -1,15 +1,15 @@
 """Reference log-probs: computed once, cached on disk, never recomputed.
 
 TRL's ``precompute_ref_log_probs``, made persistent: the log-probs of every completion under the reference
-model are stored under a key made of the reference model's fingerprint and the fingerprint of the exact token
-ids (which covers the data, the tokenizer, the chat template and the truncation settings). A later run, a
+model are stored under a key made of the reference model's fingerprint, the fingerprint of the exact token
+ids (which covers the data, the tokenizer, the chat template and the truncation settings) and the settings of
+the pass that change its float rounding (packing, prefix sharing, batch size, precision, device). A later run, a
 resumed run or a sweep over other hyper-parameters finds them and skips the pass; no reference model stays in
 memory during training.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -22,11 +22,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from prefalign.atomic import atomic_write
+from prefalign.keys import content_key
 from prefalign.logprobs import pair_logps
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 
 
 def move_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -77,9 +78,8 @@ def compute_pair_logps(
     return results
 
 
-def cache_key(reference_fingerprint: str, data_fingerprint: str) -> str:
-    payload = f"{CACHE_VERSION}|{reference_fingerprint}|{data_fingerprint}"
-    return hashlib.sha1(payload.encode()).hexdigest()[:20]
+def cache_key(reference_fingerprint: str, data_fingerprint: str, settings: dict[str, Any] | None = None) -> str:
+    return content_key(f"reference-v{CACHE_VERSION}", reference_fingerprint, data_fingerprint, settings or {})
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -97,6 +97,7 @@ def cached_reference_logps(
     share_prompt: bool = True,
     split: str = "train",
     pack_length: int | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Tensor], bool]:
     """Reference log-probs of a dataset, from the cache or computed and cached.
 
@@ -109,12 +110,14 @@ def cached_reference_logps(
         share_prompt: prefix sharing in the log-prob pass.
         split: name for logs.
         pack_length: padding-free packing in the log-prob pass (:func:`~prefalign.logprobs.pair_logps`).
+        settings: the run's settings that shape the pass (part of the key; see
+            :func:`prefalign.run_setup.reference_pass_settings`).
 
     Returns:
         The log-probs (``chosen``, ``rejected``, and ``kl_*`` when the dataset is mismatched) and whether they
         came from the cache.
     """
-    key = cache_key(reference_fingerprint, dataset.fingerprint())
+    key = cache_key(reference_fingerprint, dataset.fingerprint(), settings)
     path = Path(cache_dir).expanduser() / "reference_logps" / f"{key}.pt"
     pair_ids = [item.pair_id for item in dataset.items]
     if path.exists():

@@ -2,7 +2,7 @@
 
 import torch
 
-from prefalign.training import compiled_decoder
+from prefalign.trainer import compiled_decoder
 from tests.conftest import tiny_model
 
 

@@ -20,6 +20,7 @@ from prefalign.evaluation.judges import Judge
 from prefalign.losses import PreferenceLoss
 from prefalign.models import ModelSource
 from prefalign.scoring.base import Scorer
+from prefalign.scoring.config import build_scorers
 from prefalign.selection import SelectionRule
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -84,18 +85,20 @@ def instantiate_node(node: DictConfig, group: str, tokenizer, tmp_path: Path, re
 
 @pytest.mark.parametrize(("primary", "group", "option"), group_options(), ids=lambda v: str(v))
 def test_every_option_composes_and_instantiates(primary, group, option, tokenizer, tmp_path, tiny_reward_model):
-    # the hydra group is applied by the launcher (checked by the CLI tests); the score group is mounted as
-    # scorers.<name> in the primary configs; the rest compose as overrides
+    # the hydra group is applied by the launcher (checked by the CLI tests); a score option is looked up by name
+    # (prefalign.scoring.config); the rest compose as overrides
     overrides = [] if group in {"hydra", "score"} else [f"{group}={option}"]
     cfg = compose_with(primary, overrides, tmp_path)
     OmegaConf.resolve(cfg)
     if group == "score":
-        scorer = instantiate(cfg.scorers[option])
-        assert isinstance(scorer, Scorer) and scorer.name == option
+        (scorer,) = build_scorers(cfg, [option])
+        assert isinstance(scorer, Scorer) and scorer.name == option and scorer.settings["_target_"]
     elif group == "select":
         rule = instantiate(cfg.select)
         assert isinstance(rule, SelectionRule)
-        assert set(rule.scores) <= set(cfg.scorers), "the rule reads a score no scorer config provides"
+        # the rule's config brings the scorers it reads (conf/select/<rule>.yaml defaults)
+        assert set(rule.scores) <= set(cfg.get("scorers") or {}), "the rule reads a score its config does not declare"
+        assert [scorer.name for scorer in build_scorers(cfg, rule.scores)] == rule.scores
     elif group in cfg and group not in {"hydra", "experiment", "debug"}:
         node = cfg[group]
         if group == "data" and OmegaConf.is_missing(node.source, "train_path"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from prefalign.training import run_device
+from prefalign.trainer import run_device
 from tests.test_configs import compose_with
 
 

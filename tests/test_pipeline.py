@@ -37,13 +37,13 @@ def test_keep_fraction_sweep_warms_up_and_scores_once(tmp_path):
     runs = runs_of(sweep)
     assert [r["selection"]["warmup_from_cache"] for r in runs] == [False, True, True]
     assert [r["selection"]["scores_from_cache"] for r in runs] == [False, True, True]
-    assert len({r["selection"]["warmup_key"] for r in runs}) == 1
+    assert len({r["selection"]["warmup_dir"] for r in runs}) == 1
     for run, target in zip(runs, (0.5, 0.64, 0.8)):
-        selection = json.loads((run["dir"] / "selection.json").read_text())
+        selection = json.loads((run["dir"] / "select" / "selection.json").read_text())
         assert selection["rule"] == "lossdiff_irm"
         assert target <= selection["kept_fraction"] <= target + 0.06  # 40 pairs: steps of 2.5 %
         assert run["run"]["train_pairs"] == selection["kept_count"] == len(selection["kept"])
-        scores, provenance = read_scores(run["dir"] / "scores.parquet")
+        scores, provenance = read_scores(run["dir"])
         assert {"lossdiff", "irm"} <= set(scores.columns) and len(scores) == 40
         assert provenance["scorers"]["lossdiff"]["epochs"] == 1
         # the IRM of the warmed-up policy is not identically zero (theta != pi_ref after warm-up)
@@ -55,13 +55,13 @@ def test_keep_fraction_sweep_warms_up_and_scores_once(tmp_path):
 
 def test_tif_bees_and_random_pipelines(tmp_path):
     sweep = tmp_path / "sweep"
-    check(train("-m", *SMALL, "select=tif,bees,random", "scorers.bees_implicit.seed_pairs=24", f"hydra.sweep.dir={sweep}"))
+    check(train("-m", *SMALL, "select=tif,bees,random", "++scorers.bees_implicit.seed_pairs=24", f"hydra.sweep.dir={sweep}"))
     runs = {r["selection"]["rule"]: r for r in runs_of(sweep)}
     assert set(runs) == {"tif", "bees", "random"}
-    tif = json.loads((runs["tif"]["dir"] / "selection.json").read_text())
+    tif = json.loads((runs["tif"]["dir"] / "select" / "selection.json").read_text())
     assert tif["thresholds"]["score"] == "influence" and 0.5 < tif["kept_fraction"] < 0.9
-    bees = json.loads((runs["bees"]["dir"] / "selection.json").read_text())
-    scores, _ = read_scores(runs["bees"]["dir"] / "scores.parquet")
+    bees = json.loads((runs["bees"]["dir"] / "select" / "selection.json").read_text())
+    scores, _ = read_scores(runs["bees"]["dir"])
     margins = scores.set_index("pair_id").loc[bees["kept"]]
     assert (margins["annotator"] > 0).all() and (margins["bees_implicit"] > 0).all()  # eligibility
     assert runs["random"]["selection"]["kept_count"] == round(0.64 * 40)
@@ -84,7 +84,7 @@ def test_score_select_and_analysis_scripts(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     scores, provenance = read_scores(scored)
     assert list(scores.columns) == ["pair_id", "irm", "annotator", "random", "influence", "ifd"]
-    assert len(scores) == 40 and provenance["data"]
+    assert len(scores) == 40 and provenance["data_fingerprint"] and provenance["config"]["data"]["max_train_pairs"] == 40
     summary = json.loads((scored / "scores_summary.json").read_text())
     # the initial model is its own reference: zero up to float32 rounding (batches are padded differently)
     assert abs(summary["statistics"]["irm"]["max"]) < 1e-5 and abs(summary["statistics"]["irm"]["min"]) < 1e-5
@@ -98,8 +98,8 @@ def test_score_select_and_analysis_scripts(tmp_path):
     assert sorted(selection["kept"]) == sorted(top) and selection["kept_count"] == 10
     # and the analysis: overlap with TIF, correlations, noise kept, plots
     analysis = tmp_path / "analysis"
-    result = script("select.py", f"scores={scored}", "analyze=true", "data.max_train_pairs=40",
-                    "analysis.rules=[tif,annotator,random,irm]", "analysis.scatter=[[influence,annotator]]",
+    result = script("select.py", f"scores={scored}", "analyze=true",
+                    "analysis.rules=[tif,topk,random,irm]", "analysis.scatter=[[influence,annotator]]",
                     f"hydra.run.dir={analysis}")
     assert result.returncode == 0, result.stderr[-3000:]
     report = (analysis / "analysis.md").read_text()
@@ -115,7 +115,7 @@ def test_score_select_and_analysis_scripts(tmp_path):
     assert noise.loc["tif", "label_flipped_removed"] == pytest.approx(1 - kept / sum(flipped))
     assert (analysis / "plots" / "scatter_influence_annotator.png").exists()
     overlap = pd.read_csv(analysis / "overlap.csv", index_col=0)
-    assert overlap.loc["tif", "tif"] == 1.0 and 0 <= overlap.loc["annotator", "tif"] <= 1
+    assert overlap.loc["tif", "tif"] == 1.0 and 0 <= overlap.loc["topk", "tif"] <= 1
 
 
 def test_scoring_resumes_after_an_interruption(tmp_path):
@@ -147,7 +147,7 @@ EXPERIMENTS = sorted(path.stem for path in (ROOT / "conf" / "experiment").glob("
 def test_every_experiment_runs_on_a_tiny_model(experiment, tmp_path):
     sweep = tmp_path / "sweep"
     result = train("-m", f"experiment={experiment}", "model=tiny_llama", "data.max_train_pairs=24", "data.max_val_pairs=8",
-                   "scorers.bees_implicit.seed_pairs=16", "logger=csv", f"hydra.sweep.dir={sweep}",
+                   "++scorers.bees_implicit.seed_pairs=16", "logger=csv", f"hydra.sweep.dir={sweep}",
                    f"paths.cache_dir={tmp_path / 'cache'}")
     check(result)
     runs = runs_of(sweep)

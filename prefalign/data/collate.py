@@ -33,7 +33,7 @@ def collate_pairs(items: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
 
     Keys: ``pair_ids`` (list), ``index`` ``(B,)``, ``prompt_input_ids`` / ``prompt_attention_mask`` ``(B, P)``
     left-padded, ``{chosen,rejected}_input_ids`` / ``..._attention_mask`` ``(B, C)`` right-padded, the same for
-    ``kl_chosen`` / ``kl_rejected`` when present, and any ``reference_*_logps`` ``(B,)``.
+    ``kl_chosen`` / ``kl_rejected`` when present, any ``reference_*_logps`` ``(B,)`` and the per-pair loss ``weights`` ``(B,)`` when the data has them.
     """
     batch: dict[str, Any] = {
         "pair_ids": [item["pair_id"] for item in items],
@@ -44,6 +44,8 @@ def collate_pairs(items: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
         if f"{name}_ids" in items[0]:
             ids, mask = pad([item[f"{name}_ids"] for item in items], pad_id, left=False)
             batch[f"{name}_input_ids"], batch[f"{name}_attention_mask"] = ids, mask
+    if "weight" in items[0]:
+        batch["weights"] = torch.stack([torch.as_tensor(item["weight"]) for item in items])
     for key in items[0]:
         if key.startswith("reference_"):
             batch[key] = torch.stack([torch.as_tensor(item[key]) for item in items])

@@ -9,10 +9,13 @@ and written to ``data_report.json``; with ``strict=true`` any drop or truncation
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import math
 from collections import Counter
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -20,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from prefalign.data.collate import collate_pairs
-from prefalign.data.records import DataError, PreferencePair, text_of
+from prefalign.data.records import DataError, PreferencePair, pairs_fingerprint, text_of
 from prefalign.data.sources import PreferenceSource
 from prefalign.data.tokenization import PairTokenizer, TokenizedPair
 
@@ -108,6 +111,8 @@ class PairDataset(Dataset):
         self.max_length = max_length
         self.mismatched = mismatched
         self.reference: dict[str, torch.Tensor] | None = None
+        # per-pair loss weights (data.weights), aligned with items
+        self.weights: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -129,6 +134,8 @@ class PairDataset(Dataset):
         if self.reference is not None:
             for key, values in self.reference.items():
                 example[f"reference_{key}_logps"] = values[index]
+        if self.weights is not None:
+            example["weight"] = self.weights[index]
         return example
 
     def fingerprint(self) -> str:
@@ -191,6 +198,73 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             yield batches[index]
 
 
+def read_selection(path: str, data_fingerprint: str) -> dict[str, Any]:
+    """A ``selection.json`` written by ``select.py``, checked against the pairs it is applied to.
+
+    Raises:
+        DataError: the file is missing or malformed, or was made on other data (its ``data_fingerprint`` differs).
+    """
+    file = Path(path).expanduser()
+    if file.is_dir():
+        file = file / "selection.json"
+    if not file.exists():
+        raise DataError(f"data.selection={path}: {file} does not exist")
+    try:
+        record = json.loads(file.read_text())
+    except json.JSONDecodeError as error:
+        raise DataError(f"data.selection: {file} is not valid JSON ({error})") from None
+    for key in ("kept", "rule", "data_fingerprint"):
+        if key not in record:
+            raise DataError(f"data.selection: {file} has no '{key}' (is it a selection.json written by select.py?)")
+    if record["data_fingerprint"] != data_fingerprint:
+        raise DataError(
+            f"data.selection: {file} was made on other data (data fingerprint {record['data_fingerprint']}, the "
+            f"training pairs loaded now have {data_fingerprint}); select on scores of these pairs, or load the data "
+            "the scores were computed on (same data config, max_train_pairs included)"
+        )
+    return record | {"file": str(file)}
+
+
+def read_weights(spec: str, pair_ids: list[str], data_fingerprint: str) -> torch.Tensor:
+    """Per-pair loss weights from a scores file column, ``<scores.parquet>:<column>``, in the order of ``pair_ids``.
+
+    Raises:
+        DataError: a malformed spec, a missing file or column, scores of other data, pairs without a weight, or
+            weights that are negative or not finite (each named).
+    """
+    import pyarrow.parquet as pq
+
+    path, sep, name = str(spec).rpartition(":")
+    if not sep or not path or not name:
+        raise DataError(f"data.weights={spec!r}: expected <scores.parquet>:<column>")
+    file = Path(path).expanduser()
+    if file.is_dir():
+        file = file / "scores.parquet"
+    if not file.exists():
+        raise DataError(f"data.weights: {file} does not exist")
+    table = pq.read_table(file)
+    provenance = json.loads((table.schema.metadata or {}).get(b"prefalign", b"{}"))
+    recorded = provenance.get("data_fingerprint")
+    if recorded is not None and recorded != data_fingerprint:
+        raise DataError(
+            f"data.weights: {file} scores other data (data fingerprint {recorded}, the training pairs loaded now "
+            f"have {data_fingerprint})"
+        )
+    if name not in table.column_names:
+        raise DataError(f"data.weights: {file} has no column '{name}' (columns: {table.column_names})")
+    values = dict(zip(table.column("pair_id").to_pylist(), table.column(name).to_pylist()))
+    missing = [pair_id for pair_id in pair_ids if pair_id not in values]
+    if missing:
+        raise DataError(f"data.weights: {file} has no '{name}' for {len(missing)} training pairs, e.g. {missing[:5]}")
+    weights = [values[pair_id] for pair_id in pair_ids]
+    bad = [pid for pid, w in zip(pair_ids, weights) if w is None or not math.isfinite(w) or w < 0]
+    if bad:
+        raise DataError(f"data.weights: column '{name}' of {file} is negative or not finite for {len(bad)} pairs, e.g. {bad[:5]}")
+    if sum(weights) == 0:
+        raise DataError(f"data.weights: column '{name}' of {file} is zero for every training pair")
+    return torch.tensor(weights, dtype=torch.float32)
+
+
 class PreferenceDataModule(L.LightningDataModule):
     """Train and validation pairs from a source, cleaned, tokenised and batched.
 
@@ -207,6 +281,10 @@ class PreferenceDataModule(L.LightningDataModule):
         mismatched: also batch mismatched completions (needed by KTO).
         seed: seed of the training shuffle.
         num_workers: data-loader workers.
+        selection: a ``selection.json`` (or a folder holding one) written by ``select.py``: train on its kept
+            pairs only. Checked against the loaded pairs by content (:func:`read_selection`).
+        weights: ``<scores.parquet>:<column>``: per-pair weights of the training loss, taken from a scores file
+            (:func:`read_weights`); every training pair needs one, and the validation metrics stay unweighted.
     """
 
     def __init__(
@@ -225,6 +303,8 @@ class PreferenceDataModule(L.LightningDataModule):
         mismatched: bool = False,
         seed: int = 0,
         num_workers: int = 0,
+        selection: str | None = None,
+        weights: str | None = None,
     ) -> None:
         super().__init__()
         self.source = source
@@ -239,9 +319,18 @@ class PreferenceDataModule(L.LightningDataModule):
         self.mismatched = mismatched
         self.seed = seed
         self.num_workers = num_workers
+        self.selection_path = selection
+        self.weights_spec = weights
         self.pairs: dict[str, list[PreferencePair]] = {}
         self.datasets: dict[str, PairDataset] = {}
         self.report: dict[str, Any] = {}
+        # content fingerprints of the loaded splits, before any selection (what scores and selections record)
+        self.fingerprints: dict[str, str] = {}
+        # the selection applied to the training split (data.selection), as recorded in its file
+        self.selection: dict[str, Any] | None = None
+        # the whole training split and the positions of the kept pairs in it, while a selection is applied
+        self._unrestricted: dict[str, PairDataset] = {}
+        self._kept_index: dict[str, list[int]] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -255,29 +344,64 @@ class PreferenceDataModule(L.LightningDataModule):
             self.pairs[split] = kept
             self.datasets[split] = PairDataset(tokens, self.max_length, self.mismatched)
             self.report[split] = report
+            self.fingerprints[split] = pairs_fingerprint(kept)
             log.info("%s: %d pairs (%d loaded)", split, report["kept"], report["loaded"])
+        if self.selection_path:
+            record = read_selection(self.selection_path, self.fingerprints["train"])
+            self.restrict("train", record["kept"])
+            self.selection = {
+                key: record.get(key) for key in ("file", "rule", "thresholds", "kept_count", "total", "kept_fraction", "scores")
+            }
+            self.report["train"]["selection"] = {"file": record["file"], "kept": len(self.pairs["train"])}
+            log.info("train: %d of %d pairs kept by %s (%s)", len(self.pairs["train"]), record.get("total"), record["rule"], record["file"])
+        if self.weights_spec:
+            ids = [pair.pair_id for pair in self.pairs["train"]]
+            self.datasets["train"].weights = read_weights(self.weights_spec, ids, self.fingerprints["train"])
 
     def restrict(self, split: str, pair_ids: list[str] | set[str]) -> None:
-        """Keep only the given pairs of a split (used after data selection); order is preserved."""
+        """Keep only the given pairs of a split (data selection); order is preserved.
+
+        The reference log-probs of the whole split can still be attached afterwards (:meth:`set_reference`),
+        so that a run on a selection reuses the cache entry of the full data.
+        """
         wanted = set(pair_ids)
         keep = [i for i, pair in enumerate(self.pairs[split]) if pair.pair_id in wanted]
         missing = wanted - {self.pairs[split][i].pair_id for i in keep}
         if missing:
             raise DataError(f"{split}: {len(missing)} selected pair ids are not in the data, e.g. {sorted(missing)[:5]}")
+        if not keep:
+            raise DataError(f"{split}: the selection keeps no pairs")
         old = self.datasets[split]
+        self._unrestricted.setdefault(split, old)
+        previous = self._kept_index.get(split, list(range(len(old))))
+        self._kept_index[split] = [previous[i] for i in keep]
         self.pairs[split] = [self.pairs[split][i] for i in keep]
         new = PairDataset([old.items[i] for i in keep], old.max_length, old.mismatched)
         if old.reference is not None:
             new.reference = {key: values[keep] for key, values in old.reference.items()}
+        if old.weights is not None:
+            new.weights = old.weights[keep]
         self.datasets[split] = new
+
+    def reference_dataset(self, split: str) -> PairDataset:
+        """The dataset whose reference log-probs a run needs: the whole split, also under a selection."""
+        return self._unrestricted.get(split, self.datasets[split])
+
+    def set_reference(self, split: str, logps: dict[str, torch.Tensor]) -> None:
+        """Attach reference log-probs computed for :meth:`reference_dataset` (sliced to the kept pairs)."""
+        if split in self._kept_index:
+            index = torch.tensor(self._kept_index[split], dtype=torch.long)
+            self._unrestricted[split].reference = logps
+            logps = {key: values[index] for key, values in logps.items()}
+        self.datasets[split].reference = logps
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """Batch dataset items (prompts left-padded, completions right-padded)."""
         return collate_pairs(items, pad_id=self.tokenizer.pad_token_id)
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        """Batches of any dataset of tokenised pairs, with this module's batching (length grouping, seed)."""
         collate = partial(collate_pairs, pad_id=self.tokenizer.pad_token_id)
-        dataset = self.datasets[split]
         if self.group_by_length:
             sampler = LengthGroupedBatchSampler(dataset.items, batch_size, shuffle, self.seed)
             return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
@@ -292,12 +416,16 @@ class PreferenceDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
+        return self.loader(self.datasets["train"], self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
+        return self.loader(self.datasets["val"], self.eval_batch_size, shuffle=False)
 
     def eval_loader(self, split: str) -> DataLoader:
         """Batches of a split in a fixed order (length-sorted unless ``group_by_length=false``); each batch's
         ``index`` says where its pairs sit in the split."""
-        return self._loader(split, self.eval_batch_size, shuffle=False)
+        return self.loader(self.datasets[split], self.eval_batch_size, shuffle=False)
+
+    def fit_loader(self, split: str) -> DataLoader:
+        """Shuffled training batches of any split (the auxiliary models train on the validation split)."""
+        return self.loader(self.datasets[split], self.batch_size, shuffle=True)

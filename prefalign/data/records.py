@@ -80,3 +80,16 @@ def text_of(value: Text) -> str:
     if isinstance(value, str):
         return value
     return "\n".join(message["content"] for message in value)
+
+
+def pairs_fingerprint(pairs: list[PreferencePair]) -> str:
+    """Identifies a list of pairs by content: ids, prompts and completions, in order (16 hex digits).
+
+    Independent of any tokenizer, so a selection made with one model's scores can be checked against the data
+    another model trains on.
+    """
+    digest = hashlib.sha1()
+    for pair in pairs:
+        digest.update(json.dumps([pair.pair_id, pair.prompt, pair.chosen, pair.rejected], ensure_ascii=False).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:16]

@@ -24,6 +24,7 @@ from typing import Any
 
 from prefalign.data.records import Text
 from prefalign.evaluation.client import ChatClient
+from prefalign.rewards import RewardModel
 
 
 @dataclass
@@ -66,8 +67,8 @@ class Judge:
 class VerifierJudge(Judge):
     """The built-in checkers (:func:`prefalign.data.builtin.tasks.check_response`)."""
 
-    def __init__(self) -> None:
-        super().__init__(name="verifier")
+    def __init__(self, name: str = "verifier") -> None:
+        super().__init__(name=name)
 
     @staticmethod
     def correct(item: EvalItem, answer: str) -> bool:
@@ -89,12 +90,12 @@ class VerifierJudge(Judge):
 
 
 class RewardModelJudge(Judge):
-    """A sequence-classification reward model as judge (see :class:`prefalign.scoring.margins.RewardModel`)."""
+    """A sequence-classification reward model as judge (see :class:`prefalign.rewards.RewardModel`)."""
 
-    def __init__(self, model: str, dtype: str = "float32", max_length: int = 1024, batch_size: int = 8) -> None:
-        super().__init__(name="reward_model")
-        from prefalign.scoring.margins import RewardModel
-
+    def __init__(
+        self, model: str, dtype: str = "float32", max_length: int = 1024, batch_size: int = 8, name: str = "reward_model"
+    ) -> None:
+        super().__init__(name=name)
         self.reward_model = RewardModel(model, dtype, max_length, batch_size)
 
     def single(self, items: list[EvalItem], answers: list[str]) -> list[float | None]:
@@ -162,16 +163,24 @@ def _reference_block(item: EvalItem) -> str:
     return f"\n[Reference answer]\n{item.reference}\n" if item.reference else ""
 
 
+def single_conversation(prompt: Text, answer: str, reference: str = "") -> list[dict[str, str]]:
+    """The chat messages that ask for a 1-10 rating of one answer (:data:`SINGLE_PROMPT`); used by the judge
+    and by the ``llm_judge`` score."""
+    content = SINGLE_PROMPT.format(prompt=prompt_text(prompt), reference=reference, answer=answer)
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": content}]
+
+
 class OpenAIJudge(Judge):
     """An LLM judge behind an OpenAI-compatible chat API.
 
     Args:
         client: the chat client (base URL, model, key, concurrency, retries, cache).
         use_reference: show the benchmark's reference answer to the judge when there is one.
+        name: the judge's name in result folders and tables.
     """
 
-    def __init__(self, client: ChatClient, use_reference: bool = True) -> None:
-        super().__init__(name="openai")
+    def __init__(self, client: ChatClient, use_reference: bool = True, name: str = "openai") -> None:
+        super().__init__(name=name)
         self.client = client
         self.use_reference = use_reference
         self._records: list[dict[str, Any]] = []
@@ -181,16 +190,7 @@ class OpenAIJudge(Judge):
 
     def single(self, items: list[EvalItem], answers: list[str]) -> list[float | None]:
         conversations = [
-            [
-                {"role": "system", "content": SYSTEM},
-                {
-                    "role": "user",
-                    "content": SINGLE_PROMPT.format(
-                        prompt=prompt_text(item.prompt), reference=self._reference(item), answer=answer
-                    ),
-                },
-            ]
-            for item, answer in zip(items, answers)
+            single_conversation(item.prompt, answer, self._reference(item)) for item, answer in zip(items, answers)
         ]
         replies = self.client.complete_many(conversations, desc="judging (single)")
         ratings = []

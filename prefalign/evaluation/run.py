@@ -2,7 +2,8 @@
 
 For a policy that is a prefalign run directory, the baseline defaults to the run's reference model (its initial
 weights: the SFT model of the papers), the held-out preference metrics use the run's validation pairs, and the
-results go to ``<run>/eval/<bench>-<judge>/``::
+results go to ``<run>/eval/<bench>-<judge>-<generation>-<key>/`` (:func:`result_folder`: a greedy evaluation and a
+sampled one, or two ``bench.limit`` values, never share a folder)::
 
     eval.json            Single (policy and baseline), WinRate, length-controlled WinRate, held-out metrics,
                          each with a bootstrap 95% interval and the number of items; judge and settings
@@ -10,13 +11,13 @@ results go to ``<run>/eval/<bench>-<judge>/``::
     generations.jsonl    every prompt with both answers, their Single scores, the pairwise outcome and the
                          judge's raw replies, so every number can be traced to text
 
-Baseline answers are cached by content (baseline weights, prompts, generation settings), so a sweep generates
-them once.
+Baseline answers are cached by content (baseline weights, prompts, generation and tokenisation settings), so a
+sweep generates them once. Held-out metrics are the validation step's own per-pair values
+(:meth:`prefalign.module.PreferenceModule.pair_values`) on the run's setup (:func:`prefalign.run_setup.setup_run`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from prefalign.atomic import write_json
 from prefalign.data.tokenization import PairTokenizer
@@ -35,13 +36,14 @@ from prefalign.evaluation.benchmarks import Benchmark
 from prefalign.evaluation.generation import generate_answers
 from prefalign.evaluation.judges import Judge
 from prefalign.evaluation.metrics import bootstrap, length_controlled_win_rate, win_rate
+from prefalign.keys import content_key, plain
 from prefalign.models import (
     ModelSource,
     directory_fingerprint,
     ensure_pad_token,
-    release_padding_row,
     resolve_checkpoint_dir,
 )
+from prefalign.models import load_checkpoint as load_model_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +54,40 @@ def run_config(path: str | Path) -> DictConfig | None:
     return OmegaConf.load(config) if config.exists() else None
 
 
-def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, Any]:
+# judge settings that cannot change a verdict (how requests are sent and cached), left out of result keys
+JUDGE_NO_EFFECT = ("concurrency", "max_retries", "backoff", "timeout", "cache_path", "api_key_env")
+
+
+def generation_label(settings: DictConfig | dict[str, Any]) -> str:
+    """A short, readable name of generation settings: ``greedy`` or ``T0.7`` (with ``-p<top_p>`` when not 1)."""
+    temperature = float(settings["temperature"])
+    if temperature == 0:
+        return "greedy"
+    top_p = float(settings.get("top_p", 1.0))
+    return f"T{temperature:g}" + (f"-p{top_p:g}" if top_p != 1 else "") + f"-s{int(settings.get('seed', 0))}"
+
+
+def result_folder(bench_cfg: DictConfig, judge_cfg: DictConfig, settings: DictConfig) -> str:
+    """The folder name of an evaluation's results: ``<bench>-<judge>-<generation>-<key>``.
+
+    The key hashes the resolved bench config (``limit`` included), the judge config (less the settings in
+    :data:`JUDGE_NO_EFFECT`) and the generation settings, so results are reused only by an evaluation with the
+    same settings; computed without instantiating anything (a judge may load a model).
+    """
+    judge = plain(judge_cfg)
+    client = judge.get("client")
+    if isinstance(client, dict):
+        judge["client"] = {key: value for key, value in client.items() if key not in JUDGE_NO_EFFECT}
+    key = content_key("evaluation-v2", plain(bench_cfg), judge, plain(settings))
+    bench = bench_cfg.get("name") or "bench"
+    judge_name = judge_cfg.get("name") or str(judge_cfg.get("_target_", "judge")).rsplit(".", 1)[-1]
+    return f"{bench}-{judge_name}-{generation_label(settings)}-{key[:8]}"
+
+
+def load_checkpoint(path: str | Path, dtype: str = "float32") -> tuple[torch.nn.Module, Any]:
     """A causal LM and its tokenizer from a run directory or checkpoint folder, with a clear error if absent."""
     folder = resolve_checkpoint_dir(path)
-    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
-        raise FileNotFoundError(f"policy directory {folder} has a config.json but no weights (*.safetensors or *.bin)")
-    model = release_padding_row(AutoModelForCausalLM.from_pretrained(folder, dtype=dtype))
-    return model, ensure_pad_token(AutoTokenizer.from_pretrained(folder))
+    return load_model_checkpoint(folder, dtype), ensure_pad_token(AutoTokenizer.from_pretrained(folder))
 
 
 def baseline_source(baseline: str | None, run_cfg: DictConfig | None) -> tuple[Any, str]:
@@ -73,51 +102,34 @@ def baseline_source(baseline: str | None, run_cfg: DictConfig | None) -> tuple[A
 
 
 def items_fingerprint(items: list[Any]) -> str:
-    payload = json.dumps([[item.item_id, item.prompt] for item in items], sort_keys=True)
-    return hashlib.sha1(payload.encode()).hexdigest()[:16]
+    return content_key([[item.item_id, item.prompt] for item in items])
 
 
 def heldout_metrics(run_cfg: DictConfig, policy: torch.nn.Module, cache_dir: Path, resamples: int, seed: int) -> dict[str, Any]:
-    """Reward accuracy, margin and loss of the policy on the run's validation pairs, with bootstrap intervals."""
-    from prefalign.logprobs import pair_logps, use_head_chunks
-    from prefalign.module import pair_metrics, reference_logps
+    """Reward accuracy, margin and loss of the policy on the run's validation pairs, with bootstrap intervals.
+
+    The run's own setup (:func:`prefalign.run_setup.setup_run`, nothing written) and the validation step's
+    per-pair values (:meth:`~prefalign.module.PreferenceModule.pair_values`), so the means equal the run's
+    ``val/*`` metrics for the same weights.
+    """
     from prefalign.reference import move_to
-    from prefalign.training import attach_reference_logps
+    from prefalign.run_setup import setup_run
+    from prefalign.trainer import make_module
 
-    use_head_chunks(run_cfg.get("head_chunk_tokens"))
-
-    source: ModelSource = instantiate(run_cfg.model)
-    tokenizer = source.load_tokenizer()
-    loss = instantiate(run_cfg.loss)
-    datamodule = instantiate(run_cfg.data)(tokenizer=tokenizer, mismatched=loss.requires_mismatched, seed=run_cfg.seed)
-    datamodule.setup()
-    if loss.requires_reference:
-        reference = source.load_reference_model()
-        attach_reference_logps(
-            datamodule,
-            reference,
-            source,
-            cache_dir,
-            run_cfg.share_prompt,
-            splits=("val",),
-            pack_length=run_cfg.get("pack_length"),
-        )
-        del reference
+    run_cfg = OmegaConf.create(OmegaConf.to_container(run_cfg, resolve=True))
+    run_cfg.paths.cache_dir = str(cache_dir)
+    run_cfg.data.selection = None  # the validation split is never restricted; the file may be gone
+    run_cfg.data.weights = None
+    setup = setup_run(run_cfg, write_files=False)
+    if setup.loss.requires_reference:
+        setup.attach_reference(None, splits=("val",))
+    module = make_module(None, None, policy, setup.loss, run_cfg.share_prompt, run_cfg.get("pack_length"))
     values: dict[str, list[float]] = {}
     device = next(policy.parameters()).device
-    policy.eval()
+    module.eval()
     with torch.no_grad():
-        for batch in datamodule.eval_loader("val"):
-            batch = move_to(batch, device)
-            logps = pair_logps(
-                policy,
-                batch,
-                share_prompt=run_cfg.share_prompt,
-                mismatched=loss.requires_mismatched,
-                pack_length=run_cfg.get("pack_length"),
-            )
-            out = loss(logps, reference_logps(batch) if loss.requires_reference else None)
-            for name, tensor in pair_metrics(out, logps).items():
+        for batch in setup.datamodule.eval_loader("val"):
+            for name, tensor in module.pair_values(move_to(batch, device)).items():
                 values.setdefault(name, []).extend(tensor.float().cpu().tolist())
     return {
         name: bootstrap(values[name], resamples=resamples, seed=seed)
@@ -133,6 +145,7 @@ def evaluate_policy(
     cache_dir: Path,
     output_dir: Path | None = None,
     baseline: str | None = None,
+    folder_name: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate one policy on one benchmark with one judge (module docstring); returns ``eval.json``'s content.
 
@@ -141,8 +154,10 @@ def evaluate_policy(
         bench_cfg, judge_cfg: ``bench`` and ``judge`` config nodes.
         settings: ``temperature``, ``top_p``, ``seed``, ``batch_size``, ``bootstrap_resamples``, ``heldout``.
         cache_dir: cache root (baseline generations, reference log-probs, judge replies).
-        output_dir: where to write; default ``<run>/eval/<bench>-<judge>`` (or ``./eval`` for a checkpoint).
+        output_dir: where to write; default ``<run>/eval/<folder_name>`` (or ``./eval/<folder_name>`` for a
+            checkpoint).
         baseline: a checkpoint to compare with instead of the run's reference model.
+        folder_name: the result folder's name; default :func:`result_folder` of the settings.
     """
     start = time.perf_counter()
     policy_path = Path(policy_path)
@@ -150,13 +165,14 @@ def evaluate_policy(
     benchmark: Benchmark = instantiate(bench_cfg)
     judge: Judge = instantiate(judge_cfg)
     items = benchmark.load()
+    folder_name = folder_name or result_folder(bench_cfg, judge_cfg, settings)
     if output_dir is None:
         root = policy_path if run_cfg is not None else Path.cwd()
-        output_dir = root / "eval" / f"{benchmark.name}-{judge.name}"
+        output_dir = root / "eval" / folder_name
     output_dir.mkdir(parents=True, exist_ok=True)
     log.info("evaluating %s on %s (%d prompts) with the %s judge", policy_path, benchmark.name, len(items), judge.name)
 
-    policy, tokenizer = load_checkpoint(policy_path)
+    policy, tokenizer = load_checkpoint(policy_path, run_cfg.model.dtype if run_cfg is not None else "float32")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     policy.to(device)
     max_length = int(run_cfg.data.max_length) if run_cfg is not None else 2048
@@ -173,8 +189,8 @@ def evaluate_policy(
     policy_answers = generate_answers(policy, pair_tokenizer, prompts, desc="generating (policy)", **generation)
 
     load_baseline, baseline_fingerprint = baseline_source(baseline, run_cfg)
-    key = hashlib.sha1(json.dumps([baseline_fingerprint, items_fingerprint(items), generation], sort_keys=True).encode())
-    cached = cache_dir / "generations" / f"{key.hexdigest()[:20]}.json"
+    key = content_key("generations-v2", baseline_fingerprint, items_fingerprint(items), generation, max_length, max_prompt)
+    cached = cache_dir / "generations" / f"{key}.json"
     if cached.exists():
         baseline_answers = json.loads(cached.read_text())
         log.info("baseline answers from cache %s", cached)
@@ -198,6 +214,8 @@ def evaluate_policy(
     result: dict[str, Any] = {
         "benchmark": benchmark.name,
         "judge": judge.name,
+        "setting": generation_label(settings),
+        "folder": folder_name,
         "policy": str(policy_path),
         "baseline": baseline or "reference model of the run",
         "items": len(items),

@@ -1,4 +1,9 @@
-"""``evaluate.py``: one policy, or every run of a sweep followed by the result tables."""
+"""The evaluation stage, ``evaluate.py``: one policy, or every run of a sweep followed by the result tables.
+
+Results live in ``<run>/eval/<bench>-<judge>-<generation>-<key>/`` (:func:`~prefalign.evaluation.run.result_folder`),
+so re-evaluating a sweep with other settings (``generation=greedy``, ``bench.limit``, another judge) evaluates
+every run again into new folders, and re-running with the same settings reuses what is there.
+"""
 
 from __future__ import annotations
 
@@ -9,34 +14,37 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from prefalign.evaluation.run import evaluate_policy
+from prefalign.evaluation.run import evaluate_policy, result_folder
 from prefalign.evaluation.tables import build_tables, run_directories
 
 log = logging.getLogger(__name__)
 
 
+def evaluate_run(run: Path, cfg: DictConfig, cache_dir: Path, overwrite: bool = False, baseline: str | None = None) -> dict[str, Any]:
+    """Evaluate one run directory with ``cfg.bench``, ``cfg.judge`` and ``cfg.generation``, or reuse its results.
+
+    Returns:
+        The content of ``eval.json``.
+    """
+    folder = result_folder(cfg.bench, cfg.judge, cfg.generation)
+    existing = run / "eval" / folder / "eval.json"
+    if existing.exists() and not overwrite:
+        log.info("%s: already evaluated with these settings (%s); overwrite=true re-evaluates", run.name, existing)
+        return json.loads(existing.read_text())
+    return evaluate_policy(run, cfg.bench, cfg.judge, cfg.generation, cache_dir, baseline=baseline, folder_name=folder)
+
+
 def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     cache_dir = Path(str(cfg.paths.cache_dir)).expanduser()
     if cfg.get("sweep"):
-        results = {}
-        for run in run_directories(cfg.sweep):
-            existing = run / "eval" / f"{cfg.bench.name}-{_judge_name(cfg)}" / "eval.json"
-            if existing.exists() and not cfg.overwrite:
-                log.info("%s: already evaluated (%s); overwrite=true re-evaluates", run.name, existing)
-                results[run.name] = json.loads(existing.read_text())
-                continue
-            results[run.name] = evaluate_policy(run, cfg.bench, cfg.judge, cfg.generation, cache_dir, baseline=cfg.baseline)
+        results = {
+            run.name: evaluate_run(run, cfg, cache_dir, bool(cfg.overwrite), cfg.baseline) for run in run_directories(cfg.sweep)
+        }
         paths = build_tables(cfg.sweep)
         return {"runs": results, "tables": {key: str(path) for key, path in paths.items()}}
     if not cfg.get("policy"):
         raise ValueError("give policy=<run dir or checkpoint> or sweep=<multirun dir>")
-    output_dir = None if (Path(cfg.policy) / "config.yaml").exists() else Path(cfg.paths.output_dir)
-    return evaluate_policy(cfg.policy, cfg.bench, cfg.judge, cfg.generation, cache_dir, output_dir, cfg.baseline)
-
-
-def _judge_name(cfg: DictConfig) -> str:
-    """The judge's name without instantiating it (a reward-model judge would load its model): the option
-    chosen in the judge group, which is also the name the judge writes its results under."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return HydraConfig.get().runtime.choices["judge"]
+    if (Path(cfg.policy) / "config.yaml").exists():
+        return evaluate_run(Path(cfg.policy), cfg, cache_dir, bool(cfg.overwrite), cfg.baseline)
+    folder = Path(cfg.paths.output_dir) / result_folder(cfg.bench, cfg.judge, cfg.generation)
+    return evaluate_policy(cfg.policy, cfg.bench, cfg.judge, cfg.generation, cache_dir, folder, cfg.baseline)

@@ -1,9 +1,10 @@
 """The papers' result tables from a sweep.
 
 Walks a multirun directory (``multirun/train/<date>/<job>_<overrides>/``), reads each run's ``metrics.json``
-(selection rule, kept fraction, loss, model) and its evaluations (``eval/<bench>-<judge>/eval.json``), and
-builds the TIF paper's table: one block per (model, loss), rows = method and data ratio, columns = benchmark x
-{Single, WinRate}, the best value of each column in bold. Written as Markdown and CSV, with a PNG plot of
+(selection rule, kept fraction, loss, model) and its evaluations (``eval/<bench>-<judge>-<generation>-<key>/eval.json``),
+and builds the TIF paper's table: one block per (model, loss), rows = method and data ratio, columns = benchmark x
+{Single, WinRate}, the best value of each column in bold. When the runs were evaluated with more than one judge or
+generation setting (greedy and T = 0.7, say), each gets its own columns: ``builtin (verifier, greedy)``. Written as Markdown and CSV, with a PNG plot of
 WinRate against the kept fraction per method.
 """
 
@@ -80,6 +81,7 @@ def collect(sweep: str | Path) -> pd.DataFrame:
                     "ratio": 100 * selection.get("kept_fraction", 1.0),
                     "benchmark": result["benchmark"],
                     "judge": result["judge"],
+                    "setting": result.get("setting", "T0.7"),
                     "single": result["single"]["policy"]["value"],
                     "single_ci": [result["single"]["policy"]["ci_low"], result["single"]["policy"]["ci_high"]],
                     "winrate": result["winrate"]["value"],
@@ -90,7 +92,14 @@ def collect(sweep: str | Path) -> pd.DataFrame:
             )
     if not rows:
         raise FileNotFoundError(f"no evaluations under {sweep}: evaluate the runs first (python evaluate.py sweep={sweep})")
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    # one column group per bench, judge and generation setting, named plainly while there is only one of each
+    variants = frame.groupby("benchmark")[["judge", "setting"]].transform(lambda column: column.nunique())
+    several = (variants["judge"] > 1) | (variants["setting"] > 1)
+    frame.loc[several, "benchmark"] = frame.loc[several].apply(
+        lambda row: f"{row['benchmark']} ({row['judge']}, {row['setting']})", axis=1
+    )
+    return frame
 
 
 def paper_table(results: pd.DataFrame) -> tuple[str, pd.DataFrame]:

@@ -3,24 +3,26 @@
 A *scorer* gives every training pair one number (a column of the scores file). Scorers run in a
 :class:`ScoringContext`: the current policy ``theta`` (after warm-up, in the papers' pipeline), the loss it is
 trained with, the data (train and validation pairs with their cached reference log-probs), the model source
-(to load the reference model or train auxiliary models) and the cache directory.
+(to load the reference model or train auxiliary models), the run's config (auxiliary models train with its
+optimizer, scheduler and trainer settings, through :func:`prefalign.trainer.fit_auxiliary`) and the cache
+directory. A scorer's column name and its resolved config (:attr:`Scorer.settings`, what every cache key of
+it is made of) come from :func:`prefalign.scoring.config.build_scorers`.
 
 :class:`ScoreRunner` walks the training pairs in shards. For each batch it runs the policy once (when any
 scorer needs the policy's log-probs: IRM, LossDiff) and hands the result to every scorer, so no forward pass is
 duplicated between the scores of one run. Each finished shard is written atomically as its own Parquet file;
 an interrupted run resumes from the first missing shard. At the end the shards are concatenated into
-``scores.parquet`` (``pair_id`` + one column per score) whose schema metadata holds the provenance: model,
-checkpoint, data fingerprint and the scorers' configs.
+``scores.parquet`` (``pair_id`` + one column per score) whose schema metadata holds the provenance: the
+resolved model, data and loss configs, the policy scored, the data fingerprint and the scorers' configs.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +34,17 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from omegaconf import DictConfig
+
 from prefalign.atomic import atomic_write
 from prefalign.data.datamodule import PreferenceDataModule
+from prefalign.keys import config_inputs, content_key
 from prefalign.logprobs import pair_logps
 from prefalign.losses import PreferenceLoss
 from prefalign.models import ModelSource
 from prefalign.module import reference_logps
 from prefalign.reference import move_to
+from prefalign.trainer import fit_auxiliary
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +66,7 @@ class ScoringContext:
         share_prompt: prefix sharing in forward passes.
         pack_length: padding-free packing in forward passes (``None``: padded batches).
         seed: seed for random scores and auxiliary training.
-        trainer_options: keyword arguments for the Lightning trainers of auxiliary models.
+        cfg: the run's resolved config (what auxiliary-model keys are made of).
     """
 
     policy: torch.nn.Module
@@ -73,11 +79,26 @@ class ScoringContext:
     share_prompt: bool = True
     pack_length: int | None = None
     seed: int = 0
-    trainer_options: dict[str, Any] = field(default_factory=dict)
+    cfg: DictConfig | None = None
 
     @property
     def device(self) -> torch.device:
         return next(self.policy.parameters()).device
+
+    def key(self, kind: str, *parts: Any) -> str:
+        """A cache key of an artifact a scorer builds (auxiliary models): ``parts`` plus the run's settings that
+        shape every pass (model, loss, seed, prefix sharing, packing, vocabulary chunks)."""
+        names = ("model", "loss", "seed", "share_prompt", "pack_length", "head_chunk_tokens")
+        inputs = config_inputs(self.cfg, names) if self.cfg is not None else {}
+        return content_key(kind, inputs, str(self.device.type), *parts)
+
+    def fit(
+        self, model: torch.nn.Module, loader: Any, settings: dict[str, Any], epochs: int, desc: str, loss: PreferenceLoss | None = None
+    ) -> torch.nn.Module:
+        """Train an auxiliary model with the one trainer builder (:func:`prefalign.trainer.fit_auxiliary`)."""
+        return fit_auxiliary(
+            model, loss or self.loss, loader, settings, epochs, self.seed, self.share_prompt, self.pack_length, desc
+        )
 
     def data_fingerprint(self, split: str = "train") -> str:
         return self.datamodule.datasets[split].fingerprint()
@@ -92,21 +113,16 @@ class ScoringContext:
 class Scorer:
     """Base class of a per-pair score.
 
-    Subclasses set :attr:`name` (the column), :attr:`needs_policy_logps` when they use the policy's
-    log-probs of the batch, and implement :meth:`score_batch`; :meth:`prepare` runs once before the first
-    batch (validation gradients, auxiliary models) and :meth:`release` frees what it built.
+    Subclasses set :attr:`needs_policy_logps` when they use the policy's log-probs of the batch, and implement
+    :meth:`score_batch`; :meth:`prepare` runs once before the first batch (validation gradients, auxiliary
+    models) and :meth:`release` frees what it built. :attr:`name` (the column) and :attr:`settings` (the resolved
+    config the scorer was built from: the key of everything it computes) are set by
+    :func:`prefalign.scoring.config.build_scorers`; a scorer built by hand keeps its class's default name.
     """
 
     name: str = "score"
     needs_policy_logps: bool = False
-
-    def config(self) -> dict[str, Any]:
-        """The settings that change the values (part of every cache key and of the provenance)."""
-        return {key: value for key, value in vars(self).items() if not key.startswith("_")}
-
-    def fingerprint(self) -> str:
-        payload = json.dumps({"class": type(self).__name__, **self.config()}, sort_keys=True, default=str)
-        return hashlib.sha1(payload.encode()).hexdigest()[:12]
+    settings: dict[str, Any] = {}
 
     def prepare(self, context: ScoringContext) -> None:
         """Once, before scoring: build what every batch needs."""
@@ -127,7 +143,8 @@ def read_scores(path: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, Any]]:
     """A scores file as a DataFrame (``pair_id`` + score columns) and its provenance."""
     path = Path(path)
     if path.is_dir():
-        path = path / "scores.parquet"
+        # a score.py run directory, or a selection-pipeline run (its score/ stage)
+        path = path / "scores.parquet" if (path / "scores.parquet").exists() else path / "score" / "scores.parquet"
     if not path.exists():
         raise FileNotFoundError(f"scores file {path} does not exist")
     table = pq.read_table(path)
@@ -182,9 +199,10 @@ class ScoreRunner:
             raise RuntimeError(f"the shards in {shard_dir} do not match the data; delete them and score again")
         record = {
             **(provenance or {}),
-            "policy": context.policy_fingerprint,
-            "data": context.data_fingerprint("train"),
-            "scorers": {scorer.name: {"class": type(scorer).__name__, **scorer.config()} for scorer in self.scorers},
+            "policy_fingerprint": context.policy_fingerprint,
+            "token_fingerprint": context.data_fingerprint("train"),
+            "data_fingerprint": context.datamodule.fingerprints.get("train"),
+            "scorers": {scorer.name: {"class": type(scorer).__name__, **scorer.settings} for scorer in self.scorers},
             "timings_s": timings,
         }
         table = table.replace_schema_metadata({PROVENANCE_KEY: json.dumps(record, default=str).encode()})

@@ -4,8 +4,6 @@ implicit margin of a proxy model, and random scores (the baselines of both paper
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import zlib
 from pathlib import Path
@@ -18,12 +16,12 @@ from torch.utils.data import DataLoader, Subset
 from transformers import AutoModelForCausalLM
 
 from prefalign.atomic import atomic_directory
-from prefalign.data.records import DataError, PreferencePair, Text
+from prefalign.data.records import DataError, PreferencePair
 from prefalign.logprobs import pair_logps
 from prefalign.losses import DPOLoss
-from prefalign.models import DTYPES, release_padding_row
+from prefalign.models import release_padding_row
+from prefalign.rewards import RewardModel
 from prefalign.scoring.base import Scorer, ScoringContext
-from prefalign.scoring.proxies import train_on_pairs
 
 log = logging.getLogger(__name__)
 
@@ -64,62 +62,6 @@ class AnnotatorScorer(Scorer):
                 raise DataError(f"pair {pair.pair_id}: the annotator score needs score_chosen and score_rejected")
             margins.append(pair.scores["score_chosen"] - pair.scores["score_rejected"])
         return torch.tensor(margins, dtype=torch.float64)
-
-
-def conversation_text(tokenizer: Any, prompt: Text, completion: Text) -> str:
-    """Prompt and completion as one text for a reward model: its chat template, or plain concatenation."""
-    if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        reply = [{"role": "assistant", "content": completion}] if isinstance(completion, str) else list(completion)
-        return tokenizer.apply_chat_template(messages + reply, tokenize=False)
-    as_text = lambda value: value if isinstance(value, str) else "\n".join(m["content"] for m in value)
-    return as_text(prompt) + as_text(completion)
-
-
-class RewardModel:
-    """A Hugging Face sequence-classification reward model: ``r(x, y)`` = its first logit.
-
-    Args:
-        model: hub name or local folder (the papers use ``Skywork/Skywork-Reward-Llama-3.1-8B-v0.2``).
-        dtype: parameter dtype.
-        max_length: truncation of prompt + response, in the reward model's tokens (keeps the end).
-        batch_size: texts per forward pass.
-    """
-
-    def __init__(self, model: str, dtype: str = "float32", max_length: int = 1024, batch_size: int = 8) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.tokenizer.truncation_side = "left"
-        self.model = AutoModelForSequenceClassification.from_pretrained(model, dtype=DTYPES[dtype]).eval()
-        if self.model.config.pad_token_id is None:
-            self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.max_length = max_length
-        self.batch_size = batch_size
-
-    def to(self, device: torch.device) -> RewardModel:
-        self.model.to(device)
-        return self
-
-    @torch.no_grad()
-    def rewards(self, prompts: list[Text], completions: list[Text]) -> Tensor:
-        """``r(x, y)`` for each (prompt, completion), float64 on CPU."""
-        texts = [conversation_text(self.tokenizer, p, c) for p, c in zip(prompts, completions)]
-        device = next(self.model.parameters()).device
-        values = []
-        for start in range(0, len(texts), self.batch_size):
-            encoded = self.tokenizer(
-                texts[start : start + self.batch_size],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                add_special_tokens=not getattr(self.tokenizer, "chat_template", None),
-            ).to(device)
-            values.append(self.model(**encoded).logits[:, 0].double().cpu())
-        return torch.cat(values)
 
 
 class RewardModelScorer(Scorer):
@@ -211,24 +153,30 @@ class BeesImplicitScorer(Scorer):
     BeeS paper (Deng et al.), Sec. 3.3: a small proxy model is DPO-trained on a random seed subset (about
     2,000 pairs) and its implicit margins on every pair are one of the margin sources of the Bayesian
     aggregation. Here the proxy starts from the policy's initial weights (the same model family, as the paper
-    allows), trains with DPO, and is cached by content in ``<cache_dir>/auxiliary/<key>``.
+    allows), trains with DPO through the one trainer builder (the run's optimizer, scheduler and trainer
+    settings, each overridable in ``train``), and is cached by content in ``<cache_dir>/auxiliary/<key>``.
 
     Args:
         seed_pairs: size of the random seed subset (all pairs when there are fewer).
         beta: DPO ``beta`` of the proxy's training.
-        lr: its learning rate.
         epochs: its epochs.
         seed: seed of the subset draw.
+        train: overrides of the run's ``optimizer``, ``scheduler`` and ``trainer`` settings for the proxy
+            (resolved by :func:`prefalign.scoring.config.build_scorers`).
     """
 
     name = "bees_implicit"
 
-    def __init__(self, seed_pairs: int = 2000, beta: float = 0.1, lr: float = 5e-6, epochs: int = 1, seed: int = 0) -> None:
+    def __init__(
+        self, seed_pairs: int = 2000, beta: float = 0.1, epochs: int = 1, seed: int = 0, train: dict[str, Any] | None = None
+    ) -> None:
+        if epochs < 1:
+            raise ValueError(f"score.bees_implicit.epochs must be at least 1, got {epochs}")
         self.seed_pairs = seed_pairs
         self.beta = beta
-        self.lr = lr
         self.epochs = epochs
         self.seed = seed
+        self.train = train
         self._proxy: torch.nn.Module | None = None
 
     def seed_subset(self, size: int) -> list[int]:
@@ -239,11 +187,11 @@ class BeesImplicitScorer(Scorer):
         dataset = context.datamodule.datasets["train"]
         if dataset.reference is None:
             raise ValueError("bees_implicit needs the reference log-probs of the training pairs")
+        if self.train is None:
+            raise ValueError("bees_implicit needs its training settings (build it with prefalign.scoring.config.build_scorers)")
         subset = self.seed_subset(len(dataset))
-        key_payload = "|".join(
-            [context.source.fingerprint(), context.data_fingerprint("train"), json.dumps(subset[:50]), self.fingerprint()]
-        )
-        folder = Path(context.cache_dir) / "auxiliary" / hashlib.sha1(key_payload.encode()).hexdigest()[:20]
+        key = context.key("bees-proxy-v2", context.source.fingerprint(), context.data_fingerprint("train"), self.settings)
+        folder = Path(context.cache_dir) / "auxiliary" / key
         if (folder / "config.json").exists():
             log.info("bees_implicit: proxy model from cache %s", folder)
             proxy = release_padding_row(
@@ -260,12 +208,9 @@ class BeesImplicitScorer(Scorer):
                 generator=torch.Generator().manual_seed(self.seed),
                 collate_fn=context.datamodule.collate,
             )
-            proxy = train_on_pairs(
-                proxy.to(context.device), context, loader, self.epochs, self.lr, "BeeS proxy model", DPOLoss(self.beta)
-            )
+            proxy = context.fit(proxy.to(context.device), loader, self.train, self.epochs, "BeeS proxy model", DPOLoss(self.beta))
             atomic_directory(folder, proxy.save_pretrained)
         self._proxy = proxy.to(context.device).eval()
-
     def score_batch(self, context: ScoringContext, batch: dict[str, Any], shared: dict[str, Tensor]) -> Tensor:
         assert self._proxy is not None
         with torch.no_grad():

@@ -15,22 +15,16 @@ LossDiff together costs one policy pass plus one pass of the auxiliary model.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
 from transformers import AutoModelForCausalLM
 
 from prefalign.atomic import atomic_directory
-from prefalign.losses import PreferenceLoss
 from prefalign.models import release_padding_row
-from prefalign.module import PreferenceModule, precision_options, warmup_schedule
 from prefalign.scoring.base import Scorer, ScoringContext
 
 log = logging.getLogger(__name__)
@@ -64,78 +58,42 @@ class IRMScorer(Scorer):
         return beta * (chosen - rejected)
 
 
-def train_on_pairs(
-    model: torch.nn.Module,
-    context: ScoringContext,
-    loader: Any,
-    epochs: int,
-    lr: float,
-    desc: str,
-    loss: PreferenceLoss | None = None,
-) -> torch.nn.Module:
-    """Train ``model`` in place on ``loader`` with ``loss`` (default: the context's), AdamW, warm-up + cosine."""
-    module = PreferenceModule(
-        model,
-        loss or context.loss,
-        optimizer=partial(torch.optim.AdamW, lr=lr, weight_decay=0.0),
-        scheduler=partial(warmup_schedule, warmup_ratio=0.1, decay="cosine"),
-        share_prompt=context.share_prompt,
-        pack_length=context.pack_length,
-    )
-    options = {"accelerator": "auto", "devices": 1, "precision": "32-true", "gradient_clip_val": 1.0}
-    options = precision_options({**options, **context.trainer_options})
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        **options,
-    )
-    log.info("%s: %d epoch(s) on %d pairs, lr %g", desc, epochs, len(loader.dataset), lr)
-    L.seed_everything(context.seed, workers=True, verbose=False)
-    trainer.fit(module, train_dataloaders=loader)
-    model.eval()
-    return model
-
-
 class LossDiffScorer(Scorer):
     """``lossdiff``: ``ell(theta; d) - ell(theta_val; d)`` with ``theta_val`` aligned on the validation set.
 
-    The auxiliary model is cached by content (policy, validation data, loss and these options) in
-    ``<cache_dir>/auxiliary/<key>``, so a sweep over selection thresholds trains it once.
+    The auxiliary model trains with the run's loss, optimizer, scheduler and trainer settings (precision,
+    accumulation, clipping), each overridable in ``train``, through the one trainer builder
+    (:func:`prefalign.trainer.fit_auxiliary`). It is cached by content (the policy, the validation data and
+    the resolved configs of the run and of this scorer) in ``<cache_dir>/auxiliary/<key>``, so a sweep over
+    selection thresholds trains it once.
 
     Args:
         epochs: epochs of alignment on the validation set (the paper: 1).
-        lr: learning rate of that alignment.
         init: ``policy`` (start from ``theta``, the paper's choice) or ``reference`` (the initial weights).
+        train: overrides of the run's ``optimizer``, ``scheduler`` and ``trainer`` settings for the auxiliary
+            model (resolved by :func:`prefalign.scoring.config.build_scorers`).
     """
 
     name = "lossdiff"
     needs_policy_logps = True
 
-    def __init__(self, epochs: int = 1, lr: float = 5e-6, init: str = "policy") -> None:
+    def __init__(self, epochs: int = 1, init: str = "policy", train: dict[str, Any] | None = None) -> None:
         if init not in ("policy", "reference"):
             raise ValueError(f"score.lossdiff.init must be policy or reference, got {init!r}")
+        if epochs < 1:
+            raise ValueError(f"score.lossdiff.epochs must be at least 1, got {epochs}")
         self.epochs = epochs
-        self.lr = lr
         self.init = init
+        self.train = train
         self._auxiliary: torch.nn.Module | None = None
 
     def auxiliary_key(self, context: ScoringContext) -> str:
-        payload = "|".join(
-            [
-                context.policy_fingerprint if self.init == "policy" else context.source.fingerprint(),
-                context.data_fingerprint("val"),
-                json.dumps(context.loss.hparams(), sort_keys=True),
-                self.fingerprint(),
-                str(context.seed),
-            ]
-        )
-        return hashlib.sha1(payload.encode()).hexdigest()[:20]
+        start = context.policy_fingerprint if self.init == "policy" else context.source.fingerprint()
+        return context.key("lossdiff-auxiliary-v2", start, context.data_fingerprint("val"), self.settings)
 
     def prepare(self, context: ScoringContext) -> None:
+        if self.train is None:
+            raise ValueError("lossdiff needs its training settings (build it with prefalign.scoring.config.build_scorers)")
         folder = Path(context.cache_dir) / "auxiliary" / self.auxiliary_key(context)
         if (folder / "config.json").exists():
             log.info("lossdiff: auxiliary model from cache %s", folder)
@@ -151,8 +109,7 @@ class LossDiffScorer(Scorer):
         for parameter in model.parameters():
             parameter.requires_grad_(True)
         model.train()
-        loader = context.datamodule._loader("val", context.datamodule.batch_size, shuffle=True)
-        model = train_on_pairs(model, context, loader, self.epochs, self.lr, "lossdiff auxiliary model")
+        model = context.fit(model, context.datamodule.fit_loader("val"), self.train, self.epochs, "lossdiff auxiliary model")
         atomic_directory(folder, model.save_pretrained)
         self._auxiliary = model.to(context.device).eval()
 

@@ -1,59 +1,135 @@
-"""``score.py``: score every training pair of a data set against a policy."""
+"""The scoring stage, ``score.py``: score every training pair of a data set against a policy.
+
+Inputs: the config (model, data, loss and the run settings, as ``train.py`` takes them), ``policy`` (a run
+directory or checkpoint; none: the initial model) and ``scores`` (names of ``conf/score/`` configs).
+Outputs, in the stage's directory::
+
+    config.yaml            the resolved config
+    data_report.json       dropped and truncated pairs per split
+    scores.parquet         pair_id + one column per score; its metadata holds the provenance: the resolved
+                           model, data and loss configs, the policy, the data fingerprint, the scorers' configs
+    scores_summary.json    per-score statistics, the cache entry, timings
+
+The scores are computed in resumable shards under ``<cache_dir>/scores/<key>``, the key made of the policy, the
+data and the resolved configs of everything that shapes the numbers (:func:`scores_key`).
+"""
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
 
-from prefalign.atomic import write_json
+from prefalign.atomic import atomic_write, write_json
+from prefalign.keys import config_inputs, content_key, plain
 from prefalign.models import directory_fingerprint, resolve_checkpoint_dir
-from prefalign.pipeline import compute_scores, load_policy_from
-from prefalign.training import attach_reference_logps, setup_run
+from prefalign.run_setup import RunSetup, setup_run
+from prefalign.scoring.base import Scorer, ScoreRunner, ScoringContext, read_scores
+from prefalign.scoring.config import build_scorers
 
 log = logging.getLogger(__name__)
+
+# the run settings that shape every score (with the scorers' own resolved configs)
+SCORING_INPUTS = ("model", "data", "loss", "seed", "share_prompt", "pack_length", "head_chunk_tokens")
+
+
+def policy_identity(cfg: DictConfig, setup: RunSetup) -> str:
+    """Identifies the policy scored: the bytes of ``cfg.policy``'s checkpoint, or the initial weights."""
+    if cfg.get("policy"):
+        return f"path:{directory_fingerprint(resolve_checkpoint_dir(cfg.policy))}"
+    return f"initial:{setup.source.policy_fingerprint()}"
+
+
+def scores_key(cfg: DictConfig, scorers: list[Scorer], policy: str, tokens: tuple[str, str], device: str) -> str:
+    """The cache key of a scores file: the policy, the exact token ids of both splits (``tokens``: the
+    fingerprints of train and validation), the resolved run settings (:data:`SCORING_INPUTS`), the device type and
+    every scorer's resolved config under its column name."""
+    return content_key(
+        "scores-v2", policy, list(tokens), config_inputs(cfg, SCORING_INPUTS), device,
+        {scorer.name: scorer.settings for scorer in scorers},
+    )
 
 
 def run_scoring(cfg: DictConfig) -> dict[str, Any]:
     """Compute ``cfg.scores`` for every training pair against ``cfg.policy`` (or the initial model).
 
-    The reference (for IRM and the reference-based losses) is the model config's initial weights. Writes
-    ``scores.parquet`` and ``scores_summary.json`` into the run directory.
+    The reference (for IRM and the reference-based losses) is the model config's initial weights. Writes the
+    stage's files (module docstring) and returns the summary.
     """
     start = time.perf_counter()
-    setup = setup_run(cfg)
-    initial = setup.load_model()
-    attach_reference_logps(
-        setup.datamodule, initial, setup.source, setup.cache_dir, cfg.share_prompt, pack_length=cfg.get("pack_length")
-    )
-    if cfg.get("policy"):
-        folder = resolve_checkpoint_dir(cfg.policy)
-        policy = load_policy_from(folder, setup).to(next(initial.parameters()).device)
-        policy_key = f"path:{directory_fingerprint(folder)}"
-        del initial
-    else:
-        policy, policy_key = initial, f"initial:{setup.source.fingerprint()}"
+    if int(cfg.shard_size) <= 0:
+        raise ValueError(f"shard_size must be a positive number of pairs, got {cfg.shard_size}")
     names = list(cfg.scores)
-    scores, hit = compute_scores(setup, policy, policy_key, names, int(cfg.shard_size))
+    if not names:
+        raise ValueError("scores=[] names no score to compute (e.g. scores=[irm,lossdiff])")
+    scorers = build_scorers(cfg, names)  # unknown names fail here, before any model is loaded
+    setup = setup_run(cfg)
+    policy_key = policy_identity(cfg, setup)
+    datasets = setup.datamodule.datasets
+    key = scores_key(cfg, scorers, policy_key, (datasets["train"].fingerprint(), datasets["val"].fingerprint()), setup.device.type)
+    work_dir = setup.cache_dir / "scores" / key
+    hit = (work_dir / "scores.parquet").exists()
+    if hit:
+        log.info("scores %s from cache %s", names, work_dir)
+    else:
+        initial = setup.load_model()
+        setup.attach_reference(initial)
+        if cfg.get("policy"):
+            policy = setup.source.load_policy(cfg.policy).to(setup.device)
+            del initial
+        else:
+            policy = initial
+        context = ScoringContext(
+            policy=policy,
+            policy_fingerprint=policy_key,
+            loss=setup.loss,
+            datamodule=setup.datamodule,
+            source=setup.source,
+            cache_dir=setup.cache_dir,
+            work_dir=work_dir,
+            share_prompt=cfg.share_prompt,
+            pack_length=cfg.get("pack_length"),
+            seed=cfg.seed,
+            cfg=cfg,
+        )
+        provenance = {
+            "config": {name: plain(cfg.get(name)) for name in SCORING_INPUTS},
+            "policy": str(cfg.policy) if cfg.get("policy") else None,
+            "model": setup.source.name,
+            "key": key,
+        }
+        ScoreRunner(scorers, shard_size=int(cfg.shard_size)).run(context, provenance)
+    target = setup.output_dir / "scores.parquet"
+    atomic_write(target, lambda tmp: shutil.copyfile(work_dir / "scores.parquet", tmp))
+    scores, provenance = read_scores(target)
+    pair_ids = [pair.pair_id for pair in setup.datamodule.pairs["train"]]
+    if scores["pair_id"].tolist() != pair_ids:
+        raise RuntimeError(f"cached scores in {work_dir} do not match the training pairs; delete the folder")
     summary = {
-        "scores_file": str(setup.output_dir / "scores.parquet"),
+        "scores_file": str(target),
         "pairs": len(scores),
         "policy": str(cfg.get("policy") or "initial model"),
         "from_cache": hit,
+        "cache_entry": str(work_dir),
+        "data_fingerprint": setup.datamodule.fingerprints["train"],
         "elapsed_s": round(time.perf_counter() - start, 1),
+        "timings_s": provenance.get("timings_s", {}),
         "statistics": {
             name: {
-                "mean": float(np.mean(scores[name])),
-                "std": float(np.std(scores[name])),
-                "min": float(np.min(scores[name])),
-                "max": float(np.max(scores[name])),
+                "mean": float(np.nanmean(scores[name])),
+                "std": float(np.nanstd(scores[name])),
+                "min": float(np.nanmin(scores[name])),
+                "max": float(np.nanmax(scores[name])),
+                "missing": int(np.isnan(scores[name].to_numpy(dtype=float)).sum()),
             }
             for name in names
         },
     }
     write_json(summary, setup.output_dir / "scores_summary.json")
-    log.info("scores of %d pairs written to %s", len(scores), summary["scores_file"])
+    log.info("scores of %d pairs written to %s", len(scores), target)
     return summary
+

@@ -1,4 +1,11 @@
-"""``select.py``: apply a selection rule to a scores file, or compare several rules."""
+"""The selection stage, ``select.py``: apply a selection rule to a scores file, or compare several rules.
+
+Input: ``scores`` (a ``scores.parquet`` or a folder holding one); the data, model and policy are the ones its
+provenance records, never this config's defaults. Outputs, in the stage's directory: ``selection.json`` (the
+kept pair ids, the rule, its resolved thresholds, the score columns it read and the data fingerprint that
+``train.py data.selection=...`` checks), or with ``analyze=true`` ``analysis.md``, ``analysis.json``,
+``overlap.csv``, ``correlations.csv``, ``noise.csv`` and ``plots/``.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from prefalign.atomic import write_json
 from prefalign.scoring.base import read_scores
@@ -32,16 +39,68 @@ def output_dir(cfg: DictConfig) -> Path:
     return folder
 
 
+def select_rule(node: DictConfig) -> SelectionRule:
+    """The rule of a ``select`` config, with its settings checked before any score is read."""
+    rule = instantiate({key: value for key, value in OmegaConf.to_container(node, resolve=True).items()})
+    if not isinstance(rule, SelectionRule):
+        raise ValueError(f"select: {node.get('_target_')} is not a prefalign SelectionRule")
+    return rule
+
+
 def run_selection(cfg: DictConfig) -> dict[str, Any]:
     """Apply ``cfg.select`` to ``cfg.scores``; writes ``selection.json``."""
+    rule = select_rule(cfg.select)
     scores, provenance = read_scores(cfg.scores)
-    rule: SelectionRule = instantiate(cfg.select)
     selection = rule.select(scores)
+    if not selection.kept:
+        raise ValueError(f"select={selection.rule} kept no pairs of {cfg.scores} (thresholds: {selection.thresholds})")
     folder = output_dir(cfg)
-    record = {**selection.to_dict(), "scores_file": str(cfg.scores), "scores_provenance": provenance}
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    record = {
+        **selection.to_dict(),
+        "scores": rule.scores,
+        "data_fingerprint": provenance.get("data_fingerprint"),
+        "scores_file": str(cfg.scores),
+        "scores_provenance": {key: value for key, value in provenance.items() if key != "timings_s"},
+    }
     write_json(record, folder / "selection.json")
     log.info("%s kept %d of %d pairs -> %s", selection.rule, len(selection.kept), selection.total, folder / "selection.json")
-    return {"kept_fraction": selection.kept_fraction, "kept": len(selection.kept), "path": str(folder / "selection.json")}
+    return {
+        "kept_fraction": selection.kept_fraction,
+        "kept": len(selection.kept),
+        "rule": selection.rule,
+        "thresholds": selection.thresholds,
+        "path": str(folder / "selection.json"),
+    }
+
+
+def rule_config(name: str, directory: Path | None = None) -> DictConfig:
+    """``conf/select/<name>.yaml`` as a config, with the option it extends (``defaults: [pzn]``) merged under it.
+
+    The analysis compares several rules in one run; loading them here (not through Hydra's defaults list)
+    keeps their scorer defaults out of the way: the scores are already in the file.
+    """
+    directory = directory or Path(__file__).resolve().parents[2] / "conf" / "select"
+    path = directory / f"{name}.yaml"
+    if not path.exists():
+        available = sorted(p.stem for p in directory.glob("*.yaml"))
+        raise KeyError(f"analysis.rules: no rule '{name}' ({path} does not exist; available: {available})")
+    node = OmegaConf.load(path)
+    base = OmegaConf.create({})
+    for entry in node.pop("defaults", []):
+        if isinstance(entry, str) and entry not in ("_self_",) and not entry.startswith("/"):
+            base = OmegaConf.merge(base, rule_config(entry, directory))
+    return OmegaConf.merge(base, node)
+
+
+def analysis_data(provenance: dict[str, Any], scores_file: Any) -> list[Any]:
+    """The training pairs the scores were computed on, loaded from the data config their provenance records."""
+    data = (provenance.get("config") or {}).get("data")
+    if not data or "source" not in data:
+        raise ValueError(
+            f"{scores_file}: the scores file records no data config (written by an older prefalign?); score again"
+        )
+    return instantiate(OmegaConf.create(data["source"])).load("train")
 
 
 def run_analysis(cfg: DictConfig) -> dict[str, Any]:
@@ -52,13 +111,12 @@ def run_analysis(cfg: DictConfig) -> dict[str, Any]:
     selections: dict[str, Selection] = {}
     skipped: dict[str, str] = {}
     for name in analysis.rules:
-        if name not in cfg.rules:
-            raise KeyError(f"analysis.rules: no rule '{name}' (available: {sorted(cfg.rules)})")
-        node = OmegaConf.create(OmegaConf.to_container(cfg.rules[name], resolve=True))
+        node = rule_config(name)
+        if "seed" in node:
+            node.seed = int(cfg.seed)
         if "keep_fraction" in node and analysis.keep_fraction is not None:
-            with open_dict(node):
-                node.keep_fraction = analysis.keep_fraction
-        rule: SelectionRule = instantiate(node)
+            node.keep_fraction = analysis.keep_fraction
+        rule: SelectionRule = select_rule(node)
         missing = [score for score in rule.scores if score not in scores.columns]
         if missing:
             skipped[name] = f"scores {missing} not in the file"
@@ -70,11 +128,11 @@ def run_analysis(cfg: DictConfig) -> dict[str, Any]:
 
     # the ground truth of the scored pairs only: base rates and "removed" shares are over the scores' universe
     scored = set(scores["pair_id"])
-    truth = ground_truth([pair for pair in instantiate(cfg.data.source).load("train") if pair.pair_id in scored])
+    truth = ground_truth([pair for pair in analysis_data(provenance, cfg.scores) if pair.pair_id in scored])
     overlap = overlap_table(selections)
     overlap.index.name = "selection"
     correlations = correlation_table(scores)
-    sections = [f"# Selector analysis\n\nScores: `{cfg.scores}` ({len(scores)} pairs; policy {provenance.get('policy')})"]
+    sections = [f"# Selector analysis\n\nScores: `{cfg.scores}` ({len(scores)} pairs; policy {provenance.get('policy') or 'the initial model'}, {provenance.get('model')})"]
     sections.append(
         "## Kept fractions\n\n"
         + markdown_table(

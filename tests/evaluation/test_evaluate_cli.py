@@ -31,7 +31,7 @@ def tiny_run(tmp_path_factory):
 def test_verifier_evaluation_writes_traceable_results(tiny_run, tmp_path):
     result = evaluate(f"policy={tiny_run}", *FEW, f"hydra.run.dir={tmp_path / 'e'}")
     assert result.returncode == 0, result.stderr[-3000:]
-    folder = tiny_run / "eval" / "builtin-verifier"
+    (folder,) = (tiny_run / "eval").glob("builtin-verifier-T0.7-s0-*")
     report = json.loads((folder / "eval.json").read_text())
     assert report["items"] == 12 and report["winrate"]["n"] == 12
     for key in ("single", "winrate", "lc_winrate", "heldout", "generation"):
@@ -60,7 +60,8 @@ def test_openai_judge_end_to_end_with_caching(tiny_run, tmp_path):
         second = evaluate(*args, f"hydra.run.dir={tmp_path / 'b'}")
         assert second.returncode == 0, second.stderr[-3000:]
         assert server.requests == sent  # everything came from the reply cache
-    report = json.loads((tiny_run / "eval" / "builtin-openai" / "eval.json").read_text())
+    (folder,) = (tiny_run / "eval").glob("builtin-openai-*")
+    report = json.loads((folder / "eval.json").read_text())
     # the tiny model never writes GOOD: the server rates 2 and always answers [[A]], which both orders cancel
     assert report["single"]["policy"]["value"] == 2.0
     assert report["winrate"]["value"] == 50.0 and report["winrate"]["ties"] == 12
@@ -71,12 +72,13 @@ def test_reward_model_judge_and_scorer(tiny_run, tiny_reward_model, tmp_path):
     result = evaluate(f"policy={tiny_run}", "judge=reward_model", f"judge.model={tiny_reward_model}", "judge.dtype=float32",
                       *FEW, f"hydra.run.dir={tmp_path / 'e'}")
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((tiny_run / "eval" / "builtin-reward_model" / "eval.json").read_text())
+    (folder,) = (tiny_run / "eval").glob("builtin-reward_model-*")
+    report = json.loads((folder / "eval.json").read_text())
     assert report["winrate"]["n"] == 12
     scored = tmp_path / "scored"
     result = subprocess.run(
         [sys.executable, "score.py", "model=tiny_llama", "data.max_train_pairs=16", "data.max_val_pairs=8",
-         "scores=[reward_model]", f"scorers.reward_model.model={tiny_reward_model}", "scorers.reward_model.dtype=float32",
+         "scores=[reward_model]", f"+scorers.reward_model.model={tiny_reward_model}", "+scorers.reward_model.dtype=float32",
          f"hydra.run.dir={scored}"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )

@@ -90,7 +90,7 @@ def test_influence_is_the_inner_product_with_the_validation_gradient(tokenizer, 
     context = make_context(tokenizer, pair_files, "llama", DPOLoss(beta=0.5), tmp_path)
     losses = PairLosses(context.policy, context.loss)
     parameters = dict(losses.named_parameters())
-    val_batch = next(iter(context.datamodule._loader("val", 8, shuffle=False)))
+    val_batch = next(iter(context.datamodule.loader(context.datamodule.datasets["val"], 8, shuffle=False)))
     val_grads = torch.autograd.grad(losses(val_batch).mean(), list(parameters.values()), allow_unused=True)
     train_batch = next(iter(context.datamodule.eval_loader("train")))
     train_grads = torch.autograd.grad(losses(train_batch)[0], list(parameters.values()), allow_unused=True)

@@ -1,0 +1,87 @@
+"""Content keys: the one helper that names every cache entry and result folder of prefalign.
+
+A key is a hash of *everything that can change a result*, taken from the fully resolved config, plus the
+fingerprints of the inputs a config only points to (the bytes of a checkpoint folder, the pairs of a data
+file). Nothing else goes in: the logger, the progress bar, the output and cache directories cannot change a
+number, so two runs that differ only there share their caches.
+
+Each stage names the top-level config entries its result depends on (:data:`TRAINING_INPUTS` for a training
+run); the whole resolved node of each entry goes into the key, less the few settings in :data:`NO_EFFECT`. A
+new option added to any of those nodes is therefore part of every key from the start, which is the safe
+default: forgetting to exclude a cosmetic option costs a cache miss, forgetting to include a real one would
+reuse a wrong result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+# what a training run's result depends on (the warm-up of the selection pipeline is one)
+TRAINING_INPUTS = (
+    "model",
+    "data",
+    "loss",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "seed",
+    "share_prompt",
+    "pack_length",
+    "head_chunk_tokens",
+    "compile",
+)
+
+# settings inside those nodes that cannot change a number (dotted paths)
+NO_EFFECT = (
+    "model.name",
+    "model.cache_dir",
+    "data.num_workers",
+    "trainer.log_every_n_steps",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.default_root_dir",
+)
+
+
+def plain(node: Any) -> Any:
+    """A config node as plain, resolved Python data (other values unchanged)."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def content_key(*parts: Any) -> str:
+    """A 20-hex-digit key of JSON-serialisable parts (dict keys sorted, so the order of a config is irrelevant)."""
+    payload = json.dumps([plain(part) for part in parts], sort_keys=True, default=str)
+    return hashlib.sha1(payload.encode()).hexdigest()[:20]
+
+
+def config_inputs(cfg: DictConfig, names: tuple[str, ...] | list[str], drop: tuple[str, ...] = NO_EFFECT) -> dict[str, Any]:
+    """The resolved top-level entries ``names`` of ``cfg`` (absent ones as ``None``), less the dotted ``drop`` paths."""
+    inputs = {name: plain(cfg.get(name)) for name in names}
+    for path in drop:
+        head, _, rest = path.partition(".")
+        node = inputs.get(head)
+        parts = rest.split(".") if rest else []
+        while isinstance(node, dict) and len(parts) > 1:
+            node = node.get(parts.pop(0))
+        if isinstance(node, dict) and parts:
+            node.pop(parts[0], None)
+    return inputs
+
+
+def training_key(cfg: DictConfig, policy_fingerprint: str, data_fingerprint: str) -> str:
+    """The key of a training run's result (its trained policy and metrics).
+
+    Args:
+        cfg: the run's resolved config.
+        policy_fingerprint: identifies the initial weights (``ModelSource.policy_fingerprint()``), so that a
+            checkpoint folder rewritten in place is not mistaken for the old one.
+        data_fingerprint: identifies the pairs (:func:`prefalign.data.sources.pairs_fingerprint`), for the same
+            reason with data files.
+    """
+    return content_key("training-v2", config_inputs(cfg, TRAINING_INPUTS), policy_fingerprint, data_fingerprint)

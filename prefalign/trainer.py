@@ -1,0 +1,205 @@
+"""The one trainer builder: Lightning trainers, the training module and the fit of auxiliary models.
+
+Every model prefalign trains goes through :func:`build_trainer` and :func:`make_module`: the policy of a training
+run, the warm-up of the selection pipeline (itself a training run), LossDiff's validation-aligned model and the
+BeeS proxy (:func:`fit_auxiliary`). So all of them honour the run's optimizer, scheduler, precision, gradient
+clipping and accumulation settings; an auxiliary model can override each (``scorers.<name>.train``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from prefalign.losses import PreferenceLoss
+from prefalign.module import PreferenceModule, precision_options
+
+log = logging.getLogger(__name__)
+
+
+def run_device(trainer: Any) -> torch.device:
+    """The device Lightning's ``trainer.fit`` trains on, for the passes that run outside it.
+
+    Reference log-probs, the scorers and held-out metrics run on the model's own device. Models load on the
+    CPU and Lightning moves them to its accelerator only inside ``fit`` (and back to the CPU when ``fit``
+    ends), so without this a GPU run would compute its reference log-probs and every score on the CPU.
+
+    Args:
+        trainer: the ``trainer`` config (``accelerator``: ``auto``, ``cpu``, ``gpu``/``cuda`` or ``mps``;
+            ``devices``: a count, ``auto`` or a list of indices, whose first is used).
+
+    Raises:
+        ValueError: an accelerator that is not available here, or one prefalign does not know.
+    """
+    accelerator = str(trainer.get("accelerator", "auto")).lower()
+    if accelerator == "auto":  # Lightning's order: MPS, then CUDA, then the CPU
+        mps = getattr(torch.backends, "mps", None)
+        accelerator = "mps" if mps is not None and mps.is_available() else "cuda" if torch.cuda.is_available() else "cpu"
+    if accelerator == "cpu":
+        return torch.device("cpu")
+    if accelerator in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"trainer.accelerator={trainer.get('accelerator')}: no CUDA device is available here "
+                "(torch.cuda.is_available() is False); use trainer.accelerator=auto or cpu"
+            )
+        devices = trainer.get("devices", "auto")
+        first = next(iter(devices)) if isinstance(devices, (list, tuple, ListConfig)) and len(devices) else 0
+        return torch.device("cuda", int(first))
+    if accelerator == "mps":
+        return torch.device("mps")
+    raise ValueError(f"trainer.accelerator={trainer.get('accelerator')!r}: prefalign knows auto, cpu, gpu, cuda and mps")
+
+
+def build_trainer(cfg: DictConfig, output_dir: Path | None, checkpoints: bool = True, **overrides: Any) -> L.Trainer:
+    """The Lightning trainer of ``cfg.trainer`` with ``cfg.logger`` and ``cfg.callbacks``, writing into ``output_dir``.
+
+    Args:
+        cfg: a config with ``trainer`` and optionally ``logger`` and ``callbacks`` (absent: none).
+        output_dir: where logs and checkpoints go (``None``: nowhere; no logger or checkpoint then).
+        checkpoints: keep the checkpoint callback.
+        overrides: ``Trainer`` keyword arguments that replace the config's.
+    """
+    logger = instantiate(cfg.logger, save_dir=str(output_dir)) if cfg.get("logger") and output_dir else False
+    callbacks = []
+    for name, callback in (cfg.get("callbacks") or {}).items():
+        if not callback or (name == "checkpoint" and (not checkpoints or output_dir is None)):
+            continue
+        if name == "checkpoint":
+            callback = {**callback, "dirpath": str(Path(output_dir) / "checkpoints")}
+        callbacks.append(instantiate(callback))
+    if not checkpoints or output_dir is None:
+        overrides["enable_checkpointing"] = False
+    if output_dir is not None:
+        overrides.setdefault("default_root_dir", str(output_dir))
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True) if isinstance(cfg.trainer, DictConfig) else dict(cfg.trainer)
+    # options left at null in the config are Lightning's defaults (null is not a valid value for all of them)
+    trainer_cfg = {key: value for key, value in trainer_cfg.items() if value is not None}
+    for key in overrides:
+        trainer_cfg.pop(key, None)
+    options = precision_options({"precision": trainer_cfg.pop("precision", None), **overrides})
+    if options.get("precision") is None:
+        options.pop("precision")
+    return instantiate(trainer_cfg, logger=logger, callbacks=callbacks, **options)
+
+
+def make_module(
+    optimizer: Any,
+    scheduler: Any,
+    model: torch.nn.Module,
+    loss: PreferenceLoss,
+    share_prompt: bool = True,
+    pack_length: int | None = None,
+) -> PreferenceModule:
+    """The training module of ``model`` under ``loss``.
+
+    Args:
+        optimizer, scheduler: config nodes (``_partial_``) or already-instantiated partials; ``scheduler`` may
+            be ``None``.
+    """
+    if isinstance(optimizer, (DictConfig, Mapping)):
+        optimizer = instantiate(optimizer)
+    if isinstance(scheduler, (DictConfig, Mapping)):
+        scheduler = instantiate(scheduler) if scheduler else None
+    return PreferenceModule(
+        model, loss, optimizer=optimizer, scheduler=scheduler or None, share_prompt=share_prompt, pack_length=pack_length
+    )
+
+
+def run_module(cfg: DictConfig, model: torch.nn.Module, loss: PreferenceLoss) -> PreferenceModule:
+    """:func:`make_module` with a run config's optimizer, scheduler, prefix sharing and packing."""
+    return make_module(cfg.optimizer, cfg.get("scheduler"), model, loss, cfg.share_prompt, cfg.get("pack_length"))
+
+
+def final_metrics(trainer: L.Trainer) -> dict[str, float]:
+    return {key: float(value) for key, value in sorted(trainer.callback_metrics.items())}
+
+
+@contextmanager
+def compiled_decoder(model: torch.nn.Module, enabled: bool, **options: Any) -> Iterator[None]:
+    """Inside the block, the policy's decoder runs ``torch.compile``'d (``compile=true``); eager again after.
+
+    Only the decoder stack (where the time goes) is compiled, with dynamic shapes (packed rows and padded
+    batches change width from batch to batch). It is undone on exit, so that the models scored, copied and
+    saved afterwards are plain modules. ``python -m bench.compile`` measures whether it pays: on the 2-core CPU,
+    training steps of the embedded model ran 1.09x faster once compiled (1.16x in an earlier, unrecorded run),
+    after a one-off compilation of 148 s; it pays only for runs much longer than the default.
+    """
+    if not enabled:
+        yield
+        return
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    decoder.forward = torch.compile(decoder.forward, dynamic=True, **options)
+    try:
+        yield
+    finally:
+        del decoder.forward  # the instance attribute; the class's forward is back
+
+
+# run settings an auxiliary model does not inherit: it trains for its own epochs on its own data
+AUXILIARY_RESETS = {"max_steps": -1, "max_epochs": None, "limit_train_batches": None, "val_check_interval": None}
+
+
+def auxiliary_settings(cfg: DictConfig, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The optimizer, scheduler and trainer settings of an auxiliary model: the run's, with ``overrides`` on top.
+
+    ``overrides`` (a scorer's ``train`` node) holds ``optimizer``, ``scheduler`` and ``trainer`` mappings whose
+    non-null entries replace the run's. The trainer keeps the run's precision, accumulation, clipping and
+    accelerator; its length (``max_steps``, ``limit_train_batches``) is the auxiliary model's own.
+
+    Returns:
+        Plain, resolved ``{"optimizer", "scheduler", "trainer"}`` (what goes into the auxiliary model's key).
+    """
+    overrides = {key: dict(value or {}) for key, value in dict(overrides or {}).items()}
+    settings: dict[str, Any] = {}
+    for name in ("optimizer", "scheduler"):
+        base = cfg.get(name)
+        node = OmegaConf.to_container(base, resolve=True) if isinstance(base, DictConfig) else (dict(base) if base else None)
+        changes = {key: value for key, value in overrides.get(name, {}).items() if value is not None}
+        if node is None and changes:
+            raise ValueError(f"an auxiliary model overrides {name} {changes}, but the run has no {name}")
+        settings[name] = {**node, **changes} if node is not None else None
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer.update(AUXILIARY_RESETS)
+    trainer["devices"] = 1  # outside the run's own fit, in one process
+    trainer.update({key: value for key, value in overrides.get("trainer", {}).items() if value is not None})
+    settings["trainer"] = trainer
+    return settings
+
+
+def fit_auxiliary(
+    model: torch.nn.Module,
+    loss: PreferenceLoss,
+    loader: Any,
+    settings: Mapping[str, Any],
+    epochs: int,
+    seed: int,
+    share_prompt: bool = True,
+    pack_length: int | None = None,
+    desc: str = "auxiliary model",
+) -> torch.nn.Module:
+    """Train ``model`` in place on ``loader`` for ``epochs`` with :func:`auxiliary_settings`; returns it in eval mode."""
+    module = make_module(settings["optimizer"], settings.get("scheduler"), model, loss, share_prompt, pack_length)
+    cfg = OmegaConf.create({"trainer": {"_target_": "lightning.Trainer", **settings["trainer"]}})
+    trainer = build_trainer(
+        cfg,
+        None,
+        checkpoints=False,
+        max_epochs=epochs,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        enable_model_summary=False,
+    )
+    log.info("%s: %d epoch(s) on %d pairs", desc, epochs, len(loader.dataset))
+    L.seed_everything(seed, workers=True, verbose=False)
+    trainer.fit(module, train_dataloaders=loader)
+    model.eval()
+    return model
