@@ -81,7 +81,7 @@ def training_key(cfg: DictConfig, policy_fingerprint: str, data_fingerprint: str
         cfg: the run's resolved config.
         policy_fingerprint: identifies the initial weights (``ModelSource.policy_fingerprint()``), so that a
             checkpoint folder rewritten in place is not mistaken for the old one.
-        data_fingerprint: identifies the pairs (:func:`prefalign.data.sources.pairs_fingerprint`), for the same
+        data_fingerprint: identifies the pairs (:func:`prefalign.data.records.pairs_fingerprint`), for the same
             reason with data files.
     """
     return content_key("training-v2", config_inputs(cfg, TRAINING_INPUTS), policy_fingerprint, data_fingerprint)

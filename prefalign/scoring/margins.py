@@ -47,6 +47,33 @@ class RandomScorer(Scorer):
         return torch.tensor(values, dtype=torch.float64)
 
 
+class ReferenceMarginScorer(Scorer):
+    """``reference_margin``: ``s_ref(y_w) - s_ref(y_l)``, the reference (SFT) model's own log-prob margin.
+
+    The cached reference log-probs make it free (REFERENCE.md, "the cached reference margin is itself a
+    per-pair score"): a pair the SFT model already prefers the right way round has a positive margin. With
+    ``length_normalize`` each side is divided by its token count, as the length-normalised margins of SimPO and
+    M_AP are.
+
+    Args:
+        length_normalize: per-token averages instead of sums.
+    """
+
+    name = "reference_margin"
+
+    def __init__(self, length_normalize: bool = False) -> None:
+        self.length_normalize = length_normalize
+
+    def score_batch(self, context: ScoringContext, batch: dict[str, Any], shared: dict[str, Tensor]) -> Tensor:
+        if "reference_chosen_logps" not in batch:
+            raise ValueError("reference_margin needs the cached reference log-probs of the training pairs")
+        chosen, rejected = batch["reference_chosen_logps"].double(), batch["reference_rejected_logps"].double()
+        if self.length_normalize:
+            chosen = chosen / batch["chosen_attention_mask"].sum(-1)
+            rejected = rejected / batch["rejected_attention_mask"].sum(-1)
+        return chosen - rejected
+
+
 class AnnotatorScorer(Scorer):
     """``annotator``: the margin of the annotator scores that ship with the data, ``score_chosen - score_rejected``.
 

@@ -115,3 +115,26 @@ def test_bad_input_is_named(tiny_run, tmp_path):
     bench.write_text('{"instruction": "Say hi", "dataset": "x"}\n{"question": "no instruction here", "dataset": "x"}\n')
     result = evaluate(f"policy={tiny_run}", "bench=alpaca_eval", f"bench.path={bench}", *FEW, f"hydra.run.dir={tmp_path / 'b'}")
     assert result.returncode != 0 and f"{bench}:2: missing key 'instruction'" in result.stderr
+
+
+def test_greedy_and_sampled_evaluations_keep_their_own_folders_and_columns(tmp_path):
+    sweep = tmp_path / "sweep"
+    check(train("-m", "model=tiny_llama", *QUICK, "select=full,random", "select.keep_fraction=0.5", f"hydra.sweep.dir={sweep}"))
+    greedy = evaluate(f"sweep={sweep}", "generation=greedy", *FEW, f"hydra.run.dir={tmp_path / 'g'}")
+    assert greedy.returncode == 0, greedy.stderr[-3000:]
+    sampled = evaluate(f"sweep={sweep}", *FEW, f"hydra.run.dir={tmp_path / 's'}")
+    assert sampled.returncode == 0, sampled.stderr[-3000:]
+    # the second call evaluated again (other settings) instead of reusing the greedy results
+    assert "already evaluated" not in sampled.stdout + sampled.stderr
+    for run in (path for path in sweep.iterdir() if (path / "metrics.json").exists()):
+        folders = sorted(path.name for path in (run / "eval").iterdir())
+        assert len(folders) == 2 and folders[0].startswith("builtin-verifier-T0.7-s0-") and folders[1].startswith("builtin-verifier-greedy-")
+        reports = [json.loads((run / "eval" / name / "eval.json").read_text()) for name in folders]
+        assert [r["generation"]["temperature"] for r in reports] == [0.7, 0.0]
+    table = (sweep / "results.md").read_text()
+    assert "builtin (verifier, greedy) WinRate" in table and "builtin (verifier, T0.7-s0) WinRate" in table
+    wide = pd.read_csv(sweep / "results.csv")
+    assert {"builtin (verifier, greedy)_winrate", "builtin (verifier, T0.7-s0)_winrate"} <= set(wide.columns)
+    # with the same settings again, every run is reused
+    again = evaluate(f"sweep={sweep}", "generation=greedy", *FEW, f"hydra.run.dir={tmp_path / 'h'}")
+    assert again.returncode == 0 and (again.stdout + again.stderr).count("already evaluated") == 2
