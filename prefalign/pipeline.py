@@ -13,7 +13,7 @@ The warm-up is an ordinary training run on all pairs, cached under a key of its 
 (:func:`prefalign.keys.training_key`), so a sweep over thresholds, kept fractions or final-training seeds warms up
 once; the scores are cached by the scoring stage likewise. ``pipeline.restart_from=reference`` trains the final
 run from the initial weights instead of the warm-up policy. ``<run>/pipeline.json`` lists every stage's
-directory and the commands that repeat it by hand, which give the same numbers.
+directory and the commands that repeat the stages by hand (into ``<run>/by_hand/``), which give the same numbers.
 
 ``evaluate_after_training=true`` then runs the evaluation stage on the trained run.
 """
@@ -183,16 +183,26 @@ def run_selection_pipeline(cfg: DictConfig) -> dict[str, Any]:
         final["model.init_from"] = str(warm_dir)
     result = run_training(derive(cfg, final))
 
-    # the same stages by hand (pipeline.json): the rule and its scorers' overrides go to score.py and select.py
+    # the same stages by hand (pipeline.json), into <run>/by_hand/ so that nothing of this run is overwritten:
+    # the rule's and its scorers' overrides go to score.py and select.py (with the seed, which rules may read)
+    by_hand = run_dir / "by_hand"
+    warm_by_hand = by_hand / "warmup" if warm_dir is not None else None
     rule_args = [f"select={choice or rule.name}", *rule_overrides]
+    seed_args = [item for item in base if item.startswith("seed=")]
     commands = []
-    if warm_dir is not None:
-        commands.append(command("train.py", {"trainer.max_epochs": epochs, "hydra.run.dir": warm_dir}, base))
+    if warm_by_hand is not None:
+        commands.append(command("train.py", {"trainer.max_epochs": epochs, "hydra.run.dir": warm_by_hand}, base))
     if names:
-        policy = {"policy": warm_dir or "null", "scores": f"[{','.join(names)}]"}
-        commands.append(command("score.py", {**policy, "hydra.run.dir": score_dir}, [*base, *rule_args]))
-        commands.append(command("select.py", {"scores": score_dir, "hydra.run.dir": select_dir}, rule_args))
-    commands.append(command("train.py", {**final, "hydra.run.dir": run_dir}, base))
+        policy = {"policy": warm_by_hand or "null", "scores": f"[{','.join(names)}]"}
+        commands.append(command("score.py", {**policy, "hydra.run.dir": by_hand / "score"}, [*base, *rule_args]))
+        commands.append(
+            command("select.py", {"scores": by_hand / "score", "hydra.run.dir": by_hand / "select"}, [*rule_args, *seed_args])
+        )
+    # a rule that reads no score has no select.py step: its selection.json is the one of this run
+    by_hand_final = {"data.selection": by_hand / "select" / "selection.json" if names else selection["path"]}
+    if "model.init_from" in final:
+        by_hand_final["model.init_from"] = warm_by_hand
+    commands.append(command("train.py", {**by_hand_final, "hydra.run.dir": by_hand / "train"}, base))
     record = {
         "warmup": {"dir": str(warm_dir) if warm_dir else None, "from_cache": warm_hit},
         "score": {"dir": str(score_dir), "from_cache": scoring["from_cache"] if scoring else None, "scores": names},
