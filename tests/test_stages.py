@@ -169,3 +169,23 @@ def test_the_analysis_reads_the_data_the_scores_were_computed_on(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     noise = pd.read_csv(analysis / "noise.csv").set_index("selection")
     assert noise.loc["random", "label_flipped_base_rate"] == pytest.approx(4 / 16)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["select=random", "select.keep_fraction=1.5"], "select.keep_fraction must be in (0, 1], got 1.5"),
+        (["select=topk", "select.keep_fraction=0"], "select.keep_fraction must be in (0, 1], got 0"),
+        (["select=lossdiff_irm", "select.lossdiff_band=[90,10]"], "select.lossdiff_band must satisfy 0 <= low < high <= 100"),
+        (["select=irm", "select.low=-5"], "must satisfy 0 <= low < high <= 100, got [-5, 90]"),
+        (["select=irm", "pipeline.restart_from=nowhere"], "pipeline.restart_from must be one of"),
+        (["select=irm", "pipeline.shard_size=0"], "pipeline.shard_size must be a positive number of pairs"),
+        (["select=irm", "pipeline.warmup_epochs=-1"], "pipeline.warmup_epochs must be 0 or more"),
+    ],
+)
+def test_bad_settings_fail_before_any_model_is_loaded(overrides, message, tmp_path):
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    result = train(*SMALL, *overrides, f"paths.cache_dir={cache}", f"hydra.run.dir={run}")
+    assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+    # nothing was computed: no warm-up, no reference log-probs, no scores
+    assert not (cache / "warmup").exists() and not (cache / "reference_logps").exists() and not (run / "score").exists()

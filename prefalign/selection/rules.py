@@ -136,6 +136,31 @@ class FullSelection(SelectionRule):
         return self._result(scores, np.ones(len(scores), dtype=bool), {})
 
 
+def check_budget(rule: str, keep_fraction: float | None, k: int | None = None, required: bool = True) -> None:
+    """A rule's budget, checked when the rule is built (before any warm-up or score): ``keep_fraction`` in
+    ``(0, 1]``, ``k`` a non-negative integer, and one of them given when ``required``.
+
+    Raises:
+        ValueError: naming the setting (``select.keep_fraction`` or ``select.k``) and the rule.
+    """
+    if keep_fraction is not None and not (isinstance(keep_fraction, (int, float)) and 0 < keep_fraction <= 1):
+        raise ValueError(f"select={rule}: select.keep_fraction must be in (0, 1], got {keep_fraction!r}")
+    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 0):
+        raise ValueError(f"select={rule}: select.k must be a non-negative integer, got {k!r}")
+    if required and keep_fraction is None and k is None:
+        raise ValueError(f"select={rule}: give select.keep_fraction or select.k")
+
+
+def check_band(rule: str, key: str, low: float, high: float) -> None:
+    """A percentile band ``0 <= low < high <= 100``, checked when the rule is built.
+
+    Raises:
+        ValueError: naming the setting, e.g. ``select.lossdiff_band=[90, 10]``.
+    """
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"select={rule}: {key} must satisfy 0 <= low < high <= 100, got [{low}, {high}]")
+
+
 def count_for(total: int, keep_fraction: float | None, k: int | None) -> int:
     """How many pairs to keep: ``k`` when given, else ``round(keep_fraction * total)``."""
     if keep_fraction is None and k is None:
@@ -155,6 +180,7 @@ class RandomSelection(SelectionRule):
     name = "random"
 
     def __init__(self, keep_fraction: float | None = 0.64, k: int | None = None, seed: int = 0) -> None:
+        check_budget(self.name, keep_fraction, k)
         self.keep_fraction, self.k, self.seed = keep_fraction, k, seed
 
     def select(self, scores: pd.DataFrame) -> Selection:
@@ -173,6 +199,7 @@ class RankSelection(SelectionRule):
     def __init__(self, score: str, keep_fraction: float | None = None, k: int | None = None, largest: bool = True) -> None:
         self.score, self.keep_fraction, self.k, self.largest = score, keep_fraction, k, largest
         self.name = "topk" if largest else "bottomk"
+        check_budget(self.name, keep_fraction, k)
 
     @property
     def scores(self) -> list[str]:
@@ -203,6 +230,9 @@ class BandSelection(SelectionRule):
         self, score: str, low: float = 10.0, high: float = 90.0, keep_fraction: float | None = None, name: str = "band"
     ) -> None:
         self.score, self.low, self.high, self.keep_fraction, self.name = score, low, high, keep_fraction, name
+        check_budget(name, keep_fraction, required=False)
+        if keep_fraction is None:
+            check_band(name, "select.low, select.high", low, high)
 
     @property
     def scores(self) -> list[str]:
@@ -250,6 +280,12 @@ class LossDiffIRMSelection(SelectionRule):
         self.irm_band = tuple(float(v) for v in irm_band)
         self.keep_fraction = keep_fraction
         self.lossdiff_score, self.irm_score = lossdiff_score, irm_score
+        check_budget(self.name, keep_fraction, required=False)
+        if keep_fraction is None:
+            for key, band in (("select.lossdiff_band", self.lossdiff_band), ("select.irm_band", self.irm_band)):
+                if len(band) != 2:
+                    raise ValueError(f"select={self.name}: {key} must be [low, high], got {list(band)}")
+                check_band(self.name, key, *band)
 
     @property
     def scores(self) -> list[str]:
@@ -341,6 +377,7 @@ class BeesSelection(SelectionRule):
     ) -> None:
         self.external, self.implicit = external, implicit
         self.keep_fraction, self.k = keep_fraction, k
+        check_budget(self.name, keep_fraction, k)
         self.lower, self.external_divisor, self.implicit_divisor = lower, external_divisor, implicit_divisor
         self.min_tail, self.eps = min_tail, eps
 
@@ -403,6 +440,7 @@ class PZNSelection(SelectionRule):
         self.score, self.region, self.keep_fraction, self.k = score, region, keep_fraction, k
         self.tau, self.outlier_fraction, self.seed = tau, outlier_fraction, seed
         self.name = f"pzn_{region}"
+        check_budget(self.name, keep_fraction, k)
 
     @property
     def scores(self) -> list[str]:
