@@ -142,7 +142,7 @@ def embedded_checkpoint_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 
 def load_checkpoint(
     path: str | os.PathLike,
-    dtype: str = "float32",
+    dtype: str | torch.dtype = "float32",
     attn_implementation: str | None = None,
     base: Callable[[], PreTrainedModel] | None = None,
     trainable: bool = False,
@@ -151,7 +151,7 @@ def load_checkpoint(
 
     Args:
         path: the run directory or checkpoint folder.
-        dtype: parameter dtype (a key of :data:`DTYPES`).
+        dtype: parameter dtype (a key of :data:`DTYPES`, or a ``torch.dtype``).
         attn_implementation: passed to ``from_pretrained`` (``None``: transformers' default).
         base: under LoRA, the adapter-free initial weights; when given and the folder holds a peft adapter
             (``adapter/``, written by :func:`save_policy`), the adapter is loaded on top of them, so the policy stays
@@ -169,7 +169,7 @@ def load_checkpoint(
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
         raise FileNotFoundError(f"policy directory {folder} has a config.json but no weights (*.safetensors or *.bin)")
     options = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], **options)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype] if isinstance(dtype, str) else dtype, **options)
     return release_padding_row(model)
 
 

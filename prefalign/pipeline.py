@@ -37,7 +37,7 @@ from prefalign.run_setup import setup_run
 from prefalign.scoring.config import build_scorers
 from prefalign.scoring.run import run_scoring
 from prefalign.selection.rules import FullSelection, SelectionRule
-from prefalign.selection.run import run_selection, select_rule
+from prefalign.selection.run import run_selection, select_rule, write_selection
 from prefalign.training import run_training
 
 log = logging.getLogger(__name__)
@@ -234,14 +234,7 @@ def select_without_scores(cfg: DictConfig, rule: SelectionRule, folder: Path) ->
     setup = setup_run(derive(cfg, {"paths.output_dir": str(folder)}))
     ids = [pair.pair_id for pair in setup.datamodule.pairs["train"]]
     selection = rule.select(pd.DataFrame({"pair_id": ids}))
-    record = {
-        **selection.to_dict(),
-        "scores": [],
-        "data_fingerprint": setup.datamodule.fingerprints["train"],
-        "scores_file": None,
-    }
-    write_json(record, folder / "selection.json")
-    return {"kept_fraction": selection.kept_fraction, "kept": len(selection.kept), "path": str(folder / "selection.json")}
+    return write_selection(folder, selection, rule, setup.datamodule.fingerprints["train"], scores_file=None)
 
 
 def run_train_command(cfg: DictConfig) -> dict[str, Any]:

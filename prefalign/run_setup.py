@@ -7,7 +7,6 @@ setup from a config without importing another stage.
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,16 +54,15 @@ class RunSetup:
         return attach_reference_logps(self, model, splits)
 
 
-def setup_run(cfg: DictConfig, output_dir: str | os.PathLike | None = None, write_files: bool = True) -> RunSetup:
+def setup_run(cfg: DictConfig, write_files: bool = True) -> RunSetup:
     """Seed, write the resolved config, build the model source, tokenizer, loss and tokenised data.
 
     Args:
         cfg: the stage's config.
-        output_dir: the stage's output directory (default ``cfg.paths.output_dir``).
-        write_files: write ``config.yaml`` and ``data_report.json`` there (evaluation rebuilds a run's setup
-            without writing into it).
+        write_files: write ``config.yaml`` and ``data_report.json`` into ``cfg.paths.output_dir`` (evaluation
+            rebuilds a run's setup without writing into it; the setup's ``output_dir`` is then ``None``).
     """
-    folder = Path(output_dir) if output_dir is not None else Path(cfg.paths.output_dir) if write_files else None
+    folder = Path(cfg.paths.output_dir) if write_files else None
     if write_files:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

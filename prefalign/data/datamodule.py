@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from prefalign.data.collate import collate_pairs
 from prefalign.data.records import DataError, PreferencePair, pairs_fingerprint, text_of
+from prefalign.data.scores_file import read_scores_table, scores_path
 from prefalign.data.sources import PreferenceSource
 from prefalign.data.tokenization import PairTokenizer, TokenizedPair
 
@@ -232,18 +233,13 @@ def read_weights(spec: str, pair_ids: list[str], data_fingerprint: str) -> torch
         DataError: a malformed spec, a missing file or column, scores of other data, pairs without a weight, or
             weights that are negative or not finite (each named).
     """
-    import pyarrow.parquet as pq
-
     path, sep, name = str(spec).rpartition(":")
     if not sep or not path or not name:
         raise DataError(f"data.weights={spec!r}: expected <scores.parquet>:<column>")
-    file = Path(path).expanduser()
-    if file.is_dir():
-        file = file / "scores.parquet"
+    file = scores_path(path)
     if not file.exists():
         raise DataError(f"data.weights: {file} does not exist")
-    table = pq.read_table(file)
-    provenance = json.loads((table.schema.metadata or {}).get(b"prefalign", b"{}"))
+    table, provenance = read_scores_table(file)
     recorded = provenance.get("data_fingerprint")
     if recorded is not None and recorded != data_fingerprint:
         raise DataError(

@@ -20,24 +20,22 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from omegaconf import DictConfig
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from omegaconf import DictConfig
-
 from prefalign.atomic import atomic_write
 from prefalign.data.datamodule import PreferenceDataModule
+from prefalign.data.scores_file import PROVENANCE_KEY, read_scores  # noqa: F401 (read_scores: re-exported)
 from prefalign.keys import config_inputs, content_key
 from prefalign.logprobs import pair_logps
 from prefalign.losses import PreferenceLoss
@@ -47,9 +45,6 @@ from prefalign.reference import move_to
 from prefalign.trainer import fit_auxiliary
 
 log = logging.getLogger(__name__)
-
-PROVENANCE_KEY = b"prefalign"
-
 
 @dataclass
 class ScoringContext:
@@ -137,20 +132,6 @@ class Scorer:
 
 def atomic_write_parquet(table: pa.Table, path: Path) -> None:
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
-
-
-def read_scores(path: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """A scores file as a DataFrame (``pair_id`` + score columns) and its provenance."""
-    path = Path(path)
-    if path.is_dir():
-        # a score.py run directory, or a selection-pipeline run (its score/ stage)
-        path = path / "scores.parquet" if (path / "scores.parquet").exists() else path / "score" / "scores.parquet"
-    if not path.exists():
-        raise FileNotFoundError(f"scores file {path} does not exist")
-    table = pq.read_table(path)
-    metadata = table.schema.metadata or {}
-    provenance = json.loads(metadata.get(PROVENANCE_KEY, b"{}"))
-    return table.to_pandas(), provenance
 
 
 class ScoreRunner:

@@ -23,6 +23,7 @@ from prefalign.data.records import text_of
 from prefalign.evaluation.client import ChatClient
 from prefalign.evaluation.judges import parse_rating, single_conversation
 from prefalign.scoring.base import Scorer, ScoringContext
+from prefalign.scoring.margins import batch_pairs
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class LLMJudgeScorer(Scorer):
         self.unparsable = 0
 
     def score_batch(self, context: ScoringContext, batch: dict[str, Any], shared: dict[str, Tensor]) -> Tensor:
-        pairs = [context.datamodule.pairs["train"][int(index)] for index in batch["index"]]
+        pairs = batch_pairs(context, batch)
         conversations = [single_conversation(pair.prompt, text_of(pair.chosen)) for pair in pairs]
         conversations += [single_conversation(pair.prompt, text_of(pair.rejected)) for pair in pairs]
         ratings = [parse_rating(reply) for reply in self.client.complete_many(conversations, desc=f"{self.name} ratings")]

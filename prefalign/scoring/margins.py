@@ -13,13 +13,12 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
-from transformers import AutoModelForCausalLM
 
 from prefalign.atomic import atomic_directory
 from prefalign.data.records import DataError, PreferencePair
 from prefalign.logprobs import pair_logps
 from prefalign.losses import DPOLoss
-from prefalign.models import release_padding_row
+from prefalign.models import load_checkpoint
 from prefalign.rewards import RewardModel
 from prefalign.scoring.base import Scorer, ScoringContext
 
@@ -221,9 +220,7 @@ class BeesImplicitScorer(Scorer):
         folder = Path(context.cache_dir) / "auxiliary" / key
         if (folder / "config.json").exists():
             log.info("bees_implicit: proxy model from cache %s", folder)
-            proxy = release_padding_row(
-                AutoModelForCausalLM.from_pretrained(folder, dtype=next(context.policy.parameters()).dtype)
-            )
+            proxy = load_checkpoint(folder, next(context.policy.parameters()).dtype)
         else:
             proxy = context.source.load_base_model()
             for parameter in proxy.parameters():

@@ -21,10 +21,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import AutoModelForCausalLM
 
 from prefalign.atomic import atomic_directory
-from prefalign.models import release_padding_row
+from prefalign.models import load_checkpoint
 from prefalign.scoring.base import Scorer, ScoringContext
 
 log = logging.getLogger(__name__)
@@ -97,9 +96,7 @@ class LossDiffScorer(Scorer):
         folder = Path(context.cache_dir) / "auxiliary" / self.auxiliary_key(context)
         if (folder / "config.json").exists():
             log.info("lossdiff: auxiliary model from cache %s", folder)
-            model = release_padding_row(
-                AutoModelForCausalLM.from_pretrained(folder, dtype=next(context.policy.parameters()).dtype)
-            )
+            model = load_checkpoint(folder, next(context.policy.parameters()).dtype)
             self._auxiliary = model.to(context.device).eval()
             return
         start = context.policy if self.init == "policy" else context.source.load_base_model()

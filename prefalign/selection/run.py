@@ -41,10 +41,34 @@ def output_dir(cfg: DictConfig) -> Path:
 
 def select_rule(node: DictConfig) -> SelectionRule:
     """The rule of a ``select`` config, with its settings checked before any score is read."""
-    rule = instantiate({key: value for key, value in OmegaConf.to_container(node, resolve=True).items()})
+    rule = instantiate(OmegaConf.to_container(node, resolve=True))
     if not isinstance(rule, SelectionRule):
         raise ValueError(f"select: {node.get('_target_')} is not a prefalign SelectionRule")
     return rule
+
+
+def write_selection(
+    folder: Path, selection: Selection, rule: SelectionRule, data_fingerprint: str | None, **extra: Any
+) -> dict[str, Any]:
+    """Write ``<folder>/selection.json``, the file ``train.py data.selection=...`` reads; returns a summary.
+
+    Args:
+        folder: the selection stage's directory.
+        selection: what the rule kept.
+        rule: the rule (its score columns are recorded).
+        data_fingerprint: the content fingerprint of the pairs selected from, checked by the training stage.
+        extra: more entries of the record (the scores file and its provenance).
+    """
+    record = {**selection.to_dict(), "scores": rule.scores, "data_fingerprint": data_fingerprint, **extra}
+    path = write_json(record, folder / "selection.json")
+    log.info("%s kept %d of %d pairs -> %s", selection.rule, len(selection.kept), selection.total, path)
+    return {
+        "kept_fraction": selection.kept_fraction,
+        "kept": len(selection.kept),
+        "rule": selection.rule,
+        "thresholds": selection.thresholds,
+        "path": str(path),
+    }
 
 
 def run_selection(cfg: DictConfig) -> dict[str, Any]:
@@ -56,22 +80,14 @@ def run_selection(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"select={selection.rule} kept no pairs of {cfg.scores} (thresholds: {selection.thresholds})")
     folder = output_dir(cfg)
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    record = {
-        **selection.to_dict(),
-        "scores": rule.scores,
-        "data_fingerprint": provenance.get("data_fingerprint"),
-        "scores_file": str(cfg.scores),
-        "scores_provenance": {key: value for key, value in provenance.items() if key != "timings_s"},
-    }
-    write_json(record, folder / "selection.json")
-    log.info("%s kept %d of %d pairs -> %s", selection.rule, len(selection.kept), selection.total, folder / "selection.json")
-    return {
-        "kept_fraction": selection.kept_fraction,
-        "kept": len(selection.kept),
-        "rule": selection.rule,
-        "thresholds": selection.thresholds,
-        "path": str(folder / "selection.json"),
-    }
+    return write_selection(
+        folder,
+        selection,
+        rule,
+        provenance.get("data_fingerprint"),
+        scores_file=str(cfg.scores),
+        scores_provenance={key: value for key, value in provenance.items() if key != "timings_s"},
+    )
 
 
 def rule_config(name: str, directory: Path | None = None) -> DictConfig:
