@@ -1,6 +1,9 @@
-"""Atomic writes: a failed write leaves the old file (or nothing) and no temporary behind."""
+"""Atomic writes: a failed write leaves the old file (or nothing) and no temporary behind; modes follow the umask."""
 
 import json
+import os
+import stat
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +45,21 @@ def test_atomic_directory_keeps_an_existing_copy_and_cleans_up_failures(tmp_path
     with pytest.raises(RuntimeError):
         atomic_directory(tmp_path / "other", crash)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+@pytest.mark.parametrize(
+    ("umask", "file_mode", "folder_mode"), [(0o002, 0o664, 0o775), (0o022, 0o644, 0o755)], ids=["umask002", "umask022"]
+)
+def test_written_files_and_folders_honour_the_umask(tmp_path, umask, file_mode, folder_mode):
+    # a cache directory shared by a group (umask 002) must stay writable by the group
+    previous = os.umask(umask)
+    try:
+        written = write_json({"a": 1}, tmp_path / "x.json")
+        copied = atomic_write(tmp_path / "y.bin", lambda tmp: Path(tmp).write_bytes(b"data"))
+        folder = atomic_directory(tmp_path / "model", lambda tmp: (tmp / "w.bin").write_text("weights"))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(written.stat().st_mode) == file_mode
+    assert stat.S_IMODE(copied.stat().st_mode) == file_mode
+    assert stat.S_IMODE(folder.stat().st_mode) == folder_mode
+    assert stat.S_IMODE((folder / "w.bin").stat().st_mode) == file_mode

@@ -10,8 +10,9 @@ it is made of) come from :func:`prefalign.scoring.config.build_scorers`.
 
 :class:`ScoreRunner` walks the training pairs in shards. For each batch it runs the policy once (when any
 scorer needs the policy's log-probs: IRM, LossDiff) and hands the result to every scorer, so no forward pass is
-duplicated between the scores of one run. Each finished shard is written atomically as its own Parquet file;
-an interrupted run resumes from the first missing shard. At the end the shards are concatenated into
+duplicated between the scores of one run. Each finished shard is written atomically as its own Parquet file
+that holds its pairs' ``pair_id``\\ s; an interrupted run reads which pairs the finished shards hold and computes
+only the others, whatever the shard size of either run. At the end the shards are concatenated into
 ``scores.parquet`` (``pair_id`` + one column per score) whose schema metadata holds the provenance: the
 resolved model, data and loss configs, the policy scored, the data fingerprint and the scorers' configs.
 """
@@ -139,7 +140,8 @@ class ScoreRunner:
 
     Args:
         scorers: the scorers to run (their names must differ).
-        shard_size: pairs per shard file; a shard is the unit of resumption.
+        shard_size: pairs per new shard file; a shard is the unit of resumption (a run resumed with another
+            shard size reuses the pairs the finished shards hold).
         batch_size: pairs per forward pass (defaults to the data module's ``eval_batch_size``).
     """
 
@@ -159,10 +161,14 @@ class ScoreRunner:
         shard_dir = work_dir / "shards"
         dataset = context.datamodule.datasets["train"]
         pair_ids = [item.pair_id for item in dataset.items]
-        n_shards = (len(pair_ids) + self.shard_size - 1) // self.shard_size
-        todo = [k for k in range(n_shards) if not (shard_dir / f"shard-{k:05d}.parquet").exists()]
-        if len(todo) < n_shards:
-            log.info("scoring: resuming, %d of %d shards already done", n_shards - len(todo), n_shards)
+        position = {pair_id: index for index, pair_id in enumerate(pair_ids)}
+        finished, covered = self._finished_shards(shard_dir, position)
+        todo = self._new_shards([index for index in range(len(pair_ids)) if index not in covered])
+        if finished:
+            log.info(
+                "scoring: resuming, %d of %d shards already done (%d of %d pairs)",
+                len(finished), len(finished) + len(todo), len(covered), len(pair_ids),
+            )
         timings: dict[str, float] = {}
         if todo:
             for scorer in self.scorers:
@@ -174,8 +180,11 @@ class ScoreRunner:
             finally:
                 for scorer in self.scorers:
                     scorer.release()
-        shards = [pq.read_table(shard_dir / f"shard-{k:05d}.parquet") for k in range(n_shards)]
-        table = pa.concat_tables(shards)
+        table = pa.concat_tables([pq.read_table(path) for path in sorted(shard_dir.glob("shard-*.parquet"))])
+        # data order; a pair held by two shards (two runs of different shard sizes at once) is taken once
+        indices = np.array([position.get(pair_id, -1) for pair_id in table.column("pair_id").to_pylist()])
+        _, first = np.unique(indices, return_index=True)
+        table = table.take(first[indices[first] >= 0])
         if table.column("pair_id").to_pylist() != pair_ids:
             raise RuntimeError(f"the shards in {shard_dir} do not match the data; delete them and score again")
         record = {
@@ -191,18 +200,42 @@ class ScoreRunner:
         atomic_write_parquet(table, path)
         return path
 
+    @staticmethod
+    def _finished_shards(shard_dir: Path, position: dict[str, int]) -> tuple[list[Path], set[int]]:
+        """The shard files in ``shard_dir`` and the data indices (``position``: pair_id -> index) of the pairs
+        they hold, read from their ``pair_id`` column, so that shards of any earlier shard size count."""
+        finished = sorted(shard_dir.glob("shard-*.parquet"))
+        covered: set[int] = set()
+        for path in finished:
+            held = pq.read_table(path, columns=["pair_id"]).column("pair_id").to_pylist()
+            unknown = [pair_id for pair_id in held if pair_id not in position]
+            if unknown:
+                raise RuntimeError(
+                    f"shard {path} holds pairs that are not in the data ({unknown[:3]}); delete {shard_dir} and score again"
+                )
+            covered.update(position[pair_id] for pair_id in held)
+        return finished, covered
+
+    def _new_shards(self, missing: list[int]) -> list[list[int]]:
+        """The data indices ``missing`` (ascending) cut into shards of consecutive pairs, at most ``shard_size`` each."""
+        shards: list[list[int]] = []
+        for index in missing:
+            if shards and index == shards[-1][-1] + 1 and len(shards[-1]) < self.shard_size:
+                shards[-1].append(index)
+            else:
+                shards.append([index])
+        return shards
+
     def _score_shards(
-        self, context: ScoringContext, todo: list[int], shard_dir: Path, timings: dict[str, float]
+        self, context: ScoringContext, todo: list[list[int]], shard_dir: Path, timings: dict[str, float]
     ) -> None:
         dataset = context.datamodule.datasets["train"]
         batch_size = self.batch_size or context.datamodule.eval_batch_size
         needs_policy = any(scorer.needs_policy_logps for scorer in self.scorers)
         policy = context.policy
-        total = sum(min(len(dataset), (k + 1) * self.shard_size) - k * self.shard_size for k in todo)
-        progress = tqdm(total=total, desc="scoring", unit="pair", dynamic_ncols=True)
+        progress = tqdm(total=sum(len(indices) for indices in todo), desc="scoring", unit="pair", dynamic_ncols=True)
         start, done = time.perf_counter(), 0
-        for shard in todo:
-            indices = list(range(shard * self.shard_size, min(len(dataset), (shard + 1) * self.shard_size)))
+        for indices in todo:
             columns = {scorer.name: np.full(len(indices), np.nan) for scorer in self.scorers}
             # batches of similar length inside the shard (less padding); values go back to data order
             position = {index: k for k, index in enumerate(indices)}
@@ -241,7 +274,8 @@ class ScoreRunner:
                     **columns,
                 }
             )
-            atomic_write_parquet(table, shard_dir / f"shard-{shard:05d}.parquet")
+            # named by the range of data indices it holds: unique across shard sizes, and in data order when sorted
+            atomic_write_parquet(table, shard_dir / f"shard-{indices[0]:07d}-{indices[-1] + 1:07d}.parquet")
         progress.close()
         elapsed = time.perf_counter() - start
         log.info("scoring: %d pairs in %.1f s (%.2f pairs/s)", done, elapsed, done / max(elapsed, 1e-9))

@@ -11,7 +11,9 @@ Outputs, in the stage's directory::
     scores_summary.json    per-score statistics, the cache entry, timings
 
 The scores are computed in resumable shards under ``<cache_dir>/scores/<key>``, the key made of the policy, the
-data and the resolved configs of everything that shapes the numbers (:func:`scores_key`).
+data and the resolved configs of everything that shapes the numbers (:func:`scores_key`). ``shard_size`` is not
+part of it: a run resumed with another shard size reuses the pairs the finished shards hold
+(:class:`~prefalign.scoring.base.ScoreRunner`).
 """
 
 from __future__ import annotations
