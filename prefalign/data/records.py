@@ -21,6 +21,10 @@ from typing import Any
 Message = dict[str, str]
 Text = str | list[Message]
 
+# roles a prompt's messages may have; a completion is the model's own turn, so only "assistant"
+PROMPT_ROLES = ("system", "user", "assistant")
+COMPLETION_ROLES = ("assistant",)
+
 
 class DataError(ValueError):
     """Raised for malformed preference data; the message names the file, row and key."""
@@ -55,8 +59,18 @@ def content_id(prompt: Text, chosen: Text, rejected: Text) -> str:
     return hashlib.sha1(payload.encode("utf-8")).hexdigest()[:16]
 
 
-def validate_text(value: Any, *, key: str, where: str, allow_empty_list: bool = False) -> Text:
-    """Check that ``value`` is a string or a list of chat messages; raise a :class:`DataError` naming ``where``."""
+def validate_text(
+    value: Any, *, key: str, where: str, allow_empty_list: bool = False, roles: tuple[str, ...] = PROMPT_ROLES
+) -> Text:
+    """Check that ``value`` is a string or a list of chat messages; raise a :class:`DataError` naming ``where``.
+
+    Args:
+        value: the prompt or completion as read.
+        key: its column name, for the message.
+        where: the file and row (``data.jsonl:12``), for the message.
+        allow_empty_list: accept an empty message list.
+        roles: the roles a message may have (:data:`PROMPT_ROLES`, or :data:`COMPLETION_ROLES` for a completion).
+    """
     if isinstance(value, str):
         return value
     if isinstance(value, list):
@@ -66,6 +80,11 @@ def validate_text(value: Any, *, key: str, where: str, allow_empty_list: bool = 
             if not isinstance(message, dict) or "role" not in message or "content" not in message:
                 raise DataError(
                     f"{where}: key '{key}' message {index} must be a dict with 'role' and 'content', got {message!r:.80}"
+                )
+            if message["role"] not in roles:
+                raise DataError(
+                    f"{where}: key '{key}' message {index} has role {message['role']!r:.40}; "
+                    f"expected {' or '.join(repr(role) for role in roles)}"
                 )
             if not isinstance(message["content"], str):
                 raise DataError(f"{where}: key '{key}' message {index} has non-string content")

@@ -3,8 +3,9 @@
 Every source turns its rows into :class:`~prefalign.data.records.PreferencePair` records for two splits,
 ``train`` and ``val``. Local files (JSON Lines, JSON, Parquet) need the columns ``prompt``, ``chosen`` and
 ``rejected`` (renamable through ``columns``); ``pair_id``, ``score_chosen`` and ``score_rejected`` are
-optional; every other column is kept in the pair's ``metadata``. Errors name the file, the line or row, and
-the key.
+optional; ``metadata``, when given, is an object, and every other column is added to it. Message lists use
+the roles ``system``, ``user`` and ``assistant``, and a completion's messages are all ``assistant``. Files are
+UTF-8. Errors name the file, the line or row, and the key.
 
 Hub datasets (need internet) are mapped to the same record:
 
@@ -24,10 +25,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from prefalign.data.records import DataError, PreferencePair, content_id, validate_text
+from prefalign.data.records import COMPLETION_ROLES, PROMPT_ROLES, DataError, PreferencePair, content_id, validate_text
 
 SPLITS = ("train", "val")
 SCORE_KEYS = ("score_chosen", "score_rejected")
+
+
+def decode_utf8(raw: bytes, where: str, first_line: int = 1) -> str:
+    """``raw`` as UTF-8 text; otherwise a :class:`DataError` naming the line (``first_line`` is the line of
+    ``raw``'s first byte) and the byte of the first invalid sequence."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line_number = first_line + raw.count(b"\n", 0, error.start)
+        column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
+        raise DataError(
+            f"{where}:{line_number}: not valid UTF-8 (byte {raw[error.start]:#04x} at byte column {column}); "
+            "save the file as UTF-8"
+        ) from None
 
 
 def read_rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -40,8 +55,10 @@ def read_rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
         import gzip
 
         opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, start=1):
+        # read bytes and decode line by line, so that a non-UTF-8 byte is reported with its line
+        with opener(path, "rb") as handle:
+            for line_number, raw_line in enumerate(handle, start=1):
+                line = decode_utf8(raw_line, str(path), line_number)
                 if not line.strip():
                     continue
                 try:
@@ -53,7 +70,7 @@ def read_rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
                 yield f"{path}:{line_number}", row
     elif suffixes == ".json":
         try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
+            payload = json.loads(decode_utf8(path.read_bytes(), str(path)))
         except json.JSONDecodeError as error:
             raise DataError(f"{path}: malformed JSON ({error.msg} at line {error.lineno}, column {error.colno})") from None
         rows = payload.get("data") if isinstance(payload, dict) else payload
@@ -80,7 +97,8 @@ def pair_from_row(row: dict[str, Any], where: str, columns: dict[str, str] | Non
         column = columns[key]
         if column not in row:
             raise DataError(f"{where}: missing key '{column}' (have: {', '.join(sorted(row)) or 'nothing'})")
-        values[key] = validate_text(row[column], key=column, where=where)
+        roles = COMPLETION_ROLES if key in ("chosen", "rejected") else PROMPT_ROLES
+        values[key] = validate_text(row[column], key=column, where=where, roles=roles)
     scores = {}
     for key in SCORE_KEYS:
         column = columns.get(key, key)
@@ -91,6 +109,8 @@ def pair_from_row(row: dict[str, Any], where: str, columns: dict[str, str] | Non
                 raise DataError(f"{where}: key '{column}' must be a number, got {row[column]!r:.40}") from None
     used = {columns[key] for key in ("prompt", "chosen", "rejected")} | {columns.get(k, k) for k in SCORE_KEYS}
     used.add("pair_id")
+    if row.get("metadata") is not None and not isinstance(row["metadata"], dict):
+        raise DataError(f"{where}: key 'metadata' must be an object, got {type(row['metadata']).__name__}")
     metadata = dict(row.get("metadata") or {})
     metadata.update({key: value for key, value in row.items() if key not in used and key != "metadata"})
     pair_id = row.get("pair_id")
@@ -137,7 +157,10 @@ class LocalSource(PreferenceSource):
         self.name = name
 
     def _read(self, path: str) -> list[PreferencePair]:
-        return [pair_from_row(row, where, self.columns) for where, row in read_rows(path)]
+        pairs = [pair_from_row(row, where, self.columns) for where, row in read_rows(path)]
+        if not pairs:
+            raise DataError(f"{Path(path).expanduser()}: the file holds no pairs")
+        return pairs
 
     def load(self, split: str) -> list[PreferencePair]:
         if split not in SPLITS:
@@ -145,7 +168,16 @@ class LocalSource(PreferenceSource):
         if self.val_path is not None:
             return self._read(self.train_path if split == "train" else self.val_path)
         pairs = self._read(self.train_path)
-        n_val = max(1, int(round(len(pairs) * self.val_fraction))) if len(pairs) > 1 else 0
+        n_val = max(1, int(round(len(pairs) * self.val_fraction)))
+        if n_val >= len(pairs):
+            # at least one pair is held out, so a one-pair file cannot be helped by a lower val_fraction
+            lower = "lower data.source.val_fraction, " if len(pairs) > 1 else ""
+            raise DataError(
+                f"{Path(self.train_path).expanduser()}: {len(pairs)} pair(s) are too few to hold out a validation "
+                f"split (data.source.val_fraction={self.val_fraction} holds out {n_val}, leaving "
+                f"{len(pairs) - n_val} for training); add pairs, {lower}or give a validation file with "
+                "data.source.val_path"
+            )
         return pairs[: len(pairs) - n_val] if split == "train" else pairs[len(pairs) - n_val :]
 
     def describe(self) -> dict[str, Any]:
@@ -223,6 +255,9 @@ class UltraFeedbackSource(HubSource):
         rejected = validate_text(row["rejected"], key="rejected", where=where)
         if isinstance(chosen, str) or isinstance(rejected, str):
             prompt = validate_text(row.get("prompt", ""), key="prompt", where=where)
+            # not split into prompt and final turn: each is a whole completion
+            chosen = validate_text(chosen, key="chosen", where=where, roles=COMPLETION_ROLES)
+            rejected = validate_text(rejected, key="rejected", where=where, roles=COMPLETION_ROLES)
         else:
             if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
                 raise DataError(f"{where}: the last message of 'chosen' and 'rejected' must be the assistant's")

@@ -20,7 +20,9 @@ Conventions (TRL's, with the boundary and special-token pitfalls handled explici
      prompt holds the question and the generation prompt; a leading BOS is kept);
   2. a completion that does not fit in ``max_length`` together with the (truncated) prompt keeps its *first*
      ``max_length - len(prompt)`` tokens (the EOS is then lost, as in TRL).
-  Since ``max_prompt_length < max_length``, every completion keeps at least one token.
+  Since ``max_prompt_length < max_length``, every completion keeps at least one token. Two completions that
+  differ only after the cut become identical; :func:`prefalign.data.datamodule.prepare_split` drops such pairs
+  (``identical_after_truncation`` in ``data_report.json``).
 """
 
 from __future__ import annotations

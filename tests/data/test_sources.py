@@ -104,7 +104,9 @@ def test_drops_are_counted_and_reported(tokenizer):
     ]
     kept, tokens, report = prepare_split(pairs, PairTokenizer(tokenizer, max_length=64, max_prompt_length=48), "train")
     assert [p.pair_id for p in kept] == ["ok", "long"]
-    assert report["dropped"] == {"empty_prompt": 1, "empty_completion": 1, "identical": 1, "duplicate_id": 1}
+    assert report["dropped"] == {
+        "empty_prompt": 1, "empty_completion": 1, "identical": 1, "identical_after_truncation": 0, "duplicate_id": 1
+    }
     assert report["dropped_pair_ids"]["identical"] == ["same"]
     assert report["truncated"] == {"prompt": 0, "chosen": 1, "rejected": 0}
     assert report["truncated_pair_ids"] == ["long"]
