@@ -2,13 +2,16 @@
 
 Used by the ``openai`` judge and the ``llm_judge`` score. Requests run concurrently (a thread pool of
 ``concurrency`` workers), are retried with exponential backoff on connection errors, timeouts, HTTP 429 and
-5xx, and every reply is cached on disk (SQLite, keyed by model, messages and sampling settings), so a re-run
-costs nothing and an interrupted run keeps what it obtained.
+5xx, and on a 200 whose body is cut short or is not JSON. Every reply the caller accepts (a judge accepts the
+replies it can parse) is cached on disk (SQLite, keyed by model, messages and sampling settings), so a re-run
+costs nothing and an interrupted run keeps what it obtained; an empty or refused reply is never cached, so a
+re-run asks for it again instead of keeping a transient fault of the server.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -18,6 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -130,7 +134,8 @@ class ChatClient:
             try:
                 request = urllib.request.Request(url, data=body, headers=headers, method="POST")
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    payload = json.loads(response.read().decode("utf-8"))
+                    raw = response.read()
+                payload = json.loads(raw.decode("utf-8"))
                 try:
                     return payload["choices"][0]["message"]["content"] or ""
                 except (KeyError, IndexError, TypeError):
@@ -142,26 +147,57 @@ class ChatClient:
                     raise JudgeUnavailable(f"judge server at {url} refused the request ({last_error})") from None
             except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as error:
                 last_error = f"{type(error).__name__}: {getattr(error, 'reason', error)}"
+            except http.client.IncompleteRead as error:
+                # the connection closed before the body's Content-Length: a transient fault, retried like a 5xx
+                read, more = len(error.partial), error.expected
+                last_error = f"a reply with a cut-short body ({read} bytes read, {more} more expected)"
+            except http.client.HTTPException as error:
+                last_error = f"{type(error).__name__}: {error}"
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                # an overloaded proxy's HTML page, or a body cut short without a Content-Length: retried like a 5xx
+                last_error = f"a reply with a body that is not JSON ({error}): {raw[:100]!r}"
             log.debug("judge request failed (attempt %d): %s", attempt + 1, last_error)
         where = f"; replies obtained so far are cached in {self.cache.path}" if self.cache else ""
         raise JudgeUnavailable(f"judge server at {url} failed after {self.max_retries + 1} attempts ({last_error}){where}")
 
-    def complete(self, messages: list[dict[str, str]]) -> str:
-        """One reply, from the cache or the server."""
+    def complete(self, messages: list[dict[str, str]], accept: Callable[[str], bool] | None = None) -> str:
+        """One reply, from the cache or the server.
+
+        Args:
+            messages: the conversation.
+            accept: whether a reply is usable (a judge: whether it parses into a rating or verdict); default any
+                non-empty reply. Only accepted replies are cached, and a cached reply that is not accepted (left
+                by an older version) is asked for again, so an unparsable reply never outlives a rerun.
+
+        Returns:
+            The reply's text, accepted or not (the caller counts the ones it cannot use).
+        """
+        accept = accept or bool
         key = self._key(messages)
         if self.cache is not None:
             cached = self.cache.get(key)
-            if cached is not None:
+            if cached is not None and accept(cached):
                 return cached
         reply = self._post(messages)
-        if self.cache is not None:
+        if self.cache is not None and accept(reply):
             self.cache.put(key, reply)
         return reply
 
-    def complete_many(self, conversations: list[list[dict[str, str]]], desc: str = "judging") -> list[str]:
-        """Replies to many conversations, ``concurrency`` at a time, in order, with a progress bar."""
+    def complete_many(
+        self,
+        conversations: list[list[dict[str, str]]],
+        desc: str = "judging",
+        accept: Callable[[str], bool] | None = None,
+    ) -> list[str]:
+        """Replies to many conversations, ``concurrency`` at a time, in order, with a progress bar.
+
+        Args:
+            conversations: the conversations to send.
+            desc: the progress bar's label.
+            accept: which replies may be cached (:meth:`complete`).
+        """
         pool = ThreadPoolExecutor(max_workers=self.concurrency)
-        futures = [pool.submit(self.complete, messages) for messages in conversations]
+        futures = [pool.submit(self.complete, messages, accept) for messages in conversations]
         replies = []
         try:
             for future in tqdm(futures, desc=desc, leave=False, dynamic_ncols=True):

@@ -9,7 +9,9 @@
   server), with single-answer grading 1-10 and pairwise comparison; each pair is judged in both orders to
   cancel position bias. Prompts were written for this project in the spirit of the papers' appendix (MT-Bench
   style ``[[rating]]`` / ``[[A]]`` verdict markers). Replies without a parsable rating or verdict are counted in
-  :attr:`Judge.unparsable` and excluded from the means, never counted as wins.
+  :attr:`Judge.unparsable` and excluded from the means, never counted as wins; they are not cached, so a rerun
+  asks for them again, and an evaluation where more than ``max_unparsable`` of the replies could not be parsed
+  fails (:meth:`Judge.check_unparsable`) instead of reporting means of what is left.
 
 Pairwise outcomes are from the point of view of answer A: 1 (A better), 0.5 (tie), 0 (B better), ``None``
 (unparsable); with two orders the outcome is the mean of the parsable ones.
@@ -17,6 +19,8 @@ Pairwise outcomes are from the point of view of answer A: 1 (A better), 0.5 (tie
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,6 +29,12 @@ from typing import Any
 from prefalign.data.records import Text
 from prefalign.evaluation.client import ChatClient
 from prefalign.rewards import RewardModel
+
+log = logging.getLogger(__name__)
+
+
+class UnparsableReplies(RuntimeError):
+    """More of the judge's replies than ``judge.max_unparsable`` allows gave no rating or verdict."""
 
 
 @dataclass
@@ -48,10 +58,14 @@ def prompt_text(prompt: Text) -> str:
 
 @dataclass
 class Judge:
-    """Base class; ``unparsable`` counts replies that gave no rating or verdict, by kind."""
+    """Base class; ``replies`` counts an LLM judge's replies by kind, ``unparsable`` those that gave no rating or
+    verdict (plus ``pairwise_items``: pairs with no parsable verdict in either order); ``max_unparsable`` is the
+    largest share of unparsable replies an evaluation accepts."""
 
     name: str = "judge"
     unparsable: Counter = field(default_factory=Counter)
+    replies: Counter = field(default_factory=Counter)
+    max_unparsable: float = 0.05
 
     def single(self, items: list[EvalItem], answers: list[str]) -> list[float | None]:
         raise NotImplementedError
@@ -62,6 +76,31 @@ class Judge:
     def records(self) -> list[dict[str, Any]]:
         """Raw judgements of the last calls, for the generations file (LLM judges)."""
         return []
+
+    def reply_counts(self) -> dict[str, Any]:
+        """Replies received, how many could not be parsed, and the share allowed (all 0 for judges that do not
+        send requests)."""
+        unparsable = sum(self.unparsable[kind] for kind in self.replies)
+        return {"total": sum(self.replies.values()), "unparsable": unparsable, "max_unparsable": self.max_unparsable}
+
+    def check_unparsable(self, replies_file: str | os.PathLike | None = None) -> None:
+        """Raise :class:`UnparsableReplies` when more than ``max_unparsable`` of the replies could not be parsed.
+
+        Args:
+            replies_file: where the raw replies were written, named in the error.
+        """
+        counts = self.reply_counts()
+        total, unparsable = counts["total"], counts["unparsable"]
+        if not unparsable:
+            return
+        message = f"{unparsable} of {total} judge replies ({100 * unparsable / total:.1f}%) could not be parsed"
+        if unparsable / total > self.max_unparsable:
+            where = f"; the raw replies are in {replies_file}" if replies_file else ""
+            raise UnparsableReplies(
+                f"{message}, more than judge.max_unparsable={self.max_unparsable:g} (they were not cached, so a "
+                f"rerun asks for them again{where})"
+            )
+        log.warning("%s; they are left out of the means", message)
 
 
 class VerifierJudge(Judge):
@@ -177,10 +216,14 @@ class OpenAIJudge(Judge):
         client: the chat client (base URL, model, key, concurrency, retries, cache).
         use_reference: show the benchmark's reference answer to the judge when there is one.
         name: the judge's name in result folders and tables.
+        max_unparsable: the largest share of replies without a rating or verdict that an evaluation accepts
+            (:meth:`Judge.check_unparsable`).
     """
 
-    def __init__(self, client: ChatClient, use_reference: bool = True, name: str = "openai") -> None:
-        super().__init__(name=name)
+    def __init__(
+        self, client: ChatClient, use_reference: bool = True, name: str = "openai", max_unparsable: float = 0.05
+    ) -> None:
+        super().__init__(name=name, max_unparsable=max_unparsable)
         self.client = client
         self.use_reference = use_reference
         self._records: list[dict[str, Any]] = []
@@ -192,7 +235,10 @@ class OpenAIJudge(Judge):
         conversations = [
             single_conversation(item.prompt, answer, self._reference(item)) for item, answer in zip(items, answers)
         ]
-        replies = self.client.complete_many(conversations, desc="judging (single)")
+        replies = self.client.complete_many(
+            conversations, desc="judging (single)", accept=lambda reply: parse_rating(reply) is not None
+        )
+        self.replies["single"] += len(replies)
         ratings = []
         for item, reply in zip(items, replies):
             rating = parse_rating(reply)
@@ -213,7 +259,10 @@ class OpenAIJudge(Judge):
         for item, a, b in zip(items, answers_a, answers_b):
             conversations.append(conversation(item, a, b))  # A shown first
             conversations.append(conversation(item, b, a))  # the same pair, positions swapped
-        replies = self.client.complete_many(conversations, desc="judging (pairwise, both orders)")
+        replies = self.client.complete_many(
+            conversations, desc="judging (pairwise, both orders)", accept=lambda reply: parse_verdict(reply) is not None
+        )
+        self.replies["pairwise"] += len(replies)
         outcomes: list[float | None] = []
         for index, item in enumerate(items):
             forward, backward = parse_verdict(replies[2 * index]), parse_verdict(replies[2 * index + 1])

@@ -6,10 +6,16 @@ results go to ``<run>/eval/<bench>-<judge>-<generation>-<key>/`` (:func:`result_
 sampled one, or two ``bench.limit`` values, never share a folder)::
 
     eval.json            Single (policy and baseline), WinRate, length-controlled WinRate, held-out metrics,
-                         each with a bootstrap 95% interval and the number of items; judge and settings
+                         each with a bootstrap 95% interval and the number of items; judge and settings; the
+                         judge's reply counts (``judge_replies``: total, unparsable, the share allowed). Strict
+                         JSON: a metric with no value (no parsable outcome) is ``null``, never ``NaN``
     eval.md              the same as a Markdown table
     generations.jsonl    every prompt with both answers, their Single scores, the pairwise outcome and the
                          judge's raw replies, so every number can be traced to text
+
+An evaluation where more than ``judge.max_unparsable`` of the judge's replies could not be parsed fails
+(:meth:`~prefalign.evaluation.judges.Judge.check_unparsable`) after writing ``generations.jsonl`` (the raw replies)
+and before ``eval.json``, so a sweep evaluates that run again once the judge is fixed.
 
 Baseline answers are cached by content (baseline weights, prompts, generation and tokenisation settings), so a
 sweep generates them once. Held-out metrics are the validation step's own per-pair values
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -75,6 +82,7 @@ def result_folder(bench_cfg: DictConfig, judge_cfg: DictConfig, settings: DictCo
     same settings; computed without instantiating anything (a judge may load a model).
     """
     judge = plain(judge_cfg)
+    judge.pop("max_unparsable", None)  # decides whether an evaluation fails, never a number in it
     client = judge.get("client")
     if isinstance(client, dict):
         judge["client"] = {key: value for key, value in client.items() if key not in JUDGE_NO_EFFECT}
@@ -82,6 +90,18 @@ def result_folder(bench_cfg: DictConfig, judge_cfg: DictConfig, settings: DictCo
     bench = bench_cfg.get("name") or "bench"
     judge_name = judge_cfg.get("name") or str(judge_cfg.get("_target_", "judge")).rsplit(".", 1)[-1]
     return f"{bench}-{judge_name}-{generation_label(settings)}-{key[:8]}"
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (a metric with nothing to average) as ``None``, so that it is
+    written as strict JSON (``null``, never ``NaN``)."""
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
 
 
 def load_checkpoint(path: str | Path, dtype: str = "float32") -> tuple[torch.nn.Module, Any]:
@@ -207,6 +227,25 @@ def evaluate_policy(
     policy_lengths = [len(tokenizer(a, add_special_tokens=False).input_ids) for a in policy_answers]
     baseline_lengths = [len(tokenizer(a, add_special_tokens=False).input_ids) for a in baseline_answers]
 
+    records = {r["item_id"]: [] for r in judge.records()}
+    for record in judge.records():
+        records[record["item_id"]].append(record)
+    with open(output_dir / "generations.jsonl", "w") as stream:
+        for index, item in enumerate(items):
+            line = {
+                "item_id": item.item_id,
+                "prompt": item.prompt,
+                "policy_answer": policy_answers[index],
+                "baseline_answer": baseline_answers[index],
+                "single_policy": single_policy[index],
+                "single_baseline": single_baseline[index],
+                "outcome_for_policy": outcomes[index],
+                "judge_replies": records.get(item.item_id, []),
+            }
+            stream.write(json.dumps(strict_json(line)) + "\n")
+    # before eval.json, so that a failed evaluation leaves nothing a sweep would reuse
+    judge.check_unparsable(output_dir / "generations.jsonl")
+
     def single_summary(values: list[float | None]) -> dict[str, Any]:
         parsable = [v for v in values if v is not None]
         return {**bootstrap(parsable, resamples=resamples, seed=seed), "unparsable": len(values) - len(parsable)}
@@ -224,30 +263,14 @@ def evaluate_policy(
         "lc_winrate": length_controlled_win_rate(outcomes, policy_lengths, baseline_lengths, seed=seed),
         "mean_length": {"policy": float(np.mean(policy_lengths)), "baseline": float(np.mean(baseline_lengths))},
         "unparsable_replies": dict(judge.unparsable),
+        "judge_replies": judge.reply_counts(),
         "generation": generation,
     }
     if run_cfg is not None and settings.get("heldout", True):
         result["heldout"] = heldout_metrics(run_cfg, policy, cache_dir, resamples, seed)
     result["elapsed_s"] = round(time.perf_counter() - start, 1)
 
-    records = {r["item_id"]: [] for r in judge.records()}
-    for record in judge.records():
-        records[record["item_id"]].append(record)
-    with open(output_dir / "generations.jsonl", "w") as stream:
-        stream.writelines(json.dumps(
-                    {
-                        "item_id": item.item_id,
-                        "prompt": item.prompt,
-                        "policy_answer": policy_answers[index],
-                        "baseline_answer": baseline_answers[index],
-                        "single_policy": single_policy[index],
-                        "single_baseline": single_baseline[index],
-                        "outcome_for_policy": outcomes[index],
-                        "judge_replies": records.get(item.item_id, []),
-                    }
-                )
-                + "\n" for index, item in enumerate(items))
-    write_json(result, output_dir / "eval.json")
+    write_json(strict_json(result), output_dir / "eval.json")
     (output_dir / "eval.md").write_text(eval_markdown(result))
     log.info(
         "%s / %s: Single %.2f (baseline %.2f), WinRate %.1f%% [%.1f, %.1f], n=%d -> %s",
@@ -282,10 +305,10 @@ def eval_markdown(result: dict[str, Any]) -> str:
     ]
     for name, metric in result.get("heldout", {}).items():
         lines.append(row(f"held-out {name}", metric))
-    wins = result["winrate"]
+    wins, replies = result["winrate"], result["judge_replies"]
     lines += [
         "",
         f"Wins / ties / losses: {wins['wins']} / {wins['ties']} / {wins['losses']}; "
-        f"unparsable judge replies: {result['unparsable_replies'] or 0}.",
+        f"unparsable judge replies: {replies['unparsable']} of {replies['total']}.",
     ]
     return "\n".join(lines) + "\n"

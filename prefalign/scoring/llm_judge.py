@@ -45,7 +45,11 @@ class LLMJudgeScorer(Scorer):
         pairs = batch_pairs(context, batch)
         conversations = [single_conversation(pair.prompt, text_of(pair.chosen)) for pair in pairs]
         conversations += [single_conversation(pair.prompt, text_of(pair.rejected)) for pair in pairs]
-        ratings = [parse_rating(reply) for reply in self.client.complete_many(conversations, desc=f"{self.name} ratings")]
+        # only replies that parse into a rating are cached: a transient fault is asked again by the next run
+        replies = self.client.complete_many(
+            conversations, desc=f"{self.name} ratings", accept=lambda reply: parse_rating(reply) is not None
+        )
+        ratings = [parse_rating(reply) for reply in replies]
         chosen, rejected = ratings[: len(pairs)], ratings[len(pairs) :]
         margins = []
         for pair, good, bad in zip(pairs, chosen, rejected):

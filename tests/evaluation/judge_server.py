@@ -5,7 +5,10 @@ Behaviour, decided from the request text:
   unparsable reply when it contains GARBLE;
 * pairwise: prefers the answer containing GOOD; with no GOOD answer it always says "[[A]]" (a pure position
   bias, which judging both orders must cancel into a tie); GARBLE anywhere gives an unparsable reply;
-* the first ``fail_first`` requests get HTTP 500 (to exercise retries).
+* ``faults``: one per request, in the order the requests arrive; the server behaves once they are used up
+  (a test may append more): ``http_500`` (also the first ``fail_first`` requests), ``not_json`` (a 200 with an
+  HTML body), ``cut_short`` (a 200 whose connection closes halfway through the body's Content-Length),
+  ``unparsable`` (a well-formed reply with no rating or verdict) and ``empty`` (a well-formed, empty reply).
 """
 
 from __future__ import annotations
@@ -13,12 +16,19 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections import deque
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+FAULTS = ("http_500", "not_json", "cut_short", "unparsable", "empty")
+CANNED = {"unparsable": "I would rather not say.", "empty": ""}
+
+
 class JudgeServer:
-    def __init__(self, fail_first: int = 0) -> None:
-        self.fail_first = fail_first
+    def __init__(self, fail_first: int = 0, faults: Sequence[str] = ()) -> None:
+        assert set(faults) <= set(FAULTS), faults
+        self.faults = deque(["http_500"] * fail_first + list(faults))
         self.requests = 0
         self.lock = threading.Lock()
         server = self
@@ -32,19 +42,26 @@ class JudgeServer:
                 body = json.loads(self.rfile.read(length))
                 with server.lock:
                     server.requests += 1
-                    failing = server.requests <= server.fail_first
-                if failing:
+                    fault = server.faults.popleft() if server.faults else None
+                if fault == "http_500":
                     self.send_response(500)
                     self.end_headers()
                     self.wfile.write(b'{"error": "overloaded"}')
                     return
-                reply = server.reply(body["messages"][-1]["content"])
+                if fault == "not_json":
+                    self.answer(b"<html><body>502 Bad Gateway</body></html>", "text/html")
+                    return
+                reply = CANNED[fault] if fault in CANNED else server.reply(body["messages"][-1]["content"])
                 payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
+                self.answer(payload, "application/json", cut_short=fault == "cut_short")
+
+            def answer(self, payload: bytes, content_type: str, cut_short: bool = False) -> None:
                 self.send_response(200)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(payload)
+                # HTTP/1.0: the connection closes when the handler returns, short of the announced length
+                self.wfile.write(payload[: len(payload) // 2] if cut_short else payload)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

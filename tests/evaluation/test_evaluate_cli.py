@@ -4,6 +4,7 @@ reward model, the sweep table, and bad input."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -66,6 +67,51 @@ def test_openai_judge_end_to_end_with_caching(tiny_run, tmp_path):
     assert report["single"]["policy"]["value"] == 2.0
     assert report["winrate"]["value"] == 50.0 and report["winrate"]["ties"] == 12
     assert report["unparsable_replies"] == {}
+
+
+def strict_json(text: str) -> object:
+    """``json.loads`` that refuses ``NaN`` and ``Infinity`` (not JSON, though Python writes them by default)."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} in a JSON file")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_unparsable_judge_replies_are_counted_limited_and_asked_again(tiny_run, tmp_path):
+    run = tmp_path / "run"  # a copy, so that this test's result folder is the only one of the openai judge
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("eval"))
+    replies = 12 * 2 + 12 * 2  # single for both models, pairwise in both orders
+    with JudgeServer(faults=["unparsable"] * replies) as server:
+        args = [f"policy={run}", "judge=openai", f"judge.client.base_url={server.base_url}",
+                f"paths.cache_dir={tmp_path / 'cache'}", "overwrite=true", *FEW]
+        # every reply unparsable, and allowed to be: eval.json is strict JSON, with null where there is no value
+        allowed = evaluate(*args, "judge.max_unparsable=1", f"hydra.run.dir={tmp_path / 'a'}")
+        assert allowed.returncode == 0, allowed.stderr[-3000:]
+        assert server.requests == replies
+        (folder,) = (run / "eval").glob("builtin-openai-*")
+        report = strict_json((folder / "eval.json").read_text())
+        assert report["judge_replies"] == {"total": replies, "unparsable": replies, "max_unparsable": 1}
+        assert report["single"]["policy"]["value"] is None and report["winrate"]["value"] is None
+        assert report["lc_winrate"]["value"] is None and report["winrate"]["unparsable"] == 12
+        for line in (folder / "generations.jsonl").read_text().splitlines():
+            assert strict_json(line)["outcome_for_policy"] is None
+        # none was cached: all are asked again; 6 of them unparsable is more than the default limit of 5 %
+        server.faults.extend(["unparsable"] * 6)
+        failed = evaluate(*args, f"hydra.run.dir={tmp_path / 'b'}")
+        assert failed.returncode != 0
+        expected = "6 of 48 judge replies (12.5%) could not be parsed, more than judge.max_unparsable=0.05"
+        assert expected in failed.stderr, failed.stderr[-3000:]
+        assert server.requests == 2 * replies
+        # the failed evaluation did not write eval.json: the first one's is still there
+        assert strict_json((folder / "eval.json").read_text())["judge_replies"]["unparsable"] == replies
+        # the server is fixed: a rerun asks again for exactly the 6 unparsable replies and gets good ones
+        fixed = evaluate(*args, f"hydra.run.dir={tmp_path / 'c'}")
+        assert fixed.returncode == 0, fixed.stderr[-3000:]
+        assert server.requests == 2 * replies + 6
+    report = strict_json((folder / "eval.json").read_text())
+    assert report["judge_replies"] == {"total": replies, "unparsable": 0, "max_unparsable": 0.05}
+    assert report["single"]["policy"]["value"] == 2.0 and report["winrate"]["value"] == 50.0
 
 
 def test_reward_model_judge_and_scorer(tiny_run, tiny_reward_model, tmp_path):

@@ -1,11 +1,19 @@
-"""The OpenAI-compatible judge against a real HTTP server on loopback."""
+"""The OpenAI-compatible judge against a real HTTP server on loopback, with the faults of a real one."""
 
 import socket
 
 import pytest
 
 from prefalign.evaluation.client import ChatClient, JudgeUnavailable
-from prefalign.evaluation.judges import EvalItem, OpenAIJudge, parse_rating, parse_verdict
+from prefalign.evaluation.judges import (
+    EvalItem,
+    Judge,
+    OpenAIJudge,
+    UnparsableReplies,
+    parse_rating,
+    parse_verdict,
+    single_conversation,
+)
 from tests.evaluation.judge_server import JudgeServer
 
 ITEMS = [EvalItem(f"q{i}", f"Question {i}?") for i in range(4)]
@@ -49,11 +57,77 @@ def test_cache_means_a_rerun_sends_no_requests(tmp_path):
     assert first == second == [1.0] * 4
 
 
-def test_retries_after_server_errors(tmp_path):
-    with JudgeServer(fail_first=2) as server:
+@pytest.mark.parametrize("fault", ["http_500", "not_json", "cut_short"])
+def test_retries_after_server_errors_and_bad_bodies(tmp_path, fault):
+    with JudgeServer(faults=[fault, fault]) as server:
         judge = judge_for(server, tmp_path, concurrency=1)
         assert judge.single(ITEMS[:1], ["GOOD"]) == [9.0]
-        assert server.requests == 3  # two HTTP 500s, then success
+        assert server.requests == 3  # two faults, then success
+    assert len(judge.client.cache) == 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "wrong"), [("not_json", "a body that is not JSON"), ("cut_short", "a cut-short body")]
+)
+def test_a_bad_body_that_persists_names_the_url_and_what_was_wrong(tmp_path, fault, wrong):
+    with JudgeServer(faults=[fault] * 3) as server:
+        judge = judge_for(server, tmp_path, max_retries=2)
+        with pytest.raises(JudgeUnavailable) as error:
+            judge.single(ITEMS[:1], ["GOOD"])
+        assert server.requests == 3
+    message = str(error.value)
+    assert f"{server.base_url}/chat/completions failed after 3 attempts" in message and wrong in message, message
+    assert len(judge.client.cache) == 0
+
+
+def test_faults_then_a_fixed_server_retried_counted_never_cached(tmp_path):
+    # one item meets every fault in turn: two bad bodies (retried), then a reply with no rating (returned)
+    with JudgeServer(faults=["not_json", "cut_short", "unparsable"]) as server:
+        judge = judge_for(server, tmp_path, concurrency=1)
+        assert judge.single(ITEMS[:2], ["GOOD", "BAD"]) == [None, 2.0]
+        assert server.requests == 4
+        assert judge.unparsable["single"] == 1 and judge.reply_counts()["unparsable"] == 1
+        assert len(judge.client.cache) == 1  # the unparsable reply was not cached
+        # the server is fixed now: a rerun asks again for the unparsable reply only, and gets a good one
+        again = judge_for(server, tmp_path)
+        assert again.single(ITEMS[:2], ["GOOD", "BAD"]) == [9.0, 2.0]
+        assert server.requests == 5 and not again.unparsable and len(again.client.cache) == 2
+        assert judge_for(server, tmp_path).single(ITEMS[:2], ["GOOD", "BAD"]) == [9.0, 2.0]
+        assert server.requests == 5
+
+
+def test_empty_and_unparsable_verdicts_are_not_cached(tmp_path):
+    with JudgeServer(faults=["empty", "unparsable"]) as server:
+        judge = judge_for(server, tmp_path)
+        assert judge.pairwise(ITEMS[:1], ["GOOD"], ["plain"]) == [None]
+        assert judge.unparsable == {"pairwise": 2, "pairwise_items": 1}
+        assert judge.reply_counts() == {"total": 2, "unparsable": 2, "max_unparsable": 0.05}
+        assert len(judge.client.cache) == 0
+        assert judge_for(server, tmp_path).pairwise(ITEMS[:1], ["GOOD"], ["plain"]) == [1.0]
+        assert server.requests == 4
+
+
+def test_an_unparsable_reply_left_in_the_cache_is_asked_for_again(tmp_path):
+    with JudgeServer(faults=["unparsable"]) as server:
+        judge = judge_for(server, tmp_path)
+        # a caller that accepts any non-empty reply (the default) caches it, as older versions did for all
+        judge.client.complete(single_conversation(ITEMS[0].prompt, "GOOD"))
+        assert len(judge.client.cache) == 1
+        assert judge.single(ITEMS[:1], ["GOOD"]) == [9.0]
+        assert server.requests == 2
+
+
+def test_more_unparsable_replies_than_allowed_is_an_error_with_the_count():
+    judge = Judge(max_unparsable=0.05)
+    judge.replies.update(single=200, pairwise=100)
+    judge.unparsable.update(single=10, pairwise=5, pairwise_items=2)  # 15 of 300: exactly 5 %, allowed
+    judge.check_unparsable()
+    judge.unparsable.update(single=20, pairwise=2)
+    with pytest.raises(UnparsableReplies, match=r"^37 of 300 judge replies \(12\.3%\) could not be parsed, more than "
+                       r"judge\.max_unparsable=0\.05 .*the raw replies are in gen\.jsonl"):
+        judge.check_unparsable("gen.jsonl")
+    assert Judge(max_unparsable=0.0).reply_counts() == {"total": 0, "unparsable": 0, "max_unparsable": 0.0}
+    Judge(max_unparsable=0.0).check_unparsable()  # a judge that sends no requests never fails
 
 
 def test_unreachable_server_is_named_and_keeps_obtained_replies(tmp_path):
