@@ -6,13 +6,18 @@ stages ``train.py``, ``score.py`` and ``select.py`` (:mod:`prefalign.pipeline`).
 
 from __future__ import annotations
 
+import logging
+import shlex
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
+from prefalign.checkpointing import TrainingInterrupted
 from prefalign.config import refuse_sweep_without_multirun
 from prefalign.pipeline import run_train_command
+
+log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -20,10 +25,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return run_train_command(cfg)
 
 
+def resume_command(cfg: DictConfig) -> str:
+    """The command that resumes this run in its own directory (the selection pipeline: its warm-up resumes from
+    its own checkpoint, the final run from ``<run>/checkpoints/last.ckpt``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = [item for item in HydraConfig.get().overrides.task if not item.startswith(("hydra.run.dir=", "ckpt_path="))]
+    pieces = [*overrides, f"hydra.run.dir={cfg.paths.output_dir}", "ckpt_path=last"]
+    return " ".join(["python", "train.py", *(shlex.quote(piece) for piece in pieces)])
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     refuse_sweep_without_multirun()
-    metrics = run(cfg)
+    try:
+        metrics = run(cfg)
+    except TrainingInterrupted as stop:
+        log.warning("%s\nresume with: %s", stop, resume_command(cfg))
+        raise SystemExit(stop.exit_code) from None
     return metrics.get(cfg.get("optimized_metric"))
 
 

@@ -142,6 +142,8 @@ class PreferenceModule(L.LightningModule):
         self.share_prompt = share_prompt
         self.pack_length = pack_length
         self.val_metrics = torch.nn.ModuleDict({name.replace("/", "_"): MeanMetric() for name in METRICS})
+        # the global step of the last validation (None: none yet), so a run that stops mid-epoch can end with one
+        self.validated_at_step: int | None = None
 
     def on_fit_start(self) -> None:
         # from_pretrained returns models in eval mode, scorers leave the policy and the loss in eval mode, and
@@ -200,6 +202,8 @@ class PreferenceModule(L.LightningModule):
             metric = self.val_metrics[name.replace("/", "_")]
             self.log(f"val/{name}", metric.compute(), prog_bar=name == "rewards/accuracies")
             metric.reset()
+        if not self.trainer.sanity_checking:
+            self.validated_at_step = self.global_step
 
     def configure_optimizers(self) -> Any:
         parameters = [p for p in self.policy.parameters() if p.requires_grad]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,6 @@ def warmup_config(cfg: DictConfig) -> tuple[DictConfig, Path]:
         "ckpt_path": None,
         "evaluate_after_training": False,
         "select": {"_target_": "prefalign.selection.FullSelection", "keep_fraction": None},
-        "callbacks.checkpoint": None,  # the cached warm-up keeps its policy, not a resumable checkpoint
     }
     warm = derive(cfg, changes)
     source: ModelSource = instantiate(warm.model)
@@ -150,8 +150,15 @@ def run_selection_pipeline(cfg: DictConfig) -> dict[str, Any]:
         if warm_hit:
             log.info("warm-up run from cache %s", warm_dir)
         else:
-            log.info("warm-up: %d epoch(s) on all training pairs -> %s", epochs, warm_dir)
+            # an interrupted warm-up resumes from its checkpoint; once done, the cache keeps its policy only
+            last = warm_dir / "checkpoints" / "last.ckpt"
+            if last.is_file():
+                log.info("warm-up: resuming %s", last)
+                warm_cfg.ckpt_path = str(last)
+            else:
+                log.info("warm-up: %d epoch(s) on all training pairs -> %s", epochs, warm_dir)
             run_training(warm_cfg)
+            shutil.rmtree(warm_dir / "checkpoints", ignore_errors=True)
 
     # 2. the scores the rule reads (and the extra ones), against the warm-up policy
     score_dir = run_dir / "score"
@@ -240,7 +247,7 @@ def select_without_scores(cfg: DictConfig, rule: SelectionRule, folder: Path) ->
 def run_train_command(cfg: DictConfig) -> dict[str, Any]:
     """What ``python train.py`` does: a training run or the selection pipeline, then the evaluation if asked."""
     result = run_selection_pipeline(cfg) if needs_selection(cfg) else run_training(cfg)
-    if cfg.get("evaluate_after_training"):
+    if cfg.get("evaluate_after_training") and not result.get("complete"):
         from prefalign.evaluation.sweep import evaluate_run
 
         evaluation = cfg.evaluation

@@ -10,7 +10,9 @@ Output directory layout (the run's Hydra directory)::
 
     config.yaml          the resolved config
     data_report.json     dropped and truncated pairs per split (nothing is dropped silently)
-    checkpoints/         Lightning checkpoints (last.ckpt); resume with ckpt_path=.../last.ckpt
+    checkpoints/         last.ckpt: at the end, during training (every 10 min by default), on SIGINT/SIGTERM and
+                         on exceptions (prefalign/checkpointing.py); resume with ckpt_path=<run>/checkpoints/last.ckpt
+                         (or hydra.run.dir=<run> ckpt_path=last)
     tensorboard/         TensorBoard logs (train/*, val/* with TRL's metric names)
     policy/              the final policy in Hugging Face format (save_pretrained + tokenizer)
     metrics.json         final metrics, sizes, timings, and the selection trained on (rule, thresholds, kept)
@@ -18,13 +20,16 @@ Output directory layout (the run's Hydra directory)::
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
 from prefalign.atomic import write_json
+from prefalign.checkpointing import checkpoint_progress, training_complete
 from prefalign.models import save_policy
 from prefalign.run_setup import setup_run
 from prefalign.trainer import build_trainer, compiled_decoder, final_metrics, run_module
@@ -39,6 +44,11 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         The final metrics (``train/*`` of the last step, ``val/*`` of the last validation) and run facts.
     """
     start = time.perf_counter()
+    checkpoint = resume_checkpoint(cfg)
+    if checkpoint is not None:
+        progress = checkpoint_progress(checkpoint)
+        if training_complete(progress, cfg.trainer):
+            return completed_run(checkpoint, progress, cfg)
     setup = setup_run(cfg)
     model = setup.load_model()
     if getattr(model, "peft_config", None):
@@ -48,7 +58,13 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     module = run_module(cfg, model, setup.loss)
     trainer = build_trainer(cfg, setup.output_dir)
     with compiled_decoder(model, bool(cfg.get("compile", False))):
-        trainer.fit(module, datamodule=setup.datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=setup.datamodule, ckpt_path=checkpoint)
+        has_val = len(setup.datamodule.datasets["val"]) > 0 and trainer.limit_val_batches != 0
+        if has_val and module.validated_at_step != trainer.global_step:
+            # a run that stopped before an epoch's end (max_steps) ends with a validation all the same, so that
+            # metrics.json and a sweeper's optimized_metric always have val/*
+            log.info("training stopped at step %d, before an end-of-epoch validation: validating now", trainer.global_step)
+            trainer.validate(module, datamodule=setup.datamodule, verbose=False)
 
     policy_dir = save_policy(module.policy, setup.tokenizer, setup.output_dir / "policy")
     metrics = final_metrics(trainer)
@@ -85,3 +101,42 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         setup.output_dir / "tensorboard",
     )
     return result
+
+
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint ``ckpt_path`` names: a path, or ``last`` for ``<output dir>/checkpoints/last.ckpt`` (none
+    there yet: a fresh start, so the same command starts and resumes a run).
+
+    Raises:
+        FileNotFoundError: ``ckpt_path`` is a path with no checkpoint.
+    """
+    path = cfg.get("ckpt_path")
+    if path is None:
+        return None
+    if str(path) == "last":
+        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            log.info("ckpt_path=last: no %s yet, starting from the beginning", last)
+            return None
+        return str(last)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint")
+    return str(path)
+
+
+def completed_run(checkpoint: str, progress: dict[str, int], cfg: DictConfig) -> dict[str, Any]:
+    """A resume of a run that has nothing left to do: say so, write nothing, and return the run's own metrics."""
+    run_dir = Path(checkpoint).resolve().parent.parent
+    metrics_file = run_dir / "metrics.json"
+    log.info(
+        "the run of %s is complete (%d epoch(s), %d steps; trainer.max_epochs=%s, trainer.max_steps=%s): nothing "
+        "to resume, nothing written. Its metrics: %s. To train further, raise trainer.max_epochs or trainer.max_steps",
+        checkpoint,
+        progress["epochs"],
+        progress["global_step"],
+        cfg.trainer.get("max_epochs"),
+        cfg.trainer.get("max_steps"),
+        metrics_file if metrics_file.exists() else "none",
+    )
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    return {**metrics, "complete": True}

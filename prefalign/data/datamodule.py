@@ -1,7 +1,8 @@
 """Cleaning, tokenising and batching preference pairs for training, scoring and evaluation.
 
 Nothing is dropped silently. Each split goes through :func:`prepare_split`, which drops pairs with an empty
-prompt or completion, pairs whose chosen and rejected are identical, and repeated ``pair_id``\\ s, and counts
+prompt or completion, pairs whose chosen and rejected are identical (as text, or as token ids), pairs whose
+chosen and rejected token ids become identical once truncated, and repeated ``pair_id``\\ s, and counts
 truncations (policy in :mod:`prefalign.data.tokenization`). The counts and the dropped pair ids are logged
 and written to ``data_report.json``; with ``strict=true`` any drop or truncation raises instead.
 """
@@ -22,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from prefalign.data.collate import collate_pairs
-from prefalign.data.sampling import LengthGroupedBatchSampler
+from prefalign.data.sampling import LengthGroupedBatchSampler, RandomBatchSampler, ResumableLoader
 from prefalign.data.records import DataError, PreferencePair, pairs_fingerprint, text_of
 from prefalign.data.scores_file import read_scores_table, scores_path
 from prefalign.data.sources import PreferenceSource
@@ -30,13 +31,18 @@ from prefalign.data.tokenization import PairTokenizer, TokenizedPair
 
 log = logging.getLogger(__name__)
 
-DROP_REASONS = ("empty_prompt", "empty_completion", "identical", "duplicate_id")
+DROP_REASONS = ("empty_prompt", "empty_completion", "identical", "identical_after_truncation", "duplicate_id")
 
 
 def prepare_split(
     pairs: list[PreferencePair], pair_tokenizer: PairTokenizer, split: str, strict: bool = False
 ) -> tuple[list[PreferencePair], list[TokenizedPair], dict[str, Any]]:
     """Drop unusable pairs, tokenise the rest, and report what happened.
+
+    A pair whose chosen and rejected token ids are equal carries no preference (its implicit reward margin is
+    0 whatever the model): it is dropped as ``identical`` when neither completion was truncated (e.g. an answer
+    and the same answer ending with the EOS text), and as ``identical_after_truncation`` when truncation made
+    them equal.
 
     Returns:
         The kept pairs, their tokenisation (same order), and a report with counts per reason, the dropped pair
@@ -62,6 +68,10 @@ def prepare_split(
             dropped["identical"].append(pair.pair_id)
             continue
         tokens = pair_tokenizer(pair)
+        if tokens.chosen_ids == tokens.rejected_ids:
+            cut = tokens.truncated["chosen"] or tokens.truncated["rejected"]
+            dropped["identical_after_truncation" if cut else "identical"].append(pair.pair_id)
+            continue
         if any(tokens.truncated.values()):
             truncated_ids.append(pair.pair_id)
             truncated.update(key for key, value in tokens.truncated.items() if value)
@@ -347,20 +357,23 @@ class PreferenceDataModule(L.LightningDataModule):
         return collate_pairs(items, pad_id=self.tokenizer.pad_token_id)
 
     def loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        """Batches of any dataset of tokenised pairs, with this module's batching (length grouping, seed)."""
+        """Batches of any dataset of tokenised pairs, with this module's batching (length grouping, seed).
+
+        Shuffled (training) batches come from a :class:`~prefalign.data.sampling.ResumableLoader`, whose position
+        in the epoch is saved in checkpoints, so a run resumed mid-epoch continues with the batches it had not
+        trained on.
+        """
         collate = partial(collate_pairs, pad_id=self.tokenizer.pad_token_id)
+        if shuffle:
+            if self.group_by_length:
+                sampler = LengthGroupedBatchSampler(dataset.items, batch_size, shuffle=True, seed=self.seed)
+            else:
+                sampler = RandomBatchSampler(len(dataset), batch_size, seed=self.seed)
+            return ResumableLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
         if self.group_by_length:
-            sampler = LengthGroupedBatchSampler(dataset.items, batch_size, shuffle, self.seed)
+            sampler = LengthGroupedBatchSampler(dataset.items, batch_size, shuffle=False)
             return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            collate_fn=collate,
-            num_workers=self.num_workers,
-        )
+        return DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self.loader(self.datasets["train"], self.batch_size, shuffle=True)

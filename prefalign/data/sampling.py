@@ -1,16 +1,81 @@
-"""Batch orders for training that can be resumed mid-epoch."""
+"""Batch orders for training that can be resumed mid-epoch.
+
+A training epoch's order is a pure function of ``(seed, epoch)``, and :class:`ResumableLoader` counts the batches
+it has handed out in the current epoch. Lightning saves that position with every checkpoint (the ``state_dict`` /
+``load_state_dict`` protocol of resumable loaders) and gives it back before the first batch of a resumed run, so
+a run resumed mid-epoch sees exactly the batches the interrupted run had not trained on, in the same order, and
+ends with the same weights as an uninterrupted run.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 from prefalign.data.tokenization import TokenizedPair
 
 
-class LengthGroupedBatchSampler(Sampler[list[int]]):
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Shuffled batches, reseeded every epoch from ``seed + epoch``, that can start part-way into an epoch.
+
+    Subclasses say how one epoch's batches are made (:meth:`epoch_batches`); this class skips the batches a
+    resumed run had already trained on (:meth:`resume_at`).
+
+    Args:
+        size: the number of items.
+        batch_size: items per batch (the last batch may be smaller).
+        seed: the shuffle seed.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int = 0) -> None:
+        self.size = size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+        self._resume: tuple[int, int] | None = None  # (epoch, batches already trained on)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Lightning calls this before each epoch."""
+        self.epoch = epoch
+
+    def resume_at(self, epoch: int, position: int) -> None:
+        """Start epoch ``epoch`` at its batch ``position`` (the next iteration of that epoch only)."""
+        if not 0 <= position <= len(self):
+            raise ValueError(f"cannot resume at batch {position} of an epoch of {len(self)} batches")
+        self._resume = (epoch, position)
+
+    def start(self) -> int:
+        """The batch the next iteration starts at (0 unless resuming in this epoch)."""
+        if self._resume is not None and self._resume[0] == self.epoch:
+            return self._resume[1]
+        return 0
+
+    def __len__(self) -> int:
+        return (self.size + self.batch_size - 1) // self.batch_size
+
+    def epoch_batches(self, generator: torch.Generator) -> list[list[int]]:
+        """All batches of one epoch, in order, drawn with ``generator``."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[list[int]]:
+        start = self.start()
+        self._resume = None
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        yield from self.epoch_batches(generator)[start:]
+
+
+class RandomBatchSampler(ResumableBatchSampler):
+    """Batches of a random permutation (``data.group_by_length=false``)."""
+
+    def epoch_batches(self, generator: torch.Generator) -> list[list[int]]:
+        order = torch.randperm(self.size, generator=generator).tolist()
+        return [order[i : i + self.batch_size] for i in range(0, self.size, self.batch_size)]
+
+
+class LengthGroupedBatchSampler(ResumableBatchSampler):
     """Batches of pairs of similar length, so little compute goes into padding.
 
     The cost of a batch is set by its longest prompt and its longest completion (prompts and completions are
@@ -29,31 +94,60 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, items: list[TokenizedPair], batch_size: int, shuffle: bool, seed: int = 0, group_batches: int = 16) -> None:
+        super().__init__(len(items), batch_size, seed)
         self.keys = [(max(len(i.chosen_ids), len(i.rejected_ids)), len(i.prompt_ids)) for i in items]
-        self.batch_size = batch_size
         self.shuffle = shuffle
-        self.seed = seed
         self.group_batches = group_batches
-        self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return (len(self.keys) + self.batch_size - 1) // self.batch_size
-
-    def __iter__(self) -> Iterator[list[int]]:
+    def epoch_batches(self, generator: torch.Generator) -> list[list[int]]:
         by_length = lambda index: self.keys[index]  # noqa: E731
         if not self.shuffle:
-            order = sorted(range(len(self.keys)), key=by_length)
-            yield from (order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size))
-            return
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.keys), generator=generator).tolist()
+            order = sorted(range(self.size), key=by_length)
+            return [order[i : i + self.batch_size] for i in range(0, self.size, self.batch_size)]
+        order = torch.randperm(self.size, generator=generator).tolist()
         group = self.batch_size * self.group_batches
         batches = []
         for start in range(0, len(order), group):
             chunk = sorted(order[start : start + group], key=by_length)
             batches.extend(chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
-        for index in torch.randperm(len(batches), generator=generator).tolist():
-            yield batches[index]
+        return [batches[index] for index in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+class ResumableLoader(DataLoader):
+    """A ``DataLoader`` over a :class:`ResumableBatchSampler` whose position in the epoch is saved in checkpoints.
+
+    ``position`` counts the batches of the current epoch handed out so far (those a resumed run skips). It is
+    counted here, where batches leave the loader, not in the sampler, which data-loader workers run ahead of.
+    """
+
+    def __init__(self, dataset: Any, batch_sampler: ResumableBatchSampler, **kwargs: Any) -> None:
+        super().__init__(dataset, batch_sampler=batch_sampler, **kwargs)
+        self.position = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        # a generator: nothing runs until the first batch is asked for, after Lightning's set_epoch and restore
+        self.position = self.batch_sampler.start()
+        for batch in super().__iter__():
+            self.position += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        sampler = self.batch_sampler
+        return {"epoch": sampler.epoch, "position": self.position, "batches": len(sampler), "seed": sampler.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume at the saved position; a checkpoint of another data order is refused.
+
+        Raises:
+            ValueError: the checkpoint's epoch had another number of batches or another seed (other data, batch
+                size, selection or seed than the run being resumed).
+        """
+        sampler = self.batch_sampler
+        if state["batches"] != len(sampler) or state["seed"] != sampler.seed:
+            raise ValueError(
+                f"the checkpoint was saved by a run with {state['batches']} training batches per epoch and seed "
+                f"{state['seed']}; this run has {len(sampler)} and seed {sampler.seed}. Resume with the settings of "
+                "the interrupted run (data, batch size, selection, seed)"
+            )
+        sampler.resume_at(state["epoch"], state["position"])
+        self.position = state["position"]

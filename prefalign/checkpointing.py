@@ -1,0 +1,214 @@
+"""Checkpoints a training run can really be resumed from: during training, on signals and on exceptions.
+
+:class:`ResumableCheckpoint` is Lightning's ``ModelCheckpoint`` (``checkpoints/last.ckpt``) that also saves
+
+- every ``every_n_train_steps`` optimiser steps, or else every ``every_n_minutes`` minutes of training;
+- on SIGINT (Ctrl-C) and SIGTERM (a scheduler's kill), at the next optimiser-step boundary, after which the
+  run stops with :class:`TrainingInterrupted` (exit code 130 / 143 from ``train.py``); a second Ctrl-C stops at
+  once, without a new checkpoint;
+- on any other exception, unless it came in the middle of a gradient accumulation (the accumulated gradients are
+  not part of a checkpoint; the last step checkpoint is kept then).
+
+Every checkpoint is written to a temporary file and renamed, so a kill during a save leaves the previous one. The
+position in the epoch travels in the checkpoint through the training loader
+(:class:`prefalign.data.sampling.ResumableLoader`), and the random-number generators' states are saved too, so a
+run resumed with ``ckpt_path=`` ends with the metrics of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
+
+log = logging.getLogger(__name__)
+
+SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class TrainingInterrupted(BaseException):
+    """Training stopped on a signal after saving a checkpoint (a ``BaseException``, like ``KeyboardInterrupt``,
+    so that no ``except Exception`` swallows it).
+
+    Attributes:
+        signum: the signal.
+        checkpoint: the checkpoint written.
+        global_step: the optimiser steps done.
+        exit_code: 130 for SIGINT, 143 for SIGTERM (128 + the signal number).
+    """
+
+    def __init__(self, signum: int, checkpoint: str, global_step: int) -> None:
+        self.signum = signum
+        self.checkpoint = checkpoint
+        self.global_step = global_step
+        self.exit_code = SIGNAL_EXIT_CODES.get(signum, 128 + int(signum))
+        super().__init__(f"{signal.Signals(signum).name} at step {global_step}: checkpoint {checkpoint}")
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that also saves during training, on signals and on exceptions (module docstring).
+
+    Args:
+        every_n_train_steps: save ``last.ckpt`` every this many optimiser steps (``None``: by time instead).
+        every_n_minutes: with no step interval, save every this many minutes of training (``None``: only at the
+            end of each epoch, on signals and on exceptions).
+        save_on_signal: catch SIGINT and SIGTERM during ``fit`` and save before stopping.
+        save_on_exception: save when training fails with an exception.
+        kwargs: ``ModelCheckpoint``'s other arguments (``dirpath``, ``save_last``, ``save_top_k``, ...).
+    """
+
+    def __init__(
+        self,
+        every_n_train_steps: int | None = None,
+        every_n_minutes: float | None = 10.0,
+        save_on_signal: bool = True,
+        save_on_exception: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        interval = None if every_n_train_steps or not every_n_minutes else timedelta(minutes=float(every_n_minutes))
+        super().__init__(every_n_train_steps=every_n_train_steps, train_time_interval=interval, **kwargs)
+        self.save_on_signal = save_on_signal
+        self.save_on_exception = save_on_exception
+        self._signal: int | None = None
+        self._previous_handlers: dict[int, Any] = {}
+
+    # -- signals -------------------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._signal is not None and signum == signal.SIGINT:  # a second Ctrl-C: stop now
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        self._signal = signum
+        log.warning("%s received: saving a checkpoint at the next optimiser step, then stopping", signal.Signals(signum).name)
+
+    def _install_handlers(self) -> None:
+        if not self.save_on_signal or threading.current_thread() is not threading.main_thread():
+            return
+        for signum in SIGNAL_EXIT_CODES:
+            self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous_handlers = {}
+
+    # -- hooks ---------------------------------------------------------------------------------------------
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        # Lightning hands the saved loader position back when it sets up the training data, but a scheduler
+        # that asks for trainer.estimated_stepping_batches (ours) makes that happen before the checkpoint is
+        # restored, and the position is never loaded. Load it now, before the first batch is drawn (the
+        # training loader is lazy, see prefalign.data.sampling.ResumableLoader).
+        trainer.fit_loop._load_combined_loader_states()
+        self._signal = None
+        self._install_handlers()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.fit_loop._should_accumulate():
+            return  # in the middle of a gradient accumulation a checkpoint would lose the accumulated gradients
+        stop = self._signal if self._signal is not None else (signal.SIGTERM if trainer.received_sigterm else None)
+        if stop is not None:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._restore_handlers()
+            raise TrainingInterrupted(stop, self.last_model_path, trainer.global_step)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handlers()
+        # Lightning saves last.ckpt at the end only if nothing was saved before (with save_top_k=0): an interval
+        # checkpoint would then be the run's last
+        if self.save_last and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        super().on_train_end(trainer, pl_module)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore_handlers()
+        super().teardown(trainer, pl_module, stage)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_handlers()
+        if isinstance(exception, TrainingInterrupted) or not self.save_on_exception:
+            return
+        if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking or not self.save_last:
+            return
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        # the batches a resumed run counts as done: a batch that failed before the end of its step is redone
+        done = progress.ready if progress.processed == progress.ready else progress.completed
+        if done % trainer.accumulate_grad_batches and done < trainer.num_training_batches:
+            log.warning(
+                "%s in the middle of a gradient accumulation: no new checkpoint (the last one: %s)",
+                type(exception).__name__,
+                self.last_model_path or "none",
+            )
+            return
+        loader = trainer.fit_loop._combined_loader.flattened[0] if trainer.fit_loop._combined_loader else None
+        if hasattr(loader, "position"):
+            loader.position = done
+        # a batch that failed half-way is redone, and Lightning's restart then counts one logging step more than
+        # a run that never failed (the learning-rate monitor would log at other steps): save the count it expects
+        in_flight = int(progress.processed < progress.ready)
+        trainer.fit_loop.epoch_loop._batches_that_stepped -= in_flight
+        try:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        finally:
+            trainer.fit_loop.epoch_loop._batches_that_stepped += in_flight
+        log.warning("%s at step %d: saved %s", type(exception).__name__, trainer.global_step, self.last_model_path)
+
+    # -- what a checkpoint holds, and how it is written --------------------------------------------------------
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # dropout and any other sampling in the model continue as in an uninterrupted run
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint["prefalign_rng"] = rng
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        rng = checkpoint.get("prefalign_rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        """Lightning's save, into a temporary file renamed over ``filepath`` (a kill mid-save keeps the old one)."""
+        partial = f"{filepath}.partial"
+        super()._save_checkpoint(trainer, partial)
+        if trainer.is_global_zero:
+            os.replace(partial, filepath)
+        trainer.strategy.barrier()
+        self._last_checkpoint_saved = filepath
+
+
+def checkpoint_progress(path: str | os.PathLike) -> dict[str, int]:
+    """The epochs completed and optimiser steps done of a Lightning checkpoint (read lazily, without its weights).
+
+    Raises:
+        FileNotFoundError: no such checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint")
+    checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    epochs = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {}).get("completed")
+    return {"epochs": int(epochs if epochs is not None else checkpoint.get("epoch", 0)), "global_step": int(checkpoint.get("global_step", 0))}
+
+
+def training_complete(progress: dict[str, int], trainer: Any) -> bool:
+    """Whether a run at ``progress`` (:func:`checkpoint_progress`) has nothing left to do under ``trainer``'s length."""
+    max_steps = trainer.get("max_steps")
+    if max_steps is not None and int(max_steps) >= 0:
+        if progress["global_step"] >= int(max_steps):
+            return True
+    max_epochs = trainer.get("max_epochs")
+    return max_epochs is not None and int(max_epochs) >= 0 and progress["epochs"] >= int(max_epochs)
