@@ -50,14 +50,15 @@ def uninterrupted(tmp_path_factory) -> tuple[dict, Path]:
     return metrics_of(run), cache
 
 
-def test_sigint_mid_epoch_saves_and_the_resume_ends_as_an_uninterrupted_run(uninterrupted, tmp_path):
+@pytest.mark.parametrize(("signum", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_mid_epoch_saves_and_the_resume_ends_as_an_uninterrupted_run(signum, code, uninterrupted, tmp_path):
     expected, cache = uninterrupted
     run = tmp_path / "run"
     common = [*RUN, f"paths.cache_dir={cache}", f"hydra.run.dir={run}"]
-    stopped = train(*common, f"{FAULT}SignalAtStep", "+callbacks.fault.step=7")
-    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    stopped = train(*common, f"{FAULT}SignalAtStep", "+callbacks.fault.step=7", f"+callbacks.fault.signum={signum}")
+    assert stopped.returncode == code, stopped.stderr[-3000:]
     log = stopped.stdout + stopped.stderr
-    assert "SIGINT at step 7" in log and "ckpt_path=last" in log  # says where it stopped and how to resume
+    assert f"{signum} at step 7" in log and "ckpt_path=last" in log  # says where it stopped and how to resume
     assert saved_step(run) == 7 and not (run / "metrics.json").exists()
     check(train(*common, "ckpt_path=last"))
     assert_same_metrics(expected, metrics_of(run))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 
 import pandas as pd
 import pytest
@@ -181,11 +182,17 @@ def test_the_analysis_reads_the_data_the_scores_were_computed_on(tmp_path):
         (["select=irm", "pipeline.restart_from=nowhere"], "pipeline.restart_from must be one of"),
         (["select=irm", "pipeline.shard_size=0"], "pipeline.shard_size must be a positive number of pairs"),
         (["select=irm", "pipeline.warmup_epochs=-1"], "pipeline.warmup_epochs must be 0 or more"),
+        (["select=topk", "select.score=nope"], "no scorer 'nope'"),
+        (["select=irm", "pipeline.extra_scores=[nope]"], "no scorer 'nope'"),
     ],
 )
 def test_bad_settings_fail_before_any_model_is_loaded(overrides, message, tmp_path):
     cache, run = tmp_path / "cache", tmp_path / "run"
+    start = time.perf_counter()
     result = train(*SMALL, *overrides, f"paths.cache_dir={cache}", f"hydra.run.dir={run}")
+    elapsed = time.perf_counter() - start
     assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+    # the interpreter, imports and config composition only (about 5 s here; a warm-up alone takes longer)
+    assert elapsed < 60, elapsed
     # nothing was computed: no warm-up, no reference log-probs, no scores
     assert not (cache / "warmup").exists() and not (cache / "reference_logps").exists() and not (run / "score").exists()
