@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from prefalign.checkpointing import TrainingInterrupted
-from prefalign.config import refuse_sweep_without_multirun
+from prefalign.config import log_from_rank_zero, refuse_multirun_with_process_launch, refuse_sweep_without_multirun
 from prefalign.pipeline import run_train_command
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,8 @@ def resume_command(cfg: DictConfig) -> str:
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     refuse_sweep_without_multirun()
+    refuse_multirun_with_process_launch(cfg)
+    log_from_rank_zero()
     try:
         metrics = run(cfg)
     except TrainingInterrupted as stop:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import threading
 from datetime import timedelta
@@ -117,6 +118,9 @@ class ResumableCheckpoint(ModelCheckpoint):
         if trainer.fit_loop._should_accumulate():
             return  # in the middle of a gradient accumulation a checkpoint would lose the accumulated gradients
         stop = self._signal if self._signal is not None else (signal.SIGTERM if trainer.received_sigterm else None)
+        if trainer.world_size > 1:  # every rank stops at the same step, if any rank was signalled
+            signalled = trainer.strategy.reduce_boolean_decision(stop is not None, all=False)
+            stop = (stop or signal.SIGTERM) if signalled else None
         if stop is not None:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
             self._restore_handlers()
@@ -185,6 +189,8 @@ class ResumableCheckpoint(ModelCheckpoint):
         partial = f"{filepath}.partial"
         super()._save_checkpoint(trainer, partial)
         if trainer.is_global_zero:
+            if os.path.isdir(partial) and os.path.isdir(filepath):  # a sharded (FSDP) checkpoint is a folder
+                shutil.rmtree(filepath)
             os.replace(partial, filepath)
         trainer.strategy.barrier()
         self._last_checkpoint_saved = filepath

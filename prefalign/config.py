@@ -24,3 +24,54 @@ def refuse_sweep_without_multirun() -> None:
         raise ValueError(
             f"{name} is a sweep ({swept}) and runs only with -m: python {hydra_cfg.job.name}.py -m {name} ..."
         )
+
+
+def launched_rank() -> int:
+    """This process's global rank as a launcher set it (torchrun: ``RANK``; the other processes Lightning's DDP
+    starts: ``LOCAL_RANK`` and ``NODE_RANK``; SLURM: ``SLURM_PROCID``); 0 for a plain ``python`` run."""
+    import os
+
+    for name in ("RANK", "SLURM_PROCID"):
+        if name in os.environ:
+            return int(os.environ[name])
+    return int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
+
+
+def log_from_rank_zero() -> None:
+    """Keep the info logs of a multi-process run to rank 0 (the others still report warnings and errors)."""
+    import logging
+
+    if launched_rank() != 0:
+        logging.getLogger().setLevel(logging.WARNING)
+        logging.getLogger("prefalign").setLevel(logging.WARNING)
+
+
+def refuse_multirun_with_process_launch(cfg) -> None:
+    """Fail a ``-m`` sweep in which Lightning would start the processes of a multi-device run itself.
+
+    Lightning's DDP launcher re-executes ``train.py`` with the run's command line, which a Hydra multirun cannot
+    survive (Lightning #11617, Hydra #2070): every job would start a second sweep. Sweeps over several devices
+    run each job on SLURM (``hydra/launcher=submitit_slurm``, one task per device) or under ``torchrun``, which
+    starts every process up front.
+
+    Raises:
+        ValueError: a multirun with the basic launcher, more than one device and no launcher's processes.
+    """
+    import os
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN or "RANK" in os.environ or "SLURM_PROCID" in os.environ:
+        return
+    devices = cfg.trainer.get("devices", 1)
+    several = (isinstance(devices, int) and devices > 1) or (not isinstance(devices, (int, str)) and len(devices) > 1)
+    several = several or (str(devices) in ("auto", "-1") and cfg.trainer.get("strategy") not in (None, "auto"))
+    if several and "BasicLauncher" in str(hydra_cfg.launcher.get("_target_", "")):
+        raise ValueError(
+            f"-m with trainer.devices={devices}: Lightning would re-launch train.py for every device, which breaks a "
+            "Hydra multirun (Lightning #11617). Run the sweep with hydra/launcher=submitit_slurm (one task per "
+            f"device), or start it with torchrun --nproc_per_node {devices} train.py -m ... hydra.sweep.dir=<a fixed "
+            "folder>, or sweep one device per run"
+        )

@@ -458,16 +458,27 @@ def unwrap_lora(model: PreTrainedModel) -> PreTrainedModel:
     return model
 
 
-def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: str | os.PathLike) -> Path:
+def save_policy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    folder: str | os.PathLike,
+    state_dict: dict[str, Any] | None = None,
+) -> Path:
     """Write the policy in Hugging Face format (``save_pretrained`` + tokenizer), loadable by any HF tool.
 
     Under LoRA the adapter is saved in ``adapter/`` and the merged full model next to it, so the folder works
     both as a plain checkpoint and as a peft adapter. Written atomically: a crash leaves no half-written folder.
+
+    Args:
+        state_dict: the weights to write instead of the model's own (an FSDP run's gathered full weights, whose
+            module holds only its shard).
     """
     folder = Path(folder)
 
     def save(tmp: Path) -> None:
-        if hasattr(model, "peft_config"):
+        if state_dict is not None:
+            model.save_pretrained(tmp, state_dict=state_dict)
+        elif hasattr(model, "peft_config"):
             model.save_pretrained(tmp / "adapter")
             import copy
 

@@ -31,6 +31,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from prefalign.atomic import write_json
+from prefalign.config import launched_rank
 from prefalign.data.records import pairs_fingerprint
 from prefalign.keys import training_key
 from prefalign.models import ModelSource
@@ -218,6 +219,8 @@ def run_selection_pipeline(cfg: DictConfig) -> dict[str, Any]:
         "commands": commands,
         "elapsed_s": round(time.perf_counter() - start, 1),
     }
+    if launched_rank() != 0:  # another process of a multi-device run: rank 0 writes the run's files
+        return result
     write_json(record, run_dir / "pipeline.json")
     result["selection"] = {
         **result.get("selection", {}),

@@ -59,17 +59,24 @@ def run_device(trainer: Any) -> torch.device:
     raise ValueError(f"trainer.accelerator={trainer.get('accelerator')!r}: prefalign knows auto, cpu, gpu, cuda and mps")
 
 
-def build_trainer(cfg: DictConfig, output_dir: Path | None, checkpoints: bool = True, **overrides: Any) -> L.Trainer:
+def build_trainer(
+    cfg: DictConfig,
+    output_dir: Path | None,
+    checkpoints: bool = True,
+    extra_callbacks: list[L.Callback] | None = None,
+    **overrides: Any,
+) -> L.Trainer:
     """The Lightning trainer of ``cfg.trainer`` with ``cfg.logger`` and ``cfg.callbacks``, writing into ``output_dir``.
 
     Args:
         cfg: a config with ``trainer`` and optionally ``logger`` and ``callbacks`` (absent: none).
         output_dir: where logs and checkpoints go (``None``: nowhere; no logger or checkpoint then).
         checkpoints: keep the checkpoint callback.
+        extra_callbacks: callbacks of the caller's, besides the config's.
         overrides: ``Trainer`` keyword arguments that replace the config's.
     """
     logger = instantiate(cfg.logger, save_dir=str(output_dir)) if cfg.get("logger") and output_dir else False
-    callbacks = []
+    callbacks = list(extra_callbacks or [])
     for name, callback in (cfg.get("callbacks") or {}).items():
         if not callback or (name == "checkpoint" and (not checkpoints or output_dir is None)):
             continue
@@ -203,3 +210,65 @@ def fit_auxiliary(
     trainer.fit(module, train_dataloaders=loader)
     model.eval()
     return model
+
+
+class DecoderLayers:
+    """The FSDP wrapping (and activation-checkpointing) unit: each decoder layer of the model being trained.
+
+    The layer classes are those transformers lists in a model's ``_no_split_modules`` (``LlamaDecoderLayer``,
+    ``Qwen3DecoderLayer``, ``GPTNeoXLayer``, ...), the default of accelerate's FSDP plugin, read from the model
+    as FSDP walks it from the top (the model comes before its layers), so one config serves every family.
+
+    Args:
+        layers: class names to wrap instead (``None``: the model's own).
+    """
+
+    def __init__(self, layers: list[str] | None = None) -> None:
+        self.layers = set(layers or ())
+        self.fixed = bool(layers)
+
+    def __call__(self, module: torch.nn.Module, recurse: bool, nonwrapped_numel: int = 0) -> bool:
+        names = getattr(module, "_no_split_modules", None)
+        if names and not self.fixed:
+            self.layers.update(names)
+        if recurse:
+            return True
+        return type(module).__name__ in self.layers
+
+
+def fsdp_strategy(layers: list[str] | None = None, activation_checkpointing: bool = True, **kwargs: Any) -> Any:
+    """Lightning's ``FSDPStrategy`` wrapping each decoder layer (:class:`DecoderLayers`), with activation
+    checkpointing of the same unit unless ``activation_checkpointing=false``; ``kwargs`` go to the strategy
+    (``sharding_strategy``, ``state_dict_type``, ``cpu_offload``, ...)."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    policy = DecoderLayers(layers)
+    return FSDPStrategy(
+        auto_wrap_policy=policy, activation_checkpointing_policy=policy if activation_checkpointing else None, **kwargs
+    )
+
+
+class GatherFullPolicy(L.Callback):
+    """At the end of an FSDP run, the policy's full weights gathered on rank 0 (``state``; ``None`` elsewhere and
+    for other strategies, whose module holds the full weights), to be saved in Hugging Face format.
+
+    Runs in ``on_train_end``, while the model is still wrapped; the gather is a collective of all ranks, offloaded
+    to the CPU so that rank 0 needs host memory for one full copy, not device memory.
+    """
+
+    def __init__(self) -> None:
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if not isinstance(trainer.strategy, FSDPStrategy):
+            return
+        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        wrapped = trainer.strategy.model
+        with FSDP.state_dict_type(wrapped, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True, rank0_only=True)):
+            state = wrapped.state_dict()
+        if trainer.is_global_zero:
+            self.state = {key.removeprefix("policy."): value for key, value in state.items() if key.startswith("policy.")}

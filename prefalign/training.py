@@ -32,7 +32,7 @@ from prefalign.atomic import write_json
 from prefalign.checkpointing import checkpoint_progress, training_complete
 from prefalign.models import save_policy
 from prefalign.run_setup import setup_run
-from prefalign.trainer import build_trainer, compiled_decoder, final_metrics, run_module
+from prefalign.trainer import GatherFullPolicy, build_trainer, compiled_decoder, final_metrics, run_module
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,18 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     cache_hits = setup.attach_reference(model) if setup.loss.requires_reference else {}
 
     module = run_module(cfg, model, setup.loss)
-    trainer = build_trainer(cfg, setup.output_dir)
+    gathered = GatherFullPolicy()
+    trainer = build_trainer(cfg, setup.output_dir, extra_callbacks=[gathered])
+    global_batch = setup.datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+    log.info(
+        "%s on %d process(es): global batch %d = %d per device x %d device(s) x %d accumulated",
+        type(trainer.strategy).__name__,
+        trainer.world_size,
+        global_batch,
+        setup.datamodule.batch_size,
+        trainer.world_size,
+        trainer.accumulate_grad_batches,
+    )
     with compiled_decoder(model, bool(cfg.get("compile", False))):
         trainer.fit(module, datamodule=setup.datamodule, ckpt_path=checkpoint)
         has_val = len(setup.datamodule.datasets["val"]) > 0 and trainer.limit_val_batches != 0
@@ -66,8 +77,10 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
             log.info("training stopped at step %d, before an end-of-epoch validation: validating now", trainer.global_step)
             trainer.validate(module, datamodule=setup.datamodule, verbose=False)
 
-    policy_dir = save_policy(module.policy, setup.tokenizer, setup.output_dir / "policy")
     metrics = final_metrics(trainer)
+    policy_dir = setup.output_dir / "policy"
+    if trainer.is_global_zero:  # the other processes of a DDP or FSDP run write nothing
+        save_policy(module.policy, setup.tokenizer, policy_dir, state_dict=gathered.state)
     datamodule = setup.datamodule
     result: dict[str, Any] = {
         **metrics,
@@ -81,6 +94,9 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
             "init_from": setup.source.init_from,
             "weights": cfg.data.get("weights"),
             "global_steps": trainer.global_step,
+            "strategy": type(trainer.strategy).__name__,
+            "world_size": trainer.world_size,
+            "global_batch_size": global_batch,
             "reference_from_cache": cache_hits,
             "elapsed_s": round(time.perf_counter() - start, 1),
             "output_dir": str(setup.output_dir),
@@ -89,6 +105,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     }
     if datamodule.selection is not None:
         result["selection"] = dict(datamodule.selection)
+    if not trainer.is_global_zero:
+        return result
     write_json(result, setup.output_dir / "metrics.json")
     summary = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("train/loss", "val/loss", "val/rewards/accuracies") if k in metrics)
     log.info(

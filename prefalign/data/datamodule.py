@@ -160,6 +160,13 @@ class PairDataset(Dataset):
         return digest.hexdigest()[:16]
 
 
+def distributed_position() -> tuple[int, int]:
+    """This process's rank and the world size (``(0, 1)`` outside ``torch.distributed``)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 def read_selection(path: str, data_fingerprint: str) -> dict[str, Any]:
     """A ``selection.json`` written by ``select.py``, checked against the pairs it is applied to.
 
@@ -356,19 +363,23 @@ class PreferenceDataModule(L.LightningDataModule):
         """Batch dataset items (prompts left-padded, completions right-padded)."""
         return collate_pairs(items, pad_id=self.tokenizer.pad_token_id)
 
-    def loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def loader(self, dataset: Dataset, batch_size: int, shuffle: bool, split_ranks: bool = False) -> DataLoader:
         """Batches of any dataset of tokenised pairs, with this module's batching (length grouping, seed).
 
         Shuffled (training) batches come from a :class:`~prefalign.data.sampling.ResumableLoader`, whose position
         in the epoch is saved in checkpoints, so a run resumed mid-epoch continues with the batches it had not
-        trained on.
+        trained on. With ``split_ranks`` (the training loader of a DDP or FSDP run) each rank takes its part of
+        every global batch of ``batch_size`` x world size (see the sampler).
         """
         collate = partial(collate_pairs, pad_id=self.tokenizer.pad_token_id)
         if shuffle:
+            rank, world = distributed_position() if split_ranks else (0, 1)
             if self.group_by_length:
-                sampler = LengthGroupedBatchSampler(dataset.items, batch_size, shuffle=True, seed=self.seed)
+                sampler = LengthGroupedBatchSampler(
+                    dataset.items, batch_size, shuffle=True, seed=self.seed, rank=rank, world_size=world
+                )
             else:
-                sampler = RandomBatchSampler(len(dataset), batch_size, seed=self.seed)
+                sampler = RandomBatchSampler(len(dataset), batch_size, seed=self.seed, rank=rank, world_size=world)
             return ResumableLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
         if self.group_by_length:
             sampler = LengthGroupedBatchSampler(dataset.items, batch_size, shuffle=False)
@@ -376,7 +387,8 @@ class PreferenceDataModule(L.LightningDataModule):
         return DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
-        return self.loader(self.datasets["train"], self.batch_size, shuffle=True)
+        # data.batch_size is per device: the global batch is batch_size x devices x accumulate_grad_batches
+        return self.loader(self.datasets["train"], self.batch_size, shuffle=True, split_ranks=True)
 
     def val_dataloader(self) -> DataLoader:
         return self.loader(self.datasets["val"], self.eval_batch_size, shuffle=False)

@@ -24,16 +24,28 @@ class ResumableBatchSampler(Sampler[list[int]]):
     Subclasses say how one epoch's batches are made (:meth:`epoch_batches`); this class skips the batches a
     resumed run had already trained on (:meth:`resume_at`).
 
+    With several processes (DDP, FSDP), every rank draws the same global batches of ``batch_size * world_size``
+    items, as one process with that batch size would, and takes its own contiguous part of each; so the
+    gradient averaged over the ranks is the one of the global batch, and a run on ``W`` devices with per-device
+    batch ``B`` follows a one-process run with batch ``W * B``. A last global batch too small to give every rank
+    ``B`` items is split as evenly as possible (the average over ranks is then of unequal parts, a small
+    departure from the one-process run), and a rank it leaves empty repeats the batch's first item.
+
     Args:
         size: the number of items.
-        batch_size: items per batch (the last batch may be smaller).
+        batch_size: items per batch and per rank (the last batch may be smaller).
         seed: the shuffle seed.
+        rank, world_size: this process's part of each global batch.
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int = 0) -> None:
+    def __init__(self, size: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not one of world size {world_size}")
         self.size = size
         self.batch_size = batch_size
         self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
         self.epoch = 0
         self._resume: tuple[int, int] | None = None  # (epoch, batches already trained on)
 
@@ -53,18 +65,31 @@ class ResumableBatchSampler(Sampler[list[int]]):
             return self._resume[1]
         return 0
 
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
+
     def __len__(self) -> int:
-        return (self.size + self.batch_size - 1) // self.batch_size
+        return (self.size + self.global_batch_size - 1) // self.global_batch_size
 
     def epoch_batches(self, generator: torch.Generator) -> list[list[int]]:
-        """All batches of one epoch, in order, drawn with ``generator``."""
+        """All global batches of one epoch (``global_batch_size`` items each), in order, drawn with ``generator``."""
         raise NotImplementedError
+
+    def rank_part(self, batch: list[int]) -> list[int]:
+        """This rank's contiguous part of a global batch."""
+        if self.world_size == 1:
+            return batch
+        share = -(-len(batch) // self.world_size)  # ceil: the first ranks take the larger parts
+        part = batch[self.rank * share : (self.rank + 1) * share]
+        return part or batch[:1]
 
     def __iter__(self) -> Iterator[list[int]]:
         start = self.start()
         self._resume = None
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        yield from self.epoch_batches(generator)[start:]
+        for batch in self.epoch_batches(generator)[start:]:
+            yield self.rank_part(batch)
 
 
 class RandomBatchSampler(ResumableBatchSampler):
@@ -72,7 +97,8 @@ class RandomBatchSampler(ResumableBatchSampler):
 
     def epoch_batches(self, generator: torch.Generator) -> list[list[int]]:
         order = torch.randperm(self.size, generator=generator).tolist()
-        return [order[i : i + self.batch_size] for i in range(0, self.size, self.batch_size)]
+        size = self.global_batch_size
+        return [order[i : i + size] for i in range(0, self.size, size)]
 
 
 class LengthGroupedBatchSampler(ResumableBatchSampler):
@@ -93,23 +119,33 @@ class LengthGroupedBatchSampler(ResumableBatchSampler):
         group_batches: batches per sorted group when shuffling.
     """
 
-    def __init__(self, items: list[TokenizedPair], batch_size: int, shuffle: bool, seed: int = 0, group_batches: int = 16) -> None:
-        super().__init__(len(items), batch_size, seed)
+    def __init__(
+        self,
+        items: list[TokenizedPair],
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        group_batches: int = 16,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        super().__init__(len(items), batch_size, seed, rank, world_size)
         self.keys = [(max(len(i.chosen_ids), len(i.rejected_ids)), len(i.prompt_ids)) for i in items]
         self.shuffle = shuffle
         self.group_batches = group_batches
 
     def epoch_batches(self, generator: torch.Generator) -> list[list[int]]:
         by_length = lambda index: self.keys[index]  # noqa: E731
+        size = self.global_batch_size
         if not self.shuffle:
             order = sorted(range(self.size), key=by_length)
-            return [order[i : i + self.batch_size] for i in range(0, self.size, self.batch_size)]
+            return [order[i : i + size] for i in range(0, self.size, size)]
         order = torch.randperm(self.size, generator=generator).tolist()
-        group = self.batch_size * self.group_batches
+        group = size * self.group_batches
         batches = []
         for start in range(0, len(order), group):
             chunk = sorted(order[start : start + group], key=by_length)
-            batches.extend(chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
+            batches.extend(chunk[i : i + size] for i in range(0, len(chunk), size))
         return [batches[index] for index in torch.randperm(len(batches), generator=generator).tolist()]
 
 

@@ -1,0 +1,88 @@
+"""Training on several devices: DDP on the CPU with gloo against a one-process run with the same global batch;
+the global batches split across ranks; FSDP's wrapping unit on every tiny model; a multirun that Lightning's
+process launching would break is refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from prefalign.data.sampling import RandomBatchSampler
+from prefalign.models import TinyModel
+from prefalign.trainer import DecoderLayers
+from tests.test_cli import ARCHITECTURE, ROOT, check, train
+
+SMALL = ["model=tiny_llama", "data.max_train_pairs=48", "data.max_val_pairs=8", "optimizer.lr=1e-3", "logger=csv"]
+
+
+def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch(tmp_path):
+    cache = tmp_path / "cache"
+    one, two = tmp_path / "one", tmp_path / "two"
+    check(train(*SMALL, "data.batch_size=8", f"paths.cache_dir={cache}", f"hydra.run.dir={one}"))
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=4"]
+    result = train(*SMALL, *ddp, f"paths.cache_dir={cache}", f"hydra.run.dir={two}")
+    check(result)
+    first, second = (json.loads((run / "metrics.json").read_text()) for run in (one, two))
+    assert second["run"]["strategy"] == "DDPStrategy" and second["run"]["world_size"] == 2
+    assert second["run"]["global_batch_size"] == first["run"]["global_batch_size"] == 8
+    assert second["run"]["global_steps"] == first["run"]["global_steps"] == 6
+    for key in ("val/loss", "val/rewards/accuracies", "val/rewards/margins", "val/logps/chosen", "val/logps/rejected"):
+        assert abs(first[key] - second[key]) <= 1e-4, (key, first[key], second[key])
+    assert first["val/rewards/margins"] != 0  # the six steps moved the policy: the comparison is not trivial
+    # the other process logs warnings only; rank 0 says how the global batch is made
+    assert "global batch 8 = 4 per device x 2 device(s) x 1 accumulated" in result.stderr + result.stdout
+    assert (two / "policy" / "model.safetensors").exists()
+
+
+def test_every_rank_takes_its_part_of_the_one_process_global_batches():
+    single = RandomBatchSampler(21, 6, seed=3)
+    ranks = [RandomBatchSampler(21, 3, seed=3, rank=rank, world_size=2) for rank in range(2)]
+    assert len(single) == len(ranks[0]) == len(ranks[1]) == 4
+    for batch, first, second in zip(single, *ranks):
+        assert first + second == batch  # the last global batch (3 pairs) splits 2 + 1
+    tiny = [RandomBatchSampler(3, 1, seed=0, rank=rank, world_size=4) for rank in range(4)]
+    parts = [next(iter(sampler)) for sampler in tiny]
+    assert parts[:3] == [[i] for i in next(iter(RandomBatchSampler(3, 4, seed=0)))] and parts[3] == parts[0][:1]
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURE))
+def test_fsdp_wraps_and_checkpoints_each_decoder_layer(name):
+    model = TinyModel(name=name, architecture=ARCHITECTURE[name]).load_model()
+    policy = DecoderLayers()
+    wrapped = []
+    for module in model.modules():  # FSDP asks from the top down, the model before its layers
+        policy(module, recurse=True)
+        if policy(module, recurse=False):
+            wrapped.append(module)
+    layers = list(model.get_decoder().layers)
+    assert len(wrapped) == len(layers) and all(a is b for a, b in zip(wrapped, layers))
+
+
+def test_fsdp_config_composes_into_lightnings_strategy():
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["trainer=fsdp"])
+    strategy = instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, FSDPStrategy)
+    assert isinstance(strategy.kwargs["auto_wrap_policy"], DecoderLayers)
+    assert strategy._activation_checkpointing_kwargs["auto_wrap_policy"] is strategy.kwargs["auto_wrap_policy"]
+    assert strategy._state_dict_type == "sharded" and cfg.trainer.use_distributed_sampler is False
+
+
+def test_a_multirun_that_lightning_would_relaunch_is_refused(tmp_path):
+    result = train("-m", *SMALL, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "seed=1,2",
+                   f"hydra.sweep.dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}")
+    assert result.returncode != 0 and "hydra/launcher=submitit_slurm" in result.stderr
+    assert not (tmp_path / "cache").exists()  # refused before anything was computed
+
+
+def test_the_sampler_refuses_a_rank_outside_the_world():
+    with pytest.raises(ValueError, match="rank 2 is not one of world size 2"):
+        RandomBatchSampler(4, 2, rank=2, world_size=2)
+    torch.manual_seed(0)  # nothing global is touched by the samplers: the next line does not depend on them
+    assert list(RandomBatchSampler(4, 2, seed=1)) == list(RandomBatchSampler(4, 2, seed=1))
