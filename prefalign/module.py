@@ -144,6 +144,8 @@ class PreferenceModule(L.LightningModule):
         self.val_metrics = torch.nn.ModuleDict({name.replace("/", "_"): MeanMetric() for name in METRICS})
         # the global step of the last validation (None: none yet), so a run that stops mid-epoch can end with one
         self.validated_at_step: int | None = None
+        # pairs this process trained on in this fit (its throughput, per device)
+        self.pairs_trained = 0
 
     def on_fit_start(self) -> None:
         # from_pretrained returns models in eval mode, scorers leave the policy and the loss in eval mode, and
@@ -187,6 +189,7 @@ class PreferenceModule(L.LightningModule):
         # data.weights: the mean of weighted per-pair losses (unweighted pairs have weight 1); logged as train/loss
         loss = out.losses.mean() if weights is None else (out.losses * weights.to(out.losses.dtype)).mean()
         size = len(batch["pair_ids"])
+        self.pairs_trained += size
         metrics = pair_metrics(out, policy)
         metrics["loss"] = loss.detach()
         for name, values in metrics.items():

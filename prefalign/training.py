@@ -69,7 +69,9 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         trainer.accumulate_grad_batches,
     )
     with compiled_decoder(model, bool(cfg.get("compile", False))):
+        fit_start = time.perf_counter()
         trainer.fit(module, datamodule=setup.datamodule, ckpt_path=checkpoint)
+        throughput = module.pairs_trained / max(time.perf_counter() - fit_start, 1e-9)
         has_val = len(setup.datamodule.datasets["val"]) > 0 and trainer.limit_val_batches != 0
         if has_val and module.validated_at_step != trainer.global_step:
             # a run that stopped before an epoch's end (max_steps) ends with a validation all the same, so that
@@ -97,6 +99,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
             "strategy": type(trainer.strategy).__name__,
             "world_size": trainer.world_size,
             "global_batch_size": global_batch,
+            "train_pairs_per_s_per_device": round(throughput, 2),
             "reference_from_cache": cache_hits,
             "elapsed_s": round(time.perf_counter() - start, 1),
             "output_dir": str(setup.output_dir),
@@ -109,6 +112,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         return result
     write_json(result, setup.output_dir / "metrics.json")
     summary = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("train/loss", "val/loss", "val/rewards/accuracies") if k in metrics)
+    summary += f" ({throughput:.1f} pairs/s per device, {trainer.world_size} device(s))"
     log.info(
         "done in %.0f s: %s\n  outputs: %s\n  policy (Hugging Face format): %s\n  metrics: %s\n  logs: tensorboard --logdir %s",
         result["run"]["elapsed_s"],
