@@ -2,6 +2,8 @@
 
 Writes ``scores.parquet`` (``pair_id`` + one column per score, provenance in the file's metadata) into the
 run directory. Work is sharded and cached by content, so re-running an interrupted command resumes it.
+``torchrun --nproc_per_node N score.py ... hydra.run.dir=<folder>`` splits the work between N processes and
+writes the same files (rank 0 writes them, and logs).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from prefalign.config import log_from_rank_zero
 from prefalign.scoring.run import run_scoring
 
 
@@ -21,6 +24,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="score")
 def main(cfg: DictConfig) -> None:
+    log_from_rank_zero()
     run(cfg)
 
 

@@ -7,17 +7,31 @@ cache entry, scores shard or checkpoint folder behind; the temporary is removed 
 The temporary is created the way a plain ``open()`` or ``mkdir`` would create it (mode ``0o666`` or ``0o777``
 less the umask, default ACLs applied), not with :mod:`tempfile`'s private ``0o600``/``0o700``, so a cache
 directory shared by a group under ``umask 002`` stays writable by the group.
+
+Runs that share a cache directory at the same time (the jobs of a sweep on a cluster, two sweeps) produce each
+entry once: :func:`produce_once` holds a file lock, ``<cache>/locks/<kind>/<key>.lock`` (:func:`lock_path`), while
+it computes an entry, and a run that wants the same entry waits for it and then finds it made. The locks are
+``flock`` locks (:mod:`filelock`): the system drops them when their process dies, so a killed run leaves none
+held behind. A cache shared by several machines belongs on a file system where ``flock`` works across them
+(NFSv4; Lustre mounted with ``-o flock``); where it is missing, :mod:`filelock` falls back to lock files whose
+existence is the lock.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
+
+log = logging.getLogger(__name__)
 
 
 def _fresh_sibling(path: Path, create: Callable[[str], None]) -> str:
@@ -80,3 +94,73 @@ def atomic_directory(target: str | os.PathLike, save: Callable[[Path], Any]) -> 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def lock_path(cache_dir: str | os.PathLike, kind: str, key: str) -> Path:
+    """The lock of the cache entry ``<cache_dir>/<kind>/<key>``: ``<cache_dir>/locks/<kind>/<key>.lock``, outside
+    ``<kind>/`` so that a listing of the entries shows entries only."""
+    return Path(cache_dir).expanduser() / "locks" / kind / f"{key}.lock"
+
+
+@contextmanager
+def entry_lock(path: str | os.PathLike, what: str, poll_s: float = 10.0) -> Iterator[None]:
+    """Hold the file lock ``path`` (another run that holds it finishes first; this one says it waits).
+
+    The processes of one multi-device run share the lock: in a ``torch.distributed`` group (torchrun) rank 0 takes
+    it and tells the others every ``poll_s`` seconds whether it has it, so that no collective waits longer than that;
+    a process that SLURM or Lightning started for another device outside any group (rank > 0) does not take it,
+    since its rank 0 takes it for the run (taking it too would wait for a rank 0 that waits in ``fit`` for it).
+
+    Args:
+        path: the lock file (:func:`lock_path`).
+        what: the entry, for the log line of a run that waits.
+        poll_s: how often rank 0 of a group retries.
+    """
+    from prefalign import distributed
+    from prefalign.config import launched_rank
+
+    distributed.init_from_env()
+    if distributed.world_size() == 1 and launched_rank() != 0:
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path)) if distributed.is_main() else None
+    held, attempts = False, 0
+    try:
+        while not held:
+            if lock is not None:
+                try:
+                    lock.acquire(timeout=0 if attempts == 0 else poll_s)
+                    held = True
+                except Timeout:
+                    if attempts == 0:
+                        log.info("waiting for %s: another run is computing it (lock %s)", what, path)
+            attempts += 1
+            held = distributed.broadcast(held)
+        yield
+    finally:
+        if lock is not None and lock.is_locked:
+            lock.release()
+
+
+def produce_once(path: str | os.PathLike, done: Callable[[], bool], produce: Callable[[], Any], what: str) -> bool:
+    """``produce()`` a cache entry unless ``done()`` says it is there, once across runs sharing the cache.
+
+    ``done()`` is asked again once the lock :func:`entry_lock` ``path`` is held, since a run that held it before
+    has most likely just made the entry; in a process group rank 0's answer stands for every rank, so that all
+    take the same branch.
+
+    Returns:
+        Whether the entry was there already (made by an earlier or a concurrent run).
+    """
+    from prefalign import distributed
+
+    distributed.init_from_env()  # before the first question, which every rank of a group must ask together
+    if distributed.on_main(done):
+        return True
+    with entry_lock(path, what):
+        if distributed.on_main(done):
+            return True
+        produce()
+    return False

@@ -51,7 +51,7 @@ def refuse_multirun_with_process_launch(cfg) -> None:
 
     Lightning's DDP launcher re-executes ``train.py`` with the run's command line, which a Hydra multirun cannot
     survive (Lightning #11617, Hydra #2070): every job would start a second sweep. Sweeps over several devices
-    run each job on SLURM (``hydra/launcher=submitit_slurm``, one task per device) or under ``torchrun``, which
+    run each job on SLURM (``hydra/launcher=slurm``, one task per device) or under ``torchrun``, which
     starts every process up front.
 
     Raises:
@@ -71,7 +71,7 @@ def refuse_multirun_with_process_launch(cfg) -> None:
     if several and "BasicLauncher" in str(hydra_cfg.launcher.get("_target_", "")):
         raise ValueError(
             f"-m with trainer.devices={devices}: Lightning would re-launch train.py for every device, which breaks a "
-            "Hydra multirun (Lightning #11617). Run the sweep with hydra/launcher=submitit_slurm (one task per "
+            "Hydra multirun (Lightning #11617). Run the sweep with hydra/launcher=slurm (one task per "
             f"device), or start it with torchrun --nproc_per_node {devices} train.py -m ... hydra.sweep.dir=<a fixed "
             "folder>, or sweep one device per run"
         )

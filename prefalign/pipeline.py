@@ -30,7 +30,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from prefalign.atomic import write_json
+from prefalign.atomic import lock_path, produce_once, write_json
 from prefalign.config import launched_rank
 from prefalign.data.records import pairs_fingerprint
 from prefalign.keys import training_key
@@ -147,10 +147,11 @@ def run_selection_pipeline(cfg: DictConfig) -> dict[str, Any]:
         warm_dir, warm_hit = None, False
     else:
         warm_cfg, warm_dir = warmup_config(cfg)
-        warm_hit = (warm_dir / "metrics.json").exists() and (warm_dir / "policy" / "config.json").exists()
-        if warm_hit:
-            log.info("warm-up run from cache %s", warm_dir)
-        else:
+
+        def warmed_up() -> bool:
+            return (warm_dir / "metrics.json").exists() and (warm_dir / "policy" / "config.json").exists()
+
+        def warm_up() -> None:
             # an interrupted warm-up resumes from its checkpoint; once done, the cache keeps its policy only
             last = warm_dir / "checkpoints" / "last.ckpt"
             if last.is_file():
@@ -160,6 +161,13 @@ def run_selection_pipeline(cfg: DictConfig) -> dict[str, Any]:
                 log.info("warm-up: %d epoch(s) on all training pairs -> %s", epochs, warm_dir)
             run_training(warm_cfg)
             shutil.rmtree(warm_dir / "checkpoints", ignore_errors=True)
+
+        # the jobs of a sweep that run at the same time share this warm-up: one trains it, the others wait for it
+        # (two trainings into one folder would mix their checkpoints) and then read it from the cache
+        lock = lock_path(cfg.paths.cache_dir, "warmup", warm_dir.name)
+        warm_hit = produce_once(lock, warmed_up, warm_up, what=f"the warm-up run {warm_dir}")
+        if warm_hit:
+            log.info("warm-up run from cache %s", warm_dir)
 
     # 2. the scores the rule reads (and the extra ones), against the warm-up policy
     score_dir = run_dir / "score"

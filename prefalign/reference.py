@@ -6,10 +6,18 @@ ids (which covers the data, the tokenizer, the chat template and the truncation 
 the pass that change its float rounding (packing, prefix sharing, batch size, precision, device). A later run, a
 resumed run or a sweep over other hyper-parameters finds them and skips the pass; no reference model stays in
 memory during training.
+
+Under a launcher (:mod:`prefalign.distributed`) every rank computes its share of the batches, the log-probs are
+gathered in pair order on every rank and rank 0 alone writes the entry: the same batches as one process's, so
+the same numbers and the same file. Independent runs that want the same entry at the same time take turns: the
+compute-and-write of an entry holds a file lock (:func:`prefalign.atomic.produce_once`,
+``<cache_dir>/locks/reference_logps/<key>.pt.lock``; under a launcher rank 0 holds it for all its ranks), and
+whoever gets it second finds the entry written.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -21,7 +29,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from prefalign.atomic import atomic_write
+from prefalign import distributed
+from prefalign.atomic import atomic_write, lock_path, produce_once
 from prefalign.keys import content_key
 from prefalign.logprobs import pair_logps
 
@@ -46,7 +55,8 @@ def compute_pair_logps(
 ) -> dict[str, Tensor]:
     """Summed log-probs of every completion of a loader's dataset, in data order (on CPU).
 
-    Batches may come in any order (length-sorted, say); each value lands at its batch's ``index``.
+    Batches may come in any order (length-sorted, say); each value lands at its batch's ``index``. Under a
+    launcher each rank runs every ``world_size``-th batch of the loader and every rank returns all of them.
 
     Returns:
         ``chosen``, ``rejected`` (and ``kl_chosen``, ``kl_rejected`` with ``mismatched``), each ``(N,)``.
@@ -55,22 +65,33 @@ def compute_pair_logps(
     model.eval()
     device = next(model.parameters()).device
     size = len(loader.dataset)
-    results: dict[str, Tensor] = {}
-    filled = torch.zeros(size, dtype=torch.bool)
+    rank, world = distributed.rank(), distributed.world_size()
+    # this rank's batches: the loader's batches rank, rank + world, ... (the others are collated and skipped)
+    mine = itertools.islice(loader, rank, None, world)
+    local: list[tuple[Tensor, dict[str, Tensor]]] = []
     start = time.perf_counter()
     try:
-        for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        progress = tqdm(
+            mine, desc=desc, total=len(range(rank, len(loader), world)), leave=False, dynamic_ncols=True,
+            disable=not distributed.is_main(),
+        )
+        for batch in progress:
             out = pair_logps(
                 model, move_to(batch, device), share_prompt=share_prompt, mismatched=mismatched, pack_length=pack_length
             )
-            for key, value in out.items():
-                if key.endswith("_logps"):
-                    name = key[: -len("_logps")]
-                    results.setdefault(name, torch.full((size,), float("nan"), dtype=torch.float32))
-                    results[name][batch["index"]] = value.detach().float().cpu()
-            filled[batch["index"]] = True
+            values = {
+                key[: -len("_logps")]: value.detach().float().cpu() for key, value in out.items() if key.endswith("_logps")
+            }
+            local.append((torch.as_tensor(batch["index"]), values))
     finally:
         model.train(was_training)
+    results: dict[str, Tensor] = {}
+    filled = torch.zeros(size, dtype=torch.bool)
+    for index, values in distributed.gather_shares(local):
+        for name, value in values.items():
+            results.setdefault(name, torch.full((size,), float("nan"), dtype=torch.float32))
+            results[name][index] = value
+        filled[index] = True
     if not filled.all():
         raise RuntimeError(f"{desc}: the loader left {int((~filled).sum())} of {size} pairs unscored")
     elapsed = time.perf_counter() - start
@@ -101,6 +122,9 @@ def cached_reference_logps(
 ) -> tuple[dict[str, Tensor], bool]:
     """Reference log-probs of a dataset, from the cache or computed and cached.
 
+    Under a launcher (:func:`prefalign.distributed.init_from_env`) every rank calls this: each computes its
+    share of the pairs and gets all of them, rank 0 reads and writes the entry.
+
     Args:
         reference_fingerprint: identifies the reference weights.
         dataset: a :class:`~prefalign.data.datamodule.PairDataset` (its fingerprint keys the cache).
@@ -117,24 +141,47 @@ def cached_reference_logps(
         The log-probs (``chosen``, ``rejected``, and ``kl_*`` when the dataset is mismatched) and whether they
         came from the cache.
     """
+    distributed.init_from_env()
     key = cache_key(reference_fingerprint, dataset.fingerprint(), settings)
     path = Path(cache_dir).expanduser() / "reference_logps" / f"{key}.pt"
     pair_ids = [item.pair_id for item in dataset.items]
-    if path.exists():
+
+    def read(warn: bool = True) -> dict[str, Tensor] | None:
+        if not path.exists():
+            return None
         entry = torch.load(path, map_location="cpu", weights_only=False)
         if entry.get("pair_ids") == pair_ids:
             log.info("%s: reference log-probs from cache %s", split, path)
-            return entry["logps"], True
-        log.warning("%s: cache entry %s does not match the data; recomputing", split, path)
-    model = load_model()
-    logps = compute_pair_logps(
-        model,
-        loader,
-        share_prompt=share_prompt,
-        mismatched=dataset.mismatched,
-        desc=f"reference log-probs ({split})",
-        pack_length=pack_length,
-    )
-    atomic_torch_save({"pair_ids": pair_ids, "logps": logps, "reference": reference_fingerprint}, path)
-    log.info("%s: reference log-probs cached in %s", split, path)
-    return logps, False
+            return entry["logps"]
+        if warn:
+            log.warning("%s: cache entry %s does not match the data; recomputing", split, path)
+        return None
+
+    found: dict[str, dict[str, Tensor] | None] = {}  # what read() found (on rank 0)
+    made: dict[str, dict[str, Tensor]] = {}
+
+    def done() -> bool:
+        found["logps"] = read(warn="logps" not in found)  # asked twice: before and after taking the lock
+        return found["logps"] is not None
+
+    def produce() -> None:
+        model = load_model()
+        made["logps"] = compute_pair_logps(
+            model,
+            loader,
+            share_prompt=share_prompt,
+            mismatched=dataset.mismatched,
+            desc=f"reference log-probs ({split})",
+            pack_length=pack_length,
+        )
+        if distributed.is_main():
+            atomic_torch_save({"pair_ids": pair_ids, "logps": made["logps"], "reference": reference_fingerprint}, path)
+            log.info("%s: reference log-probs cached in %s", split, path)
+        distributed.barrier()
+
+    # one run at a time computes an entry; the others find it made (rank 0 reads and locks for all its ranks)
+    lock = lock_path(cache_dir, "reference_logps", path.name)
+    hit = produce_once(lock, done, produce, f"reference log-probs ({split})")
+    if hit:
+        return distributed.broadcast(found.get("logps")), True
+    return made["logps"], False

@@ -9,6 +9,7 @@ clipping and accumulation settings; an auxiliary model can override each (``scor
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,8 +53,10 @@ def run_device(trainer: Any) -> torch.device:
                 "(torch.cuda.is_available() is False); use trainer.accelerator=auto or cpu"
             )
         devices = trainer.get("devices", "auto")
-        first = next(iter(devices)) if isinstance(devices, (list, tuple, ListConfig)) and len(devices) else 0
-        return torch.device("cuda", int(first))
+        if isinstance(devices, (list, tuple, ListConfig)) and len(devices):
+            return torch.device("cuda", int(next(iter(devices))))
+        # one process per device (torchrun, SLURM, Lightning's launcher): this process's own GPU
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if accelerator == "mps":
         return torch.device("mps")
     raise ValueError(f"trainer.accelerator={trainer.get('accelerator')!r}: prefalign knows auto, cpu, gpu, cuda and mps")

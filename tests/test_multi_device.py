@@ -77,7 +77,7 @@ def test_fsdp_config_composes_into_lightnings_strategy():
 def test_a_multirun_that_lightning_would_relaunch_is_refused(tmp_path):
     result = train("-m", *SMALL, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "seed=1,2",
                    f"hydra.sweep.dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}")
-    assert result.returncode != 0 and "hydra/launcher=submitit_slurm" in result.stderr
+    assert result.returncode != 0 and "hydra/launcher=slurm" in result.stderr
     assert not (tmp_path / "cache").exists()  # refused before anything was computed
 
 

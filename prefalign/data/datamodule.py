@@ -22,6 +22,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from prefalign import distributed
 from prefalign.data.collate import collate_pairs
 from prefalign.data.sampling import LengthGroupedBatchSampler, RandomBatchSampler, ResumableLoader
 from prefalign.data.records import DataError, PreferencePair, pairs_fingerprint, text_of
@@ -158,13 +159,6 @@ class PairDataset(Dataset):
                 digest.update(b"|" + ",".join(map(str, ids)).encode())
         digest.update(f"mismatched={self.mismatched}".encode())
         return digest.hexdigest()[:16]
-
-
-def distributed_position() -> tuple[int, int]:
-    """This process's rank and the world size (``(0, 1)`` outside ``torch.distributed``)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def read_selection(path: str, data_fingerprint: str) -> dict[str, Any]:
@@ -373,7 +367,7 @@ class PreferenceDataModule(L.LightningDataModule):
         """
         collate = partial(collate_pairs, pad_id=self.tokenizer.pad_token_id)
         if shuffle:
-            rank, world = distributed_position() if split_ranks else (0, 1)
+            rank, world = (distributed.rank(), distributed.world_size()) if split_ranks else (0, 1)
             if self.group_by_length:
                 sampler = LengthGroupedBatchSampler(
                     dataset.items, batch_size, shuffle=True, seed=self.seed, rank=rank, world_size=world

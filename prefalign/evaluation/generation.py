@@ -5,6 +5,10 @@ prompt, BOS once), left-padded and generated in batches. Sampling uses temperatu
 setting); every batch is seeded from ``seed`` and its position, so results do not depend on what ran before.
 A multi-turn prompt made only of user turns is answered turn by turn, each answer becoming part of the next
 turn's context; the last answer is returned.
+
+Under a launcher (:mod:`prefalign.distributed`) each rank generates every ``N``-th batch, and the answers are
+gathered in prompt order on every rank. The batches and their seeds are those of one process, so the answers
+do not depend on the number of processes (on one kind of device: sampling kernels differ between devices).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from prefalign import distributed
 from prefalign.data.records import Text
 from prefalign.data.tokenization import PairTokenizer
 
@@ -30,7 +35,9 @@ def generate_answers(
     batch_size: int = 16,
     desc: str = "generating",
 ) -> list[str]:
-    """One answer per prompt (greedy when ``temperature == 0``)."""
+    """One answer per prompt (greedy when ``temperature == 0``); under a launcher, every rank calls this and gets
+    every answer."""
+    distributed.init_from_env()
     # multi-turn prompts of user turns only are answered turn by turn
     turns = [len(p) if isinstance(p, list) and all(m["role"] == "user" for m in p) and len(p) > 1 else 0 for p in prompts]
     if any(turns):
@@ -71,9 +78,10 @@ def _generate(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    answers: list[str] = []
+    local: list[list[str]] = []
+    starts = distributed.share(range(0, len(prompts), batch_size))  # this rank's batches
     try:
-        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False, dynamic_ncols=True):
+        for start in tqdm(starts, desc=desc, leave=False, dynamic_ncols=True, disable=not distributed.is_main()):
             batch = [pair_tokenizer.prompt_ids(p)[-pair_tokenizer.max_prompt_length :] for p in prompts[start : start + batch_size]]
             longest = max(len(ids) for ids in batch)
             input_ids = torch.full((len(batch), longest), tokenizer.pad_token_id, dtype=torch.long)
@@ -81,6 +89,7 @@ def _generate(
             for row, ids in enumerate(batch):
                 input_ids[row, longest - len(ids) :] = torch.tensor(ids)
                 attention_mask[row, longest - len(ids) :] = 1
+            # seeded by the batch's position: the same answers whichever rank generates it
             torch.manual_seed(seed + start)
             sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
             output = model.generate(
@@ -92,7 +101,7 @@ def _generate(
                 **sampling,
             )
             new_tokens = output[:, longest:]
-            answers.extend(text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+            local.append([text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)])
     finally:
         model.train(was_training)
-    return answers
+    return [answer for answers in distributed.gather_shares(local) for answer in answers]

@@ -37,7 +37,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
 
-from prefalign.atomic import write_json
+from prefalign.atomic import lock_path, produce_once, write_json
 from prefalign.data.tokenization import PairTokenizer
 from prefalign.evaluation.benchmarks import Benchmark
 from prefalign.evaluation.generation import generate_answers
@@ -211,14 +211,22 @@ def evaluate_policy(
     load_baseline, baseline_fingerprint = baseline_source(baseline, run_cfg)
     key = content_key("generations-v2", baseline_fingerprint, items_fingerprint(items), generation, max_length, max_prompt)
     cached = cache_dir / "generations" / f"{key}.json"
-    if cached.exists():
+    generated: list[str] = []
+
+    def generate_baseline() -> None:
+        baseline_model = load_baseline().to(device)
+        generated.extend(generate_answers(baseline_model, pair_tokenizer, prompts, desc="generating (baseline)", **generation))
+        del baseline_model
+        write_json(generated, cached)
+
+    # the evaluations of a sweep's runs share one baseline: those that run at the same time generate its answers
+    # once (the others wait for them)
+    lock = lock_path(cache_dir, "generations", key)
+    if produce_once(lock, cached.exists, generate_baseline, what=f"the baseline answers {cached}"):
         baseline_answers = json.loads(cached.read_text())
         log.info("baseline answers from cache %s", cached)
     else:
-        baseline_model = load_baseline().to(device)
-        baseline_answers = generate_answers(baseline_model, pair_tokenizer, prompts, desc="generating (baseline)", **generation)
-        del baseline_model
-        write_json(baseline_answers, cached)
+        baseline_answers = generated
 
     resamples, seed = int(settings.bootstrap_resamples), int(settings.seed)
     single_policy = judge.single(items, policy_answers)

@@ -15,6 +15,12 @@ that holds its pairs' ``pair_id``\\ s; an interrupted run reads which pairs the 
 only the others, whatever the shard size of either run. At the end the shards are concatenated into
 ``scores.parquet`` (``pair_id`` + one column per score) whose schema metadata holds the provenance: the
 resolved model, data and loss configs, the policy scored, the data fingerprint and the scorers' configs.
+
+Under a launcher (``torchrun --nproc_per_node N score.py ...``; :mod:`prefalign.distributed`) every rank runs
+the same shards: each scores every ``N``-th batch of a shard (the batches one process would make, so the same
+numbers), the scores are gathered in pair order and rank 0 writes the shard, and at the end ``scores.parquet``;
+the others wait. Rank 0 alone reads which pairs the finished shards hold, so a run resumed with another
+number of processes (or shard size) computes only the missing pairs, and the files do not depend on either.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from prefalign import distributed
 from prefalign.atomic import atomic_write
 from prefalign.data.datamodule import PreferenceDataModule
 from prefalign.data.scores_file import PROVENANCE_KEY, read_scores  # noqa: F401 (read_scores: re-exported)
@@ -114,10 +121,18 @@ class Scorer:
     models) and :meth:`release` frees what it built. :attr:`name` (the column) and :attr:`settings` (the resolved
     config the scorer was built from: the key of everything it computes) are set by
     :func:`prefalign.scoring.config.build_scorers`; a scorer built by hand keeps its class's default name.
+
+    Under a launcher every rank runs :meth:`prepare` and scores its share of the batches. A scorer whose
+    :meth:`prepare` uses collectives (the influence's all-reduced validation gradient) sets
+    :attr:`prepares_together`, and every rank prepares at once; any other prepares on rank 0 first and then on the
+    others, so that what rank 0 builds and caches (LossDiff's auxiliary model) the others load from the cache
+    instead of building it at the same moment (with a cache folder the others cannot see, they build the same
+    model themselves: same data, same seed).
     """
 
     name: str = "score"
     needs_policy_logps: bool = False
+    prepares_together: bool = False
     settings: dict[str, Any] = {}
 
     def prepare(self, context: ScoringContext) -> None:
@@ -156,36 +171,68 @@ class ScoreRunner:
         self.batch_size = batch_size
 
     def run(self, context: ScoringContext, provenance: dict[str, Any] | None = None) -> Path:
-        """Score the training pairs; returns the path of ``scores.parquet``."""
+        """Score the training pairs; returns the path of ``scores.parquet``.
+
+        Under a launcher every rank calls this; rank 0 writes the files and the others return once it has.
+        """
         work_dir = context.work_dir
         shard_dir = work_dir / "shards"
         dataset = context.datamodule.datasets["train"]
         pair_ids = [item.pair_id for item in dataset.items]
         position = {pair_id: index for index, pair_id in enumerate(pair_ids)}
-        finished, covered = self._finished_shards(shard_dir, position)
-        todo = self._new_shards([index for index in range(len(pair_ids)) if index not in covered])
-        if finished:
-            log.info(
-                "scoring: resuming, %d of %d shards already done (%d of %d pairs)",
-                len(finished), len(finished) + len(todo), len(covered), len(pair_ids),
-            )
+
+        def plan() -> list[list[int]]:
+            finished, covered = self._finished_shards(shard_dir, position)
+            todo = self._new_shards([index for index in range(len(pair_ids)) if index not in covered])
+            if finished:
+                log.info(
+                    "scoring: resuming, %d of %d shards already done (%d of %d pairs)",
+                    len(finished), len(finished) + len(todo), len(covered), len(pair_ids),
+                )
+            return todo
+
+        todo = distributed.on_main(plan)  # rank 0 reads the shards; every rank scores its share of the same plan
         timings: dict[str, float] = {}
         if todo:
             for scorer in self.scorers:
                 start = time.perf_counter()
-                scorer.prepare(context)
+                self._prepare(scorer, context)
                 timings[f"prepare/{scorer.name}"] = time.perf_counter() - start
             try:
                 self._score_shards(context, todo, shard_dir, timings)
             finally:
                 for scorer in self.scorers:
                     scorer.release()
-        table = pa.concat_tables([pq.read_table(path) for path in sorted(shard_dir.glob("shard-*.parquet"))])
+        path = work_dir / "scores.parquet"
+        distributed.on_main(lambda: self._write_scores(context, shard_dir, position, path, timings, provenance))
+        return path
+
+    @staticmethod
+    def _prepare(scorer: Scorer, context: ScoringContext) -> None:
+        """:meth:`Scorer.prepare` on every rank: at once, or rank 0 first (see :class:`Scorer`)."""
+        if scorer.prepares_together or distributed.world_size() == 1:
+            scorer.prepare(context)
+            return
+        distributed.on_main(lambda: scorer.prepare(context))
+        if not distributed.is_main():
+            scorer.prepare(context)
+
+    def _write_scores(
+        self,
+        context: ScoringContext,
+        shard_dir: Path,
+        position: dict[str, int],
+        path: Path,
+        timings: dict[str, float],
+        provenance: dict[str, Any] | None,
+    ) -> None:
+        """Concatenate the shards into ``path`` in data order, with the provenance in its metadata."""
+        table = pa.concat_tables([pq.read_table(shard) for shard in sorted(shard_dir.glob("shard-*.parquet"))])
         # data order; a pair held by two shards (two runs of different shard sizes at once) is taken once
         indices = np.array([position.get(pair_id, -1) for pair_id in table.column("pair_id").to_pylist()])
         _, first = np.unique(indices, return_index=True)
         table = table.take(first[indices[first] >= 0])
-        if table.column("pair_id").to_pylist() != pair_ids:
+        if table.column("pair_id").to_pylist() != list(position):
             raise RuntimeError(f"the shards in {shard_dir} do not match the data; delete them and score again")
         record = {
             **(provenance or {}),
@@ -196,9 +243,7 @@ class ScoreRunner:
             "timings_s": timings,
         }
         table = table.replace_schema_metadata({PROVENANCE_KEY: json.dumps(record, default=str).encode()})
-        path = work_dir / "scores.parquet"
         atomic_write_parquet(table, path)
-        return path
 
     @staticmethod
     def _finished_shards(shard_dir: Path, position: dict[str, int]) -> tuple[list[Path], set[int]]:
@@ -231,14 +276,13 @@ class ScoreRunner:
     ) -> None:
         dataset = context.datamodule.datasets["train"]
         batch_size = self.batch_size or context.datamodule.eval_batch_size
-        needs_policy = any(scorer.needs_policy_logps for scorer in self.scorers)
-        policy = context.policy
-        progress = tqdm(total=sum(len(indices) for indices in todo), desc="scoring", unit="pair", dynamic_ncols=True)
+        progress = tqdm(
+            total=sum(len(indices) for indices in todo), desc="scoring", unit="pair", dynamic_ncols=True,
+            disable=not distributed.is_main(),
+        )
         start, done = time.perf_counter(), 0
         for indices in todo:
-            columns = {scorer.name: np.full(len(indices), np.nan) for scorer in self.scorers}
             # batches of similar length inside the shard (less padding); values go back to data order
-            position = {index: k for k, index in enumerate(indices)}
             ordered = sorted(
                 indices,
                 key=lambda i: (
@@ -246,36 +290,50 @@ class ScoreRunner:
                     len(dataset.items[i].prompt_ids),
                 ),
             )
-            for offset in range(0, len(ordered), batch_size):
-                chunk = ordered[offset : offset + batch_size]
-                items = [dataset[i] for i in chunk]
-                batch = move_to(context.datamodule.collate(items), context.device)
-                shared: dict[str, Tensor] = {}
-                if needs_policy:
-                    tick = time.perf_counter()
-                    was_training = policy.training
-                    policy.eval()
-                    with torch.no_grad():
-                        shared = context.pair_logps(policy, batch)
-                    policy.train(was_training)
-                    shared["reference"] = reference_logps(batch)  # type: ignore[assignment]
-                    timings["policy_forward"] = timings.get("policy_forward", 0.0) + time.perf_counter() - tick
-                for scorer in self.scorers:
-                    tick = time.perf_counter()
-                    values = scorer.score_batch(context, batch, shared)
-                    timings[scorer.name] = timings.get(scorer.name, 0.0) + time.perf_counter() - tick
-                    columns[scorer.name][[position[i] for i in chunk]] = values.detach().double().cpu().numpy()
-                done += len(items)
-                progress.update(len(items))
-                progress.set_postfix(pairs_per_s=f"{done / (time.perf_counter() - start):.1f}")
-            table = pa.table(
-                {
-                    "pair_id": [dataset.items[i].pair_id for i in indices],
-                    **columns,
-                }
-            )
+            batches = [ordered[offset : offset + batch_size] for offset in range(0, len(ordered), batch_size)]
+            mine = distributed.share(batches)  # this rank's batches, the same ones a single process makes
+            local = []
+            for chunk in mine:
+                local.append(self._score_batch(context, chunk, timings))
+                progress.update(len(chunk))
+                progress.set_postfix(pairs_per_s=f"{progress.n / (time.perf_counter() - start):.1f}")
+            scored = distributed.gather_shares(local)
+            progress.update(len(indices) - sum(len(chunk) for chunk in mine))  # the other ranks' pairs
+            done += len(indices)
+            if not distributed.is_main():
+                continue
+            position = {index: k for k, index in enumerate(indices)}
+            columns = {scorer.name: np.full(len(indices), np.nan) for scorer in self.scorers}
+            for chunk, values in zip(batches, scored):
+                for name, column in values.items():
+                    columns[name][[position[i] for i in chunk]] = column
+            table = pa.table({"pair_id": [dataset.items[i].pair_id for i in indices], **columns})
             # named by the range of data indices it holds: unique across shard sizes, and in data order when sorted
             atomic_write_parquet(table, shard_dir / f"shard-{indices[0]:07d}-{indices[-1] + 1:07d}.parquet")
         progress.close()
         elapsed = time.perf_counter() - start
         log.info("scoring: %d pairs in %.1f s (%.2f pairs/s)", done, elapsed, done / max(elapsed, 1e-9))
+
+    def _score_batch(
+        self, context: ScoringContext, chunk: list[int], timings: dict[str, float]
+    ) -> dict[str, np.ndarray]:
+        """Every scorer's values of the pairs ``chunk`` (data indices, in batch order), one forward of the policy."""
+        dataset = context.datamodule.datasets["train"]
+        batch = move_to(context.datamodule.collate([dataset[i] for i in chunk]), context.device)
+        shared: dict[str, Tensor] = {}
+        if any(scorer.needs_policy_logps for scorer in self.scorers):
+            tick = time.perf_counter()
+            policy = context.policy
+            was_training = policy.training
+            policy.eval()
+            with torch.no_grad():
+                shared = context.pair_logps(policy, batch)
+            policy.train(was_training)
+            shared["reference"] = reference_logps(batch)  # type: ignore[assignment]
+            timings["policy_forward"] = timings.get("policy_forward", 0.0) + time.perf_counter() - tick
+        values = {}
+        for scorer in self.scorers:
+            tick = time.perf_counter()
+            values[scorer.name] = scorer.score_batch(context, batch, shared).detach().double().cpu().numpy()
+            timings[scorer.name] = timings.get(scorer.name, 0.0) + time.perf_counter() - tick
+        return values

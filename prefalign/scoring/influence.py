@@ -27,11 +27,23 @@ zero pad row and JVP and autograd agree.
 
 Which parameters count is an option: every trainable parameter (default; the LoRA weights under LoRA), all
 parameters, or those whose names match regular expressions.
+
+**Several processes** (``torchrun``; :mod:`prefalign.distributed`). The validation gradient is data-parallel:
+each rank back-propagates every ``N``-th validation batch, each batch's loss sum divided by the size of the
+whole validation set, and the ranks' gradients are summed (all-reduce), so ``v`` is the one-process gradient up
+to the order of the float additions. The JVP runs on an unwrapped replica of the policy on every rank, each rank
+on its share of the training batches: ``torch.func.jvp`` does not pass through DDP or FSDP wrappers (PyTorch
+issues 182641 and 102197), so this is data-parallel scoring, not model-parallel. Each device needs memory for a
+full replica of the model (twice under ``dtype`` other than the policy's), the validation gradient ``v`` (one
+more copy of the influence's parameters), and the JVP's activations with their tangents (about twice a forward
+pass's, plus two ``L x L`` attention matrices per head for ``L = pack_length``); a model that does not fit one
+device whole cannot be scored this way.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import re
 from typing import Any
@@ -42,6 +54,7 @@ from torch.func import functional_call, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
+from prefalign import distributed
 from prefalign.losses import PreferenceLoss
 from prefalign.models import DTYPES
 from prefalign.module import PreferenceModule
@@ -92,7 +105,11 @@ def select_parameters(model: torch.nn.Module, parameters: str | list[str] = "tra
 def validation_gradient(
     losses: PairLosses, loader: Any, names: list[str], device: torch.device, desc: str = "validation gradient"
 ) -> dict[str, Tensor]:
-    """``v = grad (1/|D_val|) sum_i ell(theta; d_val_i)`` over the named parameters (one backward pass)."""
+    """``v = grad (1/|D_val|) sum_i ell(theta; d_val_i)`` over the named parameters (one backward pass).
+
+    Under a launcher each rank back-propagates every ``world_size``-th batch and the gradients are summed over
+    the ranks: every rank returns the whole ``v``.
+    """
     named = dict(losses.named_parameters())
     total = len(loader.dataset)
     flags = {name: p.requires_grad for name, p in named.items()}
@@ -100,8 +117,13 @@ def validation_gradient(
         parameter.requires_grad_(name in names)
         parameter.grad = None
     losses.eval()
+    rank, world = distributed.rank(), distributed.world_size()
     try:
-        for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        mine = itertools.islice(loader, rank, None, world)  # this rank's batches (the others are skipped)
+        count = len(range(rank, len(loader), world))
+        progress = tqdm(mine, desc=desc, total=count, leave=False, dynamic_ncols=True, disable=not distributed.is_main())
+        for batch in progress:
+            # divided by the whole set's size on every rank, so that the ranks' sum is the mean
             (losses(move_to(batch, device)).sum() / total).backward()
         gradient = {}
         for name in names:
@@ -111,6 +133,7 @@ def validation_gradient(
         for name, parameter in named.items():
             parameter.grad = None
             parameter.requires_grad_(flags[name])
+    distributed.all_reduce_sum(list(gradient.values()))
     return gradient
 
 
@@ -166,6 +189,7 @@ class InfluenceScorer(Scorer):
     """
 
     name = "influence"
+    prepares_together = True  # the validation gradient is all-reduced
 
     def __init__(
         self,

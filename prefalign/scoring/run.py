@@ -14,6 +14,11 @@ The scores are computed in resumable shards under ``<cache_dir>/scores/<key>``, 
 data and the resolved configs of everything that shapes the numbers (:func:`scores_key`). ``shard_size`` is not
 part of it: a run resumed with another shard size reuses the pairs the finished shards hold
 (:class:`~prefalign.scoring.base.ScoreRunner`).
+
+Under a launcher (``torchrun --nproc_per_node N score.py ...``) the ranks split the reference pass and every
+shard between them (:mod:`prefalign.distributed`); rank 0 writes every file, and the files are those of one
+process. Neither is the number of processes part of the key: a run resumed with another number reuses the
+finished shards. On CUDA each rank runs on ``cuda:LOCAL_RANK``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from prefalign.atomic import atomic_write, write_json
+from prefalign import distributed
+from prefalign.atomic import atomic_write, lock_path, produce_once, write_json
 from prefalign.keys import config_inputs, content_key, plain
 from prefalign.models import directory_fingerprint, resolve_checkpoint_dir
 from prefalign.run_setup import RunSetup, setup_run
@@ -60,7 +66,8 @@ def run_scoring(cfg: DictConfig) -> dict[str, Any]:
     """Compute ``cfg.scores`` for every training pair against ``cfg.policy`` (or the initial model).
 
     The reference (for IRM and the reference-based losses) is the model config's initial weights. Writes the
-    stage's files (module docstring) and returns the summary.
+    stage's files (module docstring) and returns the summary. Under a launcher every rank calls this and gets
+    the summary; rank 0 writes the files.
     """
     start = time.perf_counter()
     if int(cfg.shard_size) <= 0:
@@ -69,15 +76,22 @@ def run_scoring(cfg: DictConfig) -> dict[str, Any]:
     if not names:
         raise ValueError("scores=[] names no score to compute (e.g. scores=[irm,lossdiff])")
     scorers = build_scorers(cfg, names)  # unknown names fail here, before any model is loaded
-    setup = setup_run(cfg)
+    distributed.init_from_env()
+    setup = setup_run(cfg, write_files=distributed.is_main())
+    setup.device = distributed.local_device(setup.device)
+    if distributed.world_size() > 1 and setup.loss.requires_mismatched:
+        # KTO's reference point is all-reduced whenever a process group exists: with each rank on its own
+        # batches it would mix them (and wait for ranks that have no batch left)
+        raise ValueError(
+            f"loss={type(setup.loss).__name__} cannot be scored by {distributed.world_size()} processes: its "
+            "reference point is all-reduced over the ranks; score it with one process"
+        )
     policy_key = policy_identity(cfg, setup)
     datasets = setup.datamodule.datasets
     key = scores_key(cfg, scorers, policy_key, (datasets["train"].fingerprint(), datasets["val"].fingerprint()), setup.device.type)
     work_dir = setup.cache_dir / "scores" / key
-    hit = (work_dir / "scores.parquet").exists()
-    if hit:
-        log.info("scores %s from cache %s", names, work_dir)
-    else:
+
+    def compute() -> None:
         initial = setup.load_model()
         setup.attach_reference(initial)
         if cfg.get("policy"):
@@ -105,6 +119,19 @@ def run_scoring(cfg: DictConfig) -> dict[str, Any]:
             "key": key,
         }
         ScoreRunner(scorers, shard_size=int(cfg.shard_size)).run(context, provenance)
+
+    # runs that want these scores at the same time (the jobs of a threshold sweep) compute them once: the others
+    # wait, then read them (two runners in one folder would each redo the shards the other is computing)
+    lock = lock_path(setup.cache_dir, "scores", key)
+    hit = produce_once(lock, (work_dir / "scores.parquet").exists, compute, what=f"the scores {names} in {work_dir}")
+    if hit:
+        log.info("scores %s from cache %s", names, work_dir)
+    return distributed.on_main(lambda: write_outputs(setup, work_dir, names, hit, start))
+
+
+def write_outputs(setup: RunSetup, work_dir: Any, names: list[str], hit: bool, start: float) -> dict[str, Any]:
+    """Copy the cached ``scores.parquet`` into the stage's directory and write ``scores_summary.json``."""
+    assert setup.output_dir is not None
     target = setup.output_dir / "scores.parquet"
     atomic_write(target, lambda tmp: shutil.copyfile(work_dir / "scores.parquet", tmp))
     scores, provenance = read_scores(target)
@@ -114,7 +141,7 @@ def run_scoring(cfg: DictConfig) -> dict[str, Any]:
     summary = {
         "scores_file": str(target),
         "pairs": len(scores),
-        "policy": str(cfg.get("policy") or "initial model"),
+        "policy": str(setup.cfg.get("policy") or "initial model"),
         "from_cache": hit,
         "cache_entry": str(work_dir),
         "data_fingerprint": setup.datamodule.fingerprints["train"],
@@ -134,4 +161,3 @@ def run_scoring(cfg: DictConfig) -> dict[str, Any]:
     write_json(summary, setup.output_dir / "scores_summary.json")
     log.info("scores of %d pairs written to %s", len(scores), target)
     return summary
-
