@@ -5,6 +5,8 @@ process launching would break is refused."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -36,6 +38,19 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
     # the other process logs warnings only; rank 0 says how the global batch is made
     assert "global batch 8 = 4 per device x 2 device(s) x 1 accumulated" in result.stderr + result.stdout
     assert (two / "policy" / "model.safetensors").exists()
+
+    # the same under torchrun, which starts both processes up front (the passes outside fit split across them)
+    three = tmp_path / "three"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py"]
+    launched = subprocess.run(
+        [*command, *SMALL, *ddp, f"paths.cache_dir={cache}", f"hydra.run.dir={three}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    third = json.loads((three / "metrics.json").read_text())
+    assert third["run"]["world_size"] == 2 and third["run"]["global_steps"] == 6
+    for key in ("val/loss", "val/rewards/margins", "val/logps/chosen"):
+        assert abs(first[key] - third[key]) <= 1e-4, (key, first[key], third[key])
 
 
 def test_every_rank_takes_its_part_of_the_one_process_global_batches():
