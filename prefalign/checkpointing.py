@@ -7,7 +7,8 @@
   run stops with :class:`TrainingInterrupted` (exit code 130 / 143 from ``train.py``); a second Ctrl-C stops at
   once, without a new checkpoint;
 - on any other exception, unless it came in the middle of a gradient accumulation (the accumulated gradients are
-  not part of a checkpoint; the last step checkpoint is kept then).
+  not part of a checkpoint) or on one of several processes (a save is a collective the others cannot join):
+  the last step checkpoint is kept then.
 
 Every checkpoint is written to a temporary file and renamed, so a kill during a save leaves the previous one. The
 position in the epoch travels in the checkpoint through the training loader
@@ -141,9 +142,15 @@ class ResumableCheckpoint(ModelCheckpoint):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_handlers()
-        if isinstance(exception, TrainingInterrupted) or not self.save_on_exception:
+        # a second Ctrl-C stops at once: it may have come in the middle of an optimiser step
+        if isinstance(exception, (TrainingInterrupted, KeyboardInterrupt)) or not self.save_on_exception:
             return
         if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking or not self.save_last:
+            return
+        if trainer.world_size > 1:
+            # saving is a collective, and the other ranks are not here to join it: the last checkpoint stands
+            log.warning("%s on one of %d processes: no new checkpoint (the last one: %s)",
+                        type(exception).__name__, trainer.world_size, self.last_model_path or "none")
             return
         progress = trainer.fit_loop.epoch_loop.batch_progress.current
         # the batches a resumed run counts as done: a batch that failed before the end of its step is redone

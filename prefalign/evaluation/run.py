@@ -37,6 +37,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
 
+from prefalign import distributed
 from prefalign.atomic import lock_path, produce_once, write_json
 from prefalign.data.tokenization import PairTokenizer
 from prefalign.evaluation.benchmarks import Benchmark
@@ -193,7 +194,7 @@ def evaluate_policy(
     log.info("evaluating %s on %s (%d prompts) with the %s judge", policy_path, benchmark.name, len(items), judge.name)
 
     policy, tokenizer = load_checkpoint(policy_path, run_cfg.model.dtype if run_cfg is not None else "float32")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = distributed.local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     policy.to(device)
     max_length = int(run_cfg.data.max_length) if run_cfg is not None else 2048
     max_prompt = int(run_cfg.data.max_prompt_length) if run_cfg is not None else 1024
@@ -217,7 +218,8 @@ def evaluate_policy(
         baseline_model = load_baseline().to(device)
         generated.extend(generate_answers(baseline_model, pair_tokenizer, prompts, desc="generating (baseline)", **generation))
         del baseline_model
-        write_json(generated, cached)
+        if distributed.is_main():  # every rank holds the gathered answers; one writes them
+            write_json(generated, cached)
 
     # the evaluations of a sweep's runs share one baseline: those that run at the same time generate its answers
     # once (the others wait for them)
@@ -229,30 +231,36 @@ def evaluate_policy(
         baseline_answers = generated
 
     resamples, seed = int(settings.bootstrap_resamples), int(settings.seed)
-    single_policy = judge.single(items, policy_answers)
-    single_baseline = judge.single(items, baseline_answers)
-    outcomes = judge.pairwise(items, policy_answers, baseline_answers)
+
+    def judged() -> tuple[list, list, list, dict, dict]:
+        """The judge's verdicts, on rank 0 only under a launcher (an LLM judge is asked once, not once per rank),
+        with ``generations.jsonl`` written and the share of unparsable replies checked."""
+        single_policy = judge.single(items, policy_answers)
+        single_baseline = judge.single(items, baseline_answers)
+        outcomes = judge.pairwise(items, policy_answers, baseline_answers)
+        records = {r["item_id"]: [] for r in judge.records()}
+        for record in judge.records():
+            records[record["item_id"]].append(record)
+        with open(output_dir / "generations.jsonl", "w") as stream:
+            for index, item in enumerate(items):
+                line = {
+                    "item_id": item.item_id,
+                    "prompt": item.prompt,
+                    "policy_answer": policy_answers[index],
+                    "baseline_answer": baseline_answers[index],
+                    "single_policy": single_policy[index],
+                    "single_baseline": single_baseline[index],
+                    "outcome_for_policy": outcomes[index],
+                    "judge_replies": records.get(item.item_id, []),
+                }
+                stream.write(json.dumps(strict_json(line)) + "\n")
+        # before eval.json, so that a failed evaluation leaves nothing a sweep would reuse
+        judge.check_unparsable(output_dir / "generations.jsonl")
+        return single_policy, single_baseline, outcomes, dict(judge.unparsable), judge.reply_counts()
+
+    single_policy, single_baseline, outcomes, unparsable, reply_counts = distributed.on_main(judged)
     policy_lengths = [len(tokenizer(a, add_special_tokens=False).input_ids) for a in policy_answers]
     baseline_lengths = [len(tokenizer(a, add_special_tokens=False).input_ids) for a in baseline_answers]
-
-    records = {r["item_id"]: [] for r in judge.records()}
-    for record in judge.records():
-        records[record["item_id"]].append(record)
-    with open(output_dir / "generations.jsonl", "w") as stream:
-        for index, item in enumerate(items):
-            line = {
-                "item_id": item.item_id,
-                "prompt": item.prompt,
-                "policy_answer": policy_answers[index],
-                "baseline_answer": baseline_answers[index],
-                "single_policy": single_policy[index],
-                "single_baseline": single_baseline[index],
-                "outcome_for_policy": outcomes[index],
-                "judge_replies": records.get(item.item_id, []),
-            }
-            stream.write(json.dumps(strict_json(line)) + "\n")
-    # before eval.json, so that a failed evaluation leaves nothing a sweep would reuse
-    judge.check_unparsable(output_dir / "generations.jsonl")
 
     def single_summary(values: list[float | None]) -> dict[str, Any]:
         parsable = [v for v in values if v is not None]
@@ -270,13 +278,15 @@ def evaluate_policy(
         "winrate": win_rate(outcomes, resamples=resamples, seed=seed),
         "lc_winrate": length_controlled_win_rate(outcomes, policy_lengths, baseline_lengths, seed=seed),
         "mean_length": {"policy": float(np.mean(policy_lengths)), "baseline": float(np.mean(baseline_lengths))},
-        "unparsable_replies": dict(judge.unparsable),
-        "judge_replies": judge.reply_counts(),
+        "unparsable_replies": unparsable,
+        "judge_replies": reply_counts,
         "generation": generation,
     }
     if run_cfg is not None and settings.get("heldout", True):
         result["heldout"] = heldout_metrics(run_cfg, policy, cache_dir, resamples, seed)
     result["elapsed_s"] = round(time.perf_counter() - start, 1)
+    if not distributed.is_main():  # the other ranks of a launcher: rank 0 writes the results
+        return result
 
     write_json(strict_json(result), output_dir / "eval.json")
     (output_dir / "eval.md").write_text(eval_markdown(result))

@@ -4,6 +4,7 @@ reward model, the sweep table, and bad input."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -184,3 +185,30 @@ def test_greedy_and_sampled_evaluations_keep_their_own_folders_and_columns(tmp_p
     # with the same settings again, every run is reused
     again = evaluate(f"sweep={sweep}", "generation=greedy", *FEW, f"hydra.run.dir={tmp_path / 'h'}")
     assert again.returncode == 0 and (again.stdout + again.stderr).count("already evaluated") == 2
+
+
+def test_two_processes_evaluate_like_one_and_ask_the_judge_once(tiny_run, tmp_path):
+    # each rank generates every other batch of 4 prompts; rank 0 alone asks the judge and writes the results
+    runs = {name: tmp_path / name for name in ("one", "two")}
+    for run in runs.values():
+        shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("eval", "checkpoints"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's: the same float sums in both
+    launcher = {"one": [sys.executable], "two": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]}
+    reports, requests = {}, {}
+    for name, run in runs.items():
+        with JudgeServer() as server:
+            args = [f"policy={run}", "judge=openai", f"judge.client.base_url={server.base_url}", "bench.limit=12",
+                    "generation.batch_size=4", "generation.bootstrap_resamples=200", f"paths.cache_dir={tmp_path / name}",
+                    f"hydra.run.dir={tmp_path / ('e_' + name)}"]
+            result = subprocess.run([*launcher[name], "evaluate.py", *args], cwd=ROOT, capture_output=True, text=True,
+                                    timeout=900, env=env)
+            assert result.returncode == 0, result.stderr[-3000:]
+            requests[name] = server.requests
+        (folder,) = (run / "eval").glob("builtin-openai-*")
+        reports[name] = json.loads((folder / "eval.json").read_text())
+        reports[name]["answers"] = [json.loads(line)["policy_answer"] for line in (folder / "generations.jsonl").open()]
+    assert requests["one"] == requests["two"] == 12 * 2 + 12 * 2  # not once per rank
+    one, two = reports["one"], reports["two"]
+    assert one["answers"] == two["answers"]
+    for key in ("single", "winrate", "lc_winrate", "heldout"):
+        assert one[key] == two[key], key
