@@ -22,9 +22,10 @@ With one process every helper is a no-op (world size 1, rank 0), so nothing chan
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -106,9 +107,12 @@ def is_main() -> bool:
 
 
 def local_device(device: torch.device) -> torch.device:
-    """``device`` for this rank: ``cuda:LOCAL_RANK`` in a group of several on CUDA, else ``device`` itself."""
-    if device.type == "cuda" and world_size() > 1 and local_rank() < torch.cuda.device_count():
-        return torch.device("cuda", local_rank())
+    """``device`` for this process: ``cuda:LOCAL_RANK`` on CUDA (one process per GPU, started by torchrun, SLURM or
+    Lightning's launcher; ``cuda:0`` for a plain run), else ``device`` itself."""
+    index = local_rank()
+    # a process without a GPU of its own (more processes than GPUs) keeps ``device``
+    if device.type == "cuda" and (index == 0 or index < torch.cuda.device_count()):
+        return torch.device("cuda", index)
     return device
 
 
@@ -133,6 +137,16 @@ def share(items: Sequence[T]) -> list[T]:
     :func:`gather_shares` puts the shares back in order.
     """
     return list(items[rank() :: world_size()])
+
+
+def share_batches(loader: Any, desc: str) -> Iterator[Any]:
+    """This rank's batches of ``loader`` (every ``world_size``-th, starting at its rank, as :func:`share`), with a
+    progress bar on rank 0. The other ranks' batches are still collated by the loader, and skipped."""
+    from tqdm.auto import tqdm
+
+    count = len(range(rank(), len(loader), world_size()))
+    mine = itertools.islice(loader, rank(), None, world_size())
+    return iter(tqdm(mine, desc=desc, total=count, leave=False, dynamic_ncols=True, disable=not is_main()))
 
 
 def gather_shares(local: Sequence[T]) -> list[T]:

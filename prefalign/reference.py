@@ -17,7 +17,6 @@ whoever gets it second finds the entry written.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import time
@@ -27,7 +26,6 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from prefalign import distributed
 from prefalign.atomic import atomic_write, lock_path, produce_once
@@ -65,17 +63,10 @@ def compute_pair_logps(
     model.eval()
     device = next(model.parameters()).device
     size = len(loader.dataset)
-    rank, world = distributed.rank(), distributed.world_size()
-    # this rank's batches: the loader's batches rank, rank + world, ... (the others are collated and skipped)
-    mine = itertools.islice(loader, rank, None, world)
     local: list[tuple[Tensor, dict[str, Tensor]]] = []
     start = time.perf_counter()
     try:
-        progress = tqdm(
-            mine, desc=desc, total=len(range(rank, len(loader), world)), leave=False, dynamic_ncols=True,
-            disable=not distributed.is_main(),
-        )
-        for batch in progress:
+        for batch in distributed.share_batches(loader, desc):
             out = pair_logps(
                 model, move_to(batch, device), share_prompt=share_prompt, mismatched=mismatched, pack_length=pack_length
             )

@@ -9,7 +9,6 @@ clipping and accumulation settings; an auxiliary model can override each (``scor
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from prefalign.distributed import local_device
 from prefalign.losses import PreferenceLoss
 from prefalign.module import PreferenceModule, precision_options
 
@@ -56,7 +56,7 @@ def run_device(trainer: Any) -> torch.device:
         if isinstance(devices, (list, tuple, ListConfig)) and len(devices):
             return torch.device("cuda", int(next(iter(devices))))
         # one process per device (torchrun, SLURM, Lightning's launcher): this process's own GPU
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return local_device(torch.device("cuda"))
     if accelerator == "mps":
         return torch.device("mps")
     raise ValueError(f"trainer.accelerator={trainer.get('accelerator')!r}: prefalign knows auto, cpu, gpu, cuda and mps")

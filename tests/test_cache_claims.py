@@ -51,21 +51,30 @@ def wait_until_all_say(text: str, outputs: list[Path], processes: list[subproces
     raise AssertionError(f"not every run says {text!r} within {timeout} s:\n" + "\n---\n".join(logs))
 
 
+def release_once_all_wait(
+    lock: FileLock, commands: list[list[str]], outputs: list[Path], text: str, wait_s: float, finish_s: float, **env: str
+) -> tuple[list[subprocess.Popen], list[str]]:
+    """Start ``commands`` while this test holds ``lock``, release it once every one says ``text`` (so that all of
+    them want the entry at the same time), and wait for them to finish; returns the processes and their logs."""
+    processes = [start(command, output, **env) for command, output in zip(commands, outputs)]
+    try:
+        wait_until_all_say(text, outputs, processes, timeout=wait_s)
+        lock.release()
+        for process in processes:
+            process.wait(timeout=finish_s)
+    finally:
+        for process in processes:
+            process.kill()
+    return processes, [output.read_text() for output in outputs]
+
+
 def test_concurrent_claimants_produce_an_entry_once_and_the_others_wait_for_it(tmp_path):
     # this test holds the lock first, so that all three are sure to want the entry at the same time
     lock = FileLock(str(lock_path(tmp_path / "cache", "things", "key")))
     lock.acquire()
     outputs = [tmp_path / f"claimant{index}.out" for index in range(3)]
-    processes = [start([sys.executable, "-c", CLAIMANT, str(tmp_path)], output) for output in outputs]
-    try:
-        wait_until_all_say("waiting for the entry", outputs, processes, timeout=120)
-        lock.release()
-        for process in processes:
-            process.wait(timeout=120)
-    finally:
-        for process in processes:
-            process.kill()
-    logs = [output.read_text() for output in outputs]
+    commands = [[sys.executable, "-c", CLAIMANT, str(tmp_path)]] * 3
+    processes, logs = release_once_all_wait(lock, commands, outputs, "waiting for the entry", 120, 120)
     assert [process.returncode for process in processes] == [0, 0, 0], logs
     assert len((tmp_path / "produced.log").read_text().split()) == 1, logs  # computed by one of them
     assert sorted(log.strip().splitlines()[-1] for log in logs) == ["from cache", "from cache", "produced"]
@@ -107,25 +116,14 @@ def test_two_pipelines_started_together_share_one_warm_up_and_one_scoring(tmp_pa
     lock.acquire()  # held until both runs wait for it: both reach the warm-up before either has trained it
     runs = {fraction: tmp_path / f"keep{fraction}" for fraction in ("0.5", "0.75")}
     outputs = [tmp_path / f"keep{fraction}.out" for fraction in runs]
-    env = {"HYDRA_FULL_ERROR": "1"}
-    processes = [
-        start(
-            [sys.executable, "train.py", *PIPELINE, f"select.keep_fraction={fraction}", f"paths.cache_dir={cache}",
-             f"hydra.run.dir={run}"],
-            output,
-            **env,
-        )
-        for (fraction, run), output in zip(runs.items(), outputs)
+    commands = [
+        [sys.executable, "train.py", *PIPELINE, f"select.keep_fraction={fraction}", f"paths.cache_dir={cache}",
+         f"hydra.run.dir={run}"]
+        for fraction, run in runs.items()
     ]
-    try:
-        wait_until_all_say("waiting for the warm-up run", outputs, processes, timeout=600)
-        lock.release()
-        for process in processes:
-            process.wait(timeout=900)
-    finally:
-        for process in processes:
-            process.kill()
-    logs = [output.read_text() for output in outputs]
+    processes, logs = release_once_all_wait(
+        lock, commands, outputs, "waiting for the warm-up run", 600, 900, HYDRA_FULL_ERROR="1"
+    )
     assert [process.returncode for process in processes] == [0, 0], "\n---\n".join(log[-3000:] for log in logs)
     metrics = [json.loads((run / "metrics.json").read_text()) for run in runs.values()]
     # one trained the warm-up and computed the scores while the other waited, then read both from the cache

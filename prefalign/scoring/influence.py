@@ -43,7 +43,6 @@ device whole cannot be scored this way.
 from __future__ import annotations
 
 import copy
-import itertools
 import logging
 import re
 from typing import Any
@@ -52,7 +51,6 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from tqdm.auto import tqdm
 
 from prefalign import distributed
 from prefalign.losses import PreferenceLoss
@@ -117,12 +115,8 @@ def validation_gradient(
         parameter.requires_grad_(name in names)
         parameter.grad = None
     losses.eval()
-    rank, world = distributed.rank(), distributed.world_size()
     try:
-        mine = itertools.islice(loader, rank, None, world)  # this rank's batches (the others are skipped)
-        count = len(range(rank, len(loader), world))
-        progress = tqdm(mine, desc=desc, total=count, leave=False, dynamic_ncols=True, disable=not distributed.is_main())
-        for batch in progress:
+        for batch in distributed.share_batches(loader, desc):
             # divided by the whole set's size on every rank, so that the ranks' sum is the mean
             (losses(move_to(batch, device)).sum() / total).backward()
         gradient = {}

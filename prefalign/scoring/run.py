@@ -77,8 +77,7 @@ def run_scoring(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError("scores=[] names no score to compute (e.g. scores=[irm,lossdiff])")
     scorers = build_scorers(cfg, names)  # unknown names fail here, before any model is loaded
     distributed.init_from_env()
-    setup = setup_run(cfg, write_files=distributed.is_main())
-    setup.device = distributed.local_device(setup.device)
+    setup = setup_run(cfg, write_files=distributed.is_main())  # on this process's own GPU (run_device)
     if distributed.world_size() > 1 and setup.loss.requires_mismatched:
         # KTO's reference point is all-reduced whenever a process group exists: with each rank on its own
         # batches it would mix them (and wait for ranks that have no batch left)
