@@ -2,7 +2,9 @@
 
 When a launcher starts several processes of one command (``torchrun --nproc_per_node N score.py ...``, or
 ``srun`` with the same variables exported: ``WORLD_SIZE`` > 1, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``,
-``MASTER_PORT``), :func:`init_from_env` joins them in one ``torch.distributed`` process group and the passes
+``MASTER_PORT``; or the tasks of one SLURM job, as submitit starts them with ``tasks_per_node``: ``SLURM_NTASKS``
+> 1, ``SLURM_PROCID``, ``SLURM_LOCALID``, read the way Lightning's ``SLURMEnvironment`` reads them, so that the
+address and port are those its DDP would use), :func:`init_from_env` joins them in one ``torch.distributed`` process group and the passes
 split their batches between the ranks (:func:`share`), put the results back in data order on every rank
 (:func:`gather_shares`), and leave the files to rank 0 (:func:`on_main`, :func:`barrier`). Lightning's
 ``DDPStrategy`` reuses an initialised group, so a ``train.py`` run under ``torchrun`` trains in the same one.
@@ -41,10 +43,33 @@ PATIENCE = timedelta(hours=24)
 _object_group: Any = None
 
 
+def slurm_tasks() -> dict[str, str]:
+    """The torchrun-style variables of this SLURM task (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
+    ``MASTER_PORT``) when it is one of several tasks of a job step and no launcher set ``RANK``; empty otherwise.
+
+    The values come from Lightning's ``SLURMEnvironment`` (rank from ``SLURM_PROCID``, address from the first node
+    of ``SLURM_NODELIST``, port from the job id), which also runs the job's ``fit``; the process group made here
+    is the one its ``DDPStrategy`` then reuses.
+    """
+    if "RANK" in os.environ or "SLURM_PROCID" not in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return {}
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    slurm = SLURMEnvironment()
+    return {
+        "RANK": str(slurm.global_rank()),
+        "WORLD_SIZE": str(slurm.world_size()),
+        "LOCAL_RANK": str(slurm.local_rank()),
+        "MASTER_ADDR": slurm.main_address,
+        "MASTER_PORT": str(slurm.main_port),
+    }
+
+
 def launched_world_size() -> int:
-    """The number of processes a launcher started (``WORLD_SIZE`` when ``RANK`` is set too; 1 otherwise)."""
+    """The number of processes a launcher started (``WORLD_SIZE`` when ``RANK`` is set too, ``SLURM_NTASKS`` for
+    the tasks of a SLURM job step; 1 otherwise)."""
     if "RANK" not in os.environ:
-        return 1
+        return int(slurm_tasks().get("WORLD_SIZE", "1"))
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
@@ -65,6 +90,7 @@ def init_from_env(timeout: timedelta = timedelta(minutes=30)) -> bool:
         return False
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
+    os.environ.update(slurm_tasks())  # env:// reads them (nothing to add under torchrun)
     backend = "gloo"
     # NCCL needs a device per process of the machine (a CPU run of more processes than GPUs stays on gloo)
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", launched_world_size()))
@@ -97,8 +123,9 @@ def rank() -> int:
 
 
 def local_rank() -> int:
-    """This process's rank on its machine (``LOCAL_RANK``; 0 without a launcher)."""
-    return int(os.environ.get("LOCAL_RANK", "0"))
+    """This process's rank on its machine (``LOCAL_RANK``, or ``SLURM_LOCALID`` for a task of a SLURM job step;
+    0 without a launcher)."""
+    return int(os.environ.get("LOCAL_RANK") or slurm_tasks().get("LOCAL_RANK", "0"))
 
 
 def is_main() -> bool:

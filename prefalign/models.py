@@ -477,7 +477,7 @@ def save_policy(
 
     def save(tmp: Path) -> None:
         if state_dict is not None:
-            model.save_pretrained(tmp, state_dict=state_dict)
+            model.save_pretrained(tmp, state_dict=dict(state_dict))  # a copy: it drops tied weights from the dict
         elif hasattr(model, "peft_config"):
             model.save_pretrained(tmp / "adapter")
             import copy

@@ -251,6 +251,13 @@ def fsdp_strategy(layers: list[str] | None = None, activation_checkpointing: boo
     )
 
 
+def policy_weights(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The policy's weights, named as in the policy itself, from a full state dict of the training module (FSDP's
+    ``FULL_STATE_DICT`` names them as the unwrapped module does: ``policy.<name>``, no FSDP or checkpoint-wrapper
+    prefixes)."""
+    return {key.removeprefix("policy."): value for key, value in state.items() if key.startswith("policy.")}
+
+
 class GatherFullPolicy(L.Callback):
     """At the end of an FSDP run, the policy's full weights gathered on rank 0 (``state``; ``None`` elsewhere and
     for other strategies, whose module holds the full weights), to be saved in Hugging Face format.
@@ -274,4 +281,4 @@ class GatherFullPolicy(L.Callback):
         with FSDP.state_dict_type(wrapped, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True, rank0_only=True)):
             state = wrapped.state_dict()
         if trainer.is_global_zero:
-            self.state = {key.removeprefix("policy."): value for key, value in state.items() if key.startswith("policy.")}
+            self.state = policy_weights(state)

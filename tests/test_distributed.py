@@ -183,3 +183,32 @@ def test_two_processes_score_like_one_and_resume_with_another_count(tmp_path):
     resumed = score(tmp_path, "cache_one", 2, "one_then_two")
     assert "resuming, 1 of 3 shards already done (6 of 16 pairs)" in resumed.stdout + resumed.stderr
     assert_same_scores(tmp_path / "one_then_two", one)
+
+
+SLURM_TASK = """
+import json, sys
+from prefalign import distributed
+assert distributed.launched_world_size() == 2 and distributed.local_rank() == int(sys.argv[1])
+assert distributed.init_from_env()
+items = list(range(7))
+print(json.dumps([distributed.rank(), distributed.world_size(), distributed.share(items), distributed.gather_shares(distributed.share(items))]))
+"""
+
+
+def test_the_tasks_of_a_slurm_job_step_are_the_ranks_of_the_passes(tmp_path):
+    # what srun gives each of the tasks submitit starts (tasks_per_node=2), without torchrun's variables
+    env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="2", SLURM_NODELIST="localhost", SLURM_JOB_ID="4242", SLURM_JOB_NAME="train")
+    tasks = [
+        subprocess.Popen(
+            [sys.executable, "-c", SLURM_TASK, str(task)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env={**env, "SLURM_PROCID": str(task), "SLURM_LOCALID": str(task)},
+        )
+        for task in range(2)
+    ]
+    outputs = [task.communicate(timeout=120) for task in tasks]
+    assert all(task.returncode == 0 for task in tasks), [err[-2000:] for _, err in outputs]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert [(rank, world) for rank, world, _, _ in results] == [(0, 2), (1, 2)]
+    assert sorted(results[0][2] + results[1][2]) == list(range(7))  # each task computes its own share
+    assert results[0][3] == results[1][3] == list(range(7))  # and every task has all of it, in order

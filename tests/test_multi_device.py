@@ -89,6 +89,31 @@ def test_fsdp_config_composes_into_lightnings_strategy():
     assert strategy._state_dict_type == "sharded" and cfg.trainer.use_distributed_sampler is False
 
 
+@pytest.mark.parametrize("name", sorted(ARCHITECTURE))
+def test_the_gathered_fsdp_policy_is_saved_in_hugging_face_format(tmp_path, tokenizer, name):
+    """What ``GatherFullPolicy`` does with the full state dict that FSDP gathers on rank 0 (named as the unwrapped
+    training module: ``policy.<name>``), down to ``AutoModelForCausalLM.from_pretrained``. FSDP itself cannot run
+    here: Lightning's FSDPStrategy refuses a CPU accelerator, and torch's FSDP (FSDP1) needs an accelerator device
+    ("FSDP needs a non-CPU accelerator device")."""
+    from transformers import AutoModelForCausalLM
+
+    from prefalign.losses import DPOLoss
+    from prefalign.models import save_policy
+    from prefalign.module import PreferenceModule
+    from prefalign.trainer import policy_weights
+
+    module = PreferenceModule(TinyModel(name=name, architecture=ARCHITECTURE[name]).load_model(), DPOLoss(), None)
+    # the trained weights live only in the gathered state (the module on rank 0 holds its shard)
+    state = {key: value + 0.25 if value.is_floating_point() else value for key, value in module.state_dict().items()}
+    weights = policy_weights(state)
+    assert set(weights) == set(module.policy.state_dict())
+    save_policy(module.policy, tokenizer, tmp_path / "policy", state_dict=weights)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "policy")
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, weights[key]), key
+    assert not torch.equal(loaded.get_input_embeddings().weight, module.policy.get_input_embeddings().weight)
+
+
 def test_a_multirun_that_lightning_would_relaunch_is_refused(tmp_path):
     result = train("-m", *SMALL, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "seed=1,2",
                    f"hydra.sweep.dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}")
