@@ -55,6 +55,8 @@ def slurm_tasks() -> dict[str, str]:
         return {}
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
+    if not SLURMEnvironment.detect():  # an interactive allocation (job name bash or interactive): not tasks of a step
+        return {}
     slurm = SLURMEnvironment()
     return {
         "RANK": str(slurm.global_rank()),
