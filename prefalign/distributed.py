@@ -4,10 +4,11 @@ When a launcher starts several processes of one command (``torchrun --nproc_per_
 ``srun`` with the same variables exported: ``WORLD_SIZE`` > 1, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``,
 ``MASTER_PORT``; or the tasks of one SLURM job, as submitit starts them with ``tasks_per_node``: ``SLURM_NTASKS``
 > 1, ``SLURM_PROCID``, ``SLURM_LOCALID``, read the way Lightning's ``SLURMEnvironment`` reads them, so that the
-address and port are those its DDP would use), :func:`init_from_env` joins them in one ``torch.distributed`` process group and the passes
-split their batches between the ranks (:func:`share`), put the results back in data order on every rank
-(:func:`gather_shares`), and leave the files to rank 0 (:func:`on_main`, :func:`barrier`). Lightning's
-``DDPStrategy`` reuses an initialised group, so a ``train.py`` run under ``torchrun`` trains in the same one.
+address and port are those its DDP would use), :func:`init_from_env` joins them in one ``torch.distributed``
+process group and the passes split their batches between the ranks (:func:`share`), put the results back in
+data order on every rank (:func:`gather_shares`), and leave the files to rank 0 (:func:`on_main`,
+:func:`barrier`). Lightning's ``DDPStrategy`` reuses an initialised group, so a ``train.py`` run under
+``torchrun`` trains in the same one.
 
 The helpers that exchange Python objects, and the waits for rank 0, go through a second, ``gloo`` group whose
 timeout is :data:`PATIENCE` rather than the default group's 30 minutes: while rank 0 works alone (waits for another

@@ -190,19 +190,21 @@ import json, sys
 from prefalign import distributed
 assert distributed.launched_world_size() == 2 and distributed.local_rank() == int(sys.argv[1])
 assert distributed.init_from_env()
-items = list(range(7))
-print(json.dumps([distributed.rank(), distributed.world_size(), distributed.share(items), distributed.gather_shares(distributed.share(items))]))
+mine = distributed.share(list(range(7)))
+print(json.dumps([distributed.rank(), distributed.world_size(), mine, distributed.gather_shares(mine)]))
 """
 
 
 def test_the_tasks_of_a_slurm_job_step_are_the_ranks_of_the_passes(tmp_path):
     # what srun gives each of the tasks submitit starts (tasks_per_node=2), without torchrun's variables
     env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="2", SLURM_NODELIST="localhost", SLURM_JOB_ID="4242", SLURM_JOB_NAME="train")
+    env.update(SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="2", SLURM_NODELIST="localhost", SLURM_JOB_ID="4242",
+               SLURM_JOB_NAME="train")
     tasks = [
         subprocess.Popen(
-            [sys.executable, "-c", SLURM_TASK, str(task)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env={**env, "SLURM_PROCID": str(task), "SLURM_LOCALID": str(task)},
+            [sys.executable, "-c", SLURM_TASK, str(task)], cwd=ROOT, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**env, "SLURM_PROCID": str(task), "SLURM_LOCALID": str(task)},
         )
         for task in range(2)
     ]
