@@ -22,6 +22,7 @@ from prefalign.models import ModelSource
 from prefalign.scoring.base import Scorer
 from prefalign.scoring.config import build_scorers
 from prefalign.selection import SelectionRule
+from prefalign.selection.run import select_rule
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PRIMARY = sorted(path.stem for path in CONF.glob("*.yaml"))
@@ -99,7 +100,7 @@ def test_every_option_composes_and_instantiates(primary, group, option, tokenize
         (scorer,) = build_scorers(cfg, [option])
         assert isinstance(scorer, Scorer) and scorer.name == option and scorer.settings["_target_"]
     elif group == "select":
-        rule = instantiate(cfg.select)
+        rule = select_rule(cfg.select)
         assert isinstance(rule, SelectionRule)
         # the rule's config brings the scorers it reads (conf/select/<rule>.yaml defaults)
         assert set(rule.scores) <= set(cfg.get("scorers") or {}), "the rule reads a score its config does not declare"

@@ -80,10 +80,12 @@ def test_restart_from_reference(tmp_path):
 def test_score_select_and_analysis_scripts(tmp_path):
     scored = tmp_path / "scored"
     result = script("score.py", "model=tiny_llama", "data.max_train_pairs=40", "data.max_val_pairs=12",
-                    "scores=[irm,annotator,random,influence,ifd]", "shard_size=16", f"hydra.run.dir={scored}")
+                    "scores=[irm,annotator,random,influence,ifd,ground_truth,logp_gap]", "shard_size=16",
+                    f"hydra.run.dir={scored}")
     assert result.returncode == 0, result.stderr[-3000:]
     scores, provenance = read_scores(scored)
-    assert list(scores.columns) == ["pair_id", "irm", "annotator", "random", "influence", "ifd"]
+    assert list(scores.columns) == ["pair_id", "irm", "annotator", "random", "influence", "ifd", "ground_truth", "logp_gap"]
+    assert (scores["logp_gap"] >= 0).all() and scores["logp_gap"].max() > 0
     assert len(scores) == 40 and provenance["data_fingerprint"] and provenance["config"]["data"]["max_train_pairs"] == 40
     summary = json.loads((scored / "scores_summary.json").read_text())
     # the initial model is its own reference: zero up to float32 rounding (batches are padded differently)
@@ -96,10 +98,22 @@ def test_score_select_and_analysis_scripts(tmp_path):
     selection = json.loads((selected / "selection.json").read_text())
     top = scores.sort_values("annotator", ascending=False, kind="stable")["pair_id"].head(10)
     assert sorted(selection["kept"]) == sorted(top) and selection["kept_count"] == 10
+    # its complement (select.invert), the oracle (the clean pairs by metadata) and M_AP
+    for rule, extra in (("topk", ["select.invert=true", "select.score=annotator", "select.keep_fraction=0.25"]),
+                        ("oracle", []), ("map", [])):
+        result = script("select.py", f"scores={scored}", f"select={rule}", *extra, f"hydra.run.dir={selected}_{rule}")
+        assert result.returncode == 0, result.stderr[-3000:]
+    dropped = json.loads((tmp_path / "selected_topk" / "selection.json").read_text())
+    assert dropped["rule"] == "topk_dropped" and sorted(dropped["kept"]) == sorted(set(scores["pair_id"]) - set(top))
+    oracle = json.loads((tmp_path / "selected_oracle" / "selection.json").read_text())
+    truth = {pair.pair_id: pair.metadata for pair in BuiltinSource().load("train")}
+    clean = [pid for pid in scores["pair_id"] if not truth[pid]["label_flipped"] and not truth[pid]["ambiguous"]]
+    assert oracle["kept"] == clean and oracle["scores"] == ["ground_truth"]
+    assert json.loads((tmp_path / "selected_map" / "selection.json").read_text())["kept_count"] == 16  # int(0.4 * 40)
     # and the analysis: overlap with TIF, correlations, noise kept, plots
     analysis = tmp_path / "analysis"
     result = script("select.py", f"scores={scored}", "analyze=true",
-                    "analysis.rules=[tif,topk,random,irm]", "analysis.scatter=[[influence,annotator]]",
+                    "analysis.rules=[tif,topk,random,irm,oracle]", "analysis.scatter=[[influence,annotator]]",
                     f"hydra.run.dir={analysis}")
     assert result.returncode == 0, result.stderr[-3000:]
     report = (analysis / "analysis.md").read_text()
@@ -116,6 +130,9 @@ def test_score_select_and_analysis_scripts(tmp_path):
     assert (analysis / "plots" / "scatter_influence_annotator.png").exists()
     overlap = pd.read_csv(analysis / "overlap.csv", index_col=0)
     assert overlap.loc["tif", "tif"] == 1.0 and 0 <= overlap.loc["topk", "tif"] <= 1
+    # the oracle at the analysis budget (64% of 40 = 26 pairs) keeps no flipped pair while clean ones remain
+    if len(clean) >= 26:
+        assert noise.loc["oracle", "label_flipped_kept"] == 0
 
 
 def test_scoring_resumes_after_an_interruption(tmp_path):

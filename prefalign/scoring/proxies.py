@@ -9,7 +9,8 @@ TIF paper (Zhang et al., ICLR 2026), "Methodology: LossDiff-IRM Data Selection":
   then ``LossDiff ~ eta * IF``: pairs whose loss the validation set lowers are the ones it agrees with.
 
 Both read the policy's log-probs of the batch from the runner's shared forward pass, so scoring IRM and
-LossDiff together costs one policy pass plus one pass of the auxiliary model.
+LossDiff together costs one policy pass plus one pass of the auxiliary model. So does the implicit term of the
+alignment potential M_AP (:class:`LogpGapScorer`), which needs no reference at all.
 """
 
 from __future__ import annotations
@@ -55,6 +56,26 @@ class IRMScorer(Scorer):
         chosen = shared["chosen_logps"] - reference["chosen_logps"]
         rejected = shared["rejected_logps"] - reference["rejected_logps"]
         return beta * (chosen - rejected)
+
+
+class LogpGapScorer(Scorer):
+    """``logp_gap``: ``|s(y_w)/|y_w| - s(y_l)/|y_l||``, the gap of the mean token log-probs under the policy.
+
+    The implicit term of the alignment potential M_AP (Huang et al., "Larger or Smaller Reward Margins to Select
+    Preferences for Alignment?", ICML 2025: ``M_AP = z(r_w - r_l) - z(|log-prob margin|)``; the authors' released
+    ``metric_selection.py``, metric ``rm-logp``, calls this column ``logp_margin_norm_abs``: length-normalised and
+    absolute). A small gap means
+    the model does not yet tell the two answers apart. The paper takes it under the SFT model the training starts
+    from; score the initial model (``pipeline.warmup_epochs=0``, or ``score.py`` without ``policy``) for that.
+    """
+
+    name = "logp_gap"
+    needs_policy_logps = True
+
+    def score_batch(self, context: ScoringContext, batch: dict[str, Any], shared: dict[str, Tensor]) -> Tensor:
+        chosen = shared["chosen_logps"].double() / shared["chosen_lengths"].double()
+        rejected = shared["rejected_logps"].double() / shared["rejected_lengths"].double()
+        return (chosen - rejected).abs()
 
 
 class LossDiffScorer(Scorer):

@@ -1,10 +1,13 @@
 """Selection rules over per-pair scores (:mod:`prefalign.selection.rules`)."""
 
 from prefalign.selection.rules import (
+    AlignmentPotentialSelection,
     BandSelection,
     BeesSelection,
     FullSelection,
+    InvertedSelection,
     LossDiffIRMSelection,
+    OracleSelection,
     PZNSelection,
     RandomSelection,
     RankSelection,
@@ -13,10 +16,13 @@ from prefalign.selection.rules import (
 )
 
 __all__ = [
+    "AlignmentPotentialSelection",
     "BandSelection",
     "BeesSelection",
     "FullSelection",
+    "InvertedSelection",
     "LossDiffIRMSelection",
+    "OracleSelection",
     "PZNSelection",
     "RandomSelection",
     "RankSelection",

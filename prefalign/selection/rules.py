@@ -2,7 +2,8 @@
 
 Every rule reads a scores table (``pair_id`` + one column per score, see :mod:`prefalign.scoring`) and returns a
 :class:`Selection`: the kept pair ids, the rule, its resolved thresholds and the kept fraction. Rules never read
-pair metadata (the ground truth of synthetic data lives there).
+pair metadata (the ground truth of synthetic data lives there); the one exception is :class:`OracleSelection`,
+the upper bound on data with known noise, through the ``ground_truth`` score column.
 
 Percentile bands follow the TIF paper's strict form ``delta_small < s < delta_large``, with ``delta`` the
 given percentiles of the score's distribution; a band edge at the 0th or 100th percentile is open (keeps the
@@ -463,3 +464,132 @@ class PZNSelection(SelectionRule):
         mask[picked] = True
         thresholds = {"score": self.score, "region": self.region, "tau": self.tau, "outliers_removed_each_end": cut}
         return self._result(scores, mask, thresholds, shortfall=max(0, count - len(picked)))
+
+
+class OracleSelection(SelectionRule):
+    """``oracle``: keep the pairs whose ground truth is clean, the ceiling of every selection rule.
+
+    An upper bound, not a method: it reads the ``ground_truth`` column (:mod:`prefalign.scoring.oracle`: 0 clean,
+    1 ambiguous, 2 flipped), which comes from metadata that no other rule may read, and exists only for data with
+    known noise. Without a budget it keeps exactly the clean pairs. With ``keep_fraction`` (or ``k``) it keeps
+    that many, so that it compares with the other rules at the same budget: a random sample (from ``seed``) of the
+    clean pairs when there are enough; otherwise every clean pair, then ambiguous ones, then flipped ones, each
+    class in a random order, and the number of noisy pairs it had to keep is reported (``details``).
+
+    Args:
+        keep_fraction, k: the budget (``k`` wins when both are set); both null keeps the clean pairs.
+        seed: the order within each class.
+        score: the ground-truth column.
+    """
+
+    name = "oracle"
+
+    def __init__(
+        self, keep_fraction: float | None = None, k: int | None = None, seed: int = 0, score: str = "ground_truth"
+    ) -> None:
+        check_budget(self.name, keep_fraction, k, required=False)
+        self.keep_fraction, self.k, self.seed, self.score = keep_fraction, k, seed, score
+
+    @property
+    def scores(self) -> list[str]:
+        return [self.score]
+
+    def select(self, scores: pd.DataFrame) -> Selection:
+        codes = column(scores, self.score)
+        unknown = sorted(set(codes.tolist()) - {0.0, 1.0, 2.0})
+        if unknown:
+            raise ValueError(f"select=oracle: column '{self.score}' must hold 0 (clean), 1 or 2, found {unknown}")
+        clean = int((codes == 0).sum())
+        if self.keep_fraction is None and self.k is None:
+            count = clean
+        else:
+            count = count_for(len(codes), self.keep_fraction, self.k)
+        shuffled = np.random.default_rng(self.seed).permutation(len(codes))
+        order = shuffled[np.argsort(codes[shuffled], kind="stable")]  # clean, ambiguous, flipped; random within
+        mask = np.zeros(len(codes), dtype=bool)
+        mask[order[:count]] = True
+        kept = codes[mask]
+        details = {
+            "clean_pairs": clean,
+            "kept_clean": int((kept == 0).sum()),
+            "kept_ambiguous": int((kept == 1).sum()),
+            "kept_flipped": int((kept == 2).sum()),
+        }
+        return self._result(scores, mask, {"count": count, "seed": self.seed}, **details)
+
+
+class InvertedSelection(SelectionRule):
+    """``select.invert=true``: the complement of any rule, the pairs it drops (the TIF paper's "w/ Dropped Data"
+    rows). Same scores, thresholds and budget as the wrapped rule; its kept fraction is one minus the rule's.
+
+    Args:
+        rule: the rule whose dropped pairs are kept.
+    """
+
+    def __init__(self, rule: SelectionRule) -> None:
+        if isinstance(rule, (FullSelection, InvertedSelection)):
+            raise ValueError(f"select.invert=true: select={rule.name} cannot be inverted (it would keep no pairs, or "
+                             "be the rule itself)")
+        self.rule = rule
+        self.name = f"{rule.name}_dropped"
+
+    @property
+    def scores(self) -> list[str]:
+        return self.rule.scores
+
+    def select(self, scores: pd.DataFrame) -> Selection:
+        inner = self.rule.select(scores)
+        kept = set(inner.kept)
+        mask = ~scores["pair_id"].isin(kept).to_numpy()
+        return self._result(scores, mask, inner.thresholds, inverted=inner.rule, **inner.details)
+
+
+def zscore(values: np.ndarray) -> np.ndarray:
+    """``(v - mean) / std`` over the data set, with the population standard deviation (NumPy's default, as the
+    M_AP authors compute it); a constant column gives zeros."""
+    spread = values.std()
+    return (values - values.mean()) / spread if spread > 0 else np.zeros_like(values)
+
+
+class AlignmentPotentialSelection(SelectionRule):
+    """``map``: the alignment potential M_AP (Huang et al., "Larger or Smaller Reward Margins to Select
+    Preferences for Alignment?", ICML 2025), ``M_AP = z(external margin) - w * z(|log-prob gap|)``.
+
+    The external margin is a reward-model (or annotator) margin ``r_w - r_l``; the gap is the policy's
+    ``|s(y_w)/|y_w| - s(y_l)/|y_l||`` (:class:`prefalign.scoring.proxies.LogpGapScorer`); ``z`` z-scores over
+    the data set (population standard deviation). The pairs with the largest M_AP are kept, ``k =
+    int(keep_fraction * n)`` as the authors' ``metric_selection.py`` (metric ``rm-logp``, ``select_ratio 0.4``,
+    ``logp_weight 1``) does; ties keep score-file order.
+
+    Args:
+        external: the external margin column (``annotator`` or ``reward_model``).
+        gap: the log-prob gap column.
+        keep_fraction, k: the budget (``k`` wins when both are set; 0.4 in the paper).
+        gap_weight: ``w`` (the authors' ``logp_weight``).
+    """
+
+    name = "map"
+
+    def __init__(
+        self,
+        external: str = "annotator",
+        gap: str = "logp_gap",
+        keep_fraction: float | None = 0.4,
+        k: int | None = None,
+        gap_weight: float = 1.0,
+    ) -> None:
+        check_budget(self.name, keep_fraction, k)
+        self.external, self.gap, self.keep_fraction, self.k, self.gap_weight = external, gap, keep_fraction, k, gap_weight
+
+    @property
+    def scores(self) -> list[str]:
+        return [self.external, self.gap]
+
+    def select(self, scores: pd.DataFrame) -> Selection:
+        potential = zscore(column(scores, self.external)) - self.gap_weight * zscore(column(scores, self.gap))
+        count = min(self.k, len(scores)) if self.k is not None else int(self.keep_fraction * len(scores))  # type: ignore[operator]
+        order = np.argsort(-potential, kind="stable")
+        mask = np.zeros(len(scores), dtype=bool)
+        mask[order[:count]] = True
+        cut = float(potential[order[count - 1]]) if count else None
+        return self._result(scores, mask, {"count": count, "gap_weight": self.gap_weight, "cut_value": cut})

@@ -28,7 +28,7 @@ from prefalign.selection.analysis import (
     overlap_table,
     plot_scores,
 )
-from prefalign.selection.rules import Selection, SelectionRule
+from prefalign.selection.rules import InvertedSelection, Selection, SelectionRule
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,19 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 def select_rule(node: DictConfig) -> SelectionRule:
-    """The rule of a ``select`` config, with its settings checked before any score is read."""
-    rule = instantiate(OmegaConf.to_container(node, resolve=True))
+    """The rule of a ``select`` config, with its settings checked before any score is read.
+
+    ``invert: true`` (every rule's config has the key) gives the complement of the rule
+    (:class:`~prefalign.selection.rules.InvertedSelection`).
+    """
+    settings = OmegaConf.to_container(node, resolve=True)
+    invert = settings.pop("invert", False)
+    if not isinstance(invert, bool):
+        raise ValueError(f"select.invert must be true or false, got {invert!r}")
+    rule = instantiate(settings)
     if not isinstance(rule, SelectionRule):
         raise ValueError(f"select: {node.get('_target_')} is not a prefalign SelectionRule")
-    return rule
+    return InvertedSelection(rule) if invert else rule
 
 
 def write_selection(
