@@ -93,6 +93,7 @@ def warmup_config(cfg: DictConfig) -> tuple[DictConfig, Path]:
         "trainer.max_epochs": int(cfg.pipeline.warmup_epochs),
         "data.selection": None,
         "data.weights": None,
+        "data.order_by": None,
         "ckpt_path": None,
         "evaluate_after_training": False,
         "select": {"_target_": "prefalign.selection.FullSelection", "keep_fraction": None},

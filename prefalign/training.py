@@ -95,6 +95,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
             "val_pairs": len(datamodule.datasets["val"]),
             "init_from": setup.source.init_from,
             "weights": cfg.data.get("weights"),
+            "order_by": datamodule.order_by,
+            "order": datamodule.order,
             "global_steps": trainer.global_step,
             "strategy": type(trainer.strategy).__name__,
             "world_size": trainer.world_size,

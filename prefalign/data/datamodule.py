@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from prefalign import distributed
 from prefalign.data.collate import collate_pairs
-from prefalign.data.sampling import LengthGroupedBatchSampler, RandomBatchSampler, ResumableLoader
+from prefalign.data.sampling import LengthGroupedBatchSampler, OrderedBatchSampler, RandomBatchSampler, ResumableLoader
 from prefalign.data.records import DataError, PreferencePair, pairs_fingerprint, text_of
 from prefalign.data.scores_file import read_scores_table, scores_path
 from prefalign.data.sources import PreferenceSource
@@ -33,6 +33,8 @@ from prefalign.data.tokenization import PairTokenizer, TokenizedPair
 log = logging.getLogger(__name__)
 
 DROP_REASONS = ("empty_prompt", "empty_completion", "identical", "identical_after_truncation", "duplicate_id")
+# data.order: which end of the data.order_by score comes first (is "easy")
+ORDERS = ("ascending", "descending")
 
 
 def prepare_split(
@@ -125,6 +127,8 @@ class PairDataset(Dataset):
         self.reference: dict[str, torch.Tensor] | None = None
         # per-pair loss weights (data.weights), aligned with items
         self.weights: torch.Tensor | None = None
+        # per-pair scores of the training order (data.order_by), aligned with items
+        self.order_scores: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -188,39 +192,69 @@ def read_selection(path: str, data_fingerprint: str) -> dict[str, Any]:
     return record | {"file": str(file)}
 
 
-def read_weights(spec: str, pair_ids: list[str], data_fingerprint: str) -> torch.Tensor:
-    """Per-pair loss weights from a scores file column, ``<scores.parquet>:<column>``, in the order of ``pair_ids``.
+def read_score_column(spec: str, pair_ids: list[str], data_fingerprint: str, option: str) -> tuple[list[float], str]:
+    """One column of a scores file, ``<scores.parquet>:<column>``, in the order of ``pair_ids``.
+
+    Args:
+        spec: ``<scores.parquet>:<column>``; a run folder names its scores file (:func:`scores_path`).
+        pair_ids: the pairs that need a value.
+        data_fingerprint: the fingerprint of their split, checked against the file's provenance.
+        option: the config key being read (``data.weights``, ``data.order_by``), named in every error.
+
+    Returns:
+        The values, and ``column '<column>' of <file>`` for the messages of further checks.
 
     Raises:
-        DataError: a malformed spec, a missing file or column, scores of other data, pairs without a weight, or
-            weights that are negative or not finite (each named).
+        DataError: a malformed spec, a missing file or column, scores of other data, pairs without a value, or
+            values that are not finite numbers (each named).
     """
     path, sep, name = str(spec).rpartition(":")
     if not sep or not path or not name:
-        raise DataError(f"data.weights={spec!r}: expected <scores.parquet>:<column>")
+        raise DataError(f"{option}={spec!r}: expected <scores.parquet>:<column>")
     file = scores_path(path)
     if not file.exists():
-        raise DataError(f"data.weights: {file} does not exist")
+        raise DataError(f"{option}: {file} does not exist")
     table, provenance = read_scores_table(file)
     recorded = provenance.get("data_fingerprint")
     if recorded is not None and recorded != data_fingerprint:
         raise DataError(
-            f"data.weights: {file} scores other data (data fingerprint {recorded}, the training pairs loaded now "
+            f"{option}: {file} scores other data (data fingerprint {recorded}, the training pairs loaded now "
             f"have {data_fingerprint})"
         )
     if name not in table.column_names:
-        raise DataError(f"data.weights: {file} has no column '{name}' (columns: {table.column_names})")
-    values = dict(zip(table.column("pair_id").to_pylist(), table.column(name).to_pylist()))
-    missing = [pair_id for pair_id in pair_ids if pair_id not in values]
+        raise DataError(f"{option}: {file} has no column '{name}' (columns: {table.column_names})")
+    by_pair = dict(zip(table.column("pair_id").to_pylist(), table.column(name).to_pylist()))
+    missing = [pair_id for pair_id in pair_ids if pair_id not in by_pair]
     if missing:
-        raise DataError(f"data.weights: {file} has no '{name}' for {len(missing)} training pairs, e.g. {missing[:5]}")
-    weights = [values[pair_id] for pair_id in pair_ids]
-    bad = [pid for pid, w in zip(pair_ids, weights) if w is None or not math.isfinite(w) or w < 0]
+        raise DataError(f"{option}: {file} has no '{name}' for {len(missing)} training pairs, e.g. {missing[:5]}")
+    values = [by_pair[pair_id] for pair_id in pair_ids]
+    where = f"column '{name}' of {file}"
+    finite = [isinstance(value, int | float) and math.isfinite(value) for value in values]  # None, NaN, text: no
+    bad = [pair_id for pair_id, ok in zip(pair_ids, finite) if not ok]
     if bad:
-        raise DataError(f"data.weights: column '{name}' of {file} is negative or not finite for {len(bad)} pairs, e.g. {bad[:5]}")
+        raise DataError(f"{option}: {where} is not a finite number for {len(bad)} pairs, e.g. {bad[:5]}")
+    return values, where
+
+
+def read_weights(spec: str, pair_ids: list[str], data_fingerprint: str) -> torch.Tensor:
+    """Per-pair loss weights from a scores file column, ``<scores.parquet>:<column>``, in the order of ``pair_ids``.
+
+    Raises:
+        DataError: the errors of :func:`read_score_column`, or weights that are negative or all zero.
+    """
+    weights, where = read_score_column(spec, pair_ids, data_fingerprint, "data.weights")
+    bad = [pid for pid, weight in zip(pair_ids, weights) if weight < 0]
+    if bad:
+        raise DataError(f"data.weights: {where} is negative or not finite for {len(bad)} pairs, e.g. {bad[:5]}")
     if sum(weights) == 0:
-        raise DataError(f"data.weights: column '{name}' of {file} is zero for every training pair")
+        raise DataError(f"data.weights: {where} is zero for every training pair")
     return torch.tensor(weights, dtype=torch.float32)
+
+
+def curriculum_order(scores: torch.Tensor, order: str) -> list[int]:
+    """Positions of the pairs sorted by score, ``ascending`` or ``descending`` (``data.order``); pairs of equal
+    score keep their order in the file (a stable sort)."""
+    return torch.sort(scores, stable=True, descending=order == "descending").indices.tolist()
 
 
 class PreferenceDataModule(L.LightningDataModule):
@@ -243,6 +277,13 @@ class PreferenceDataModule(L.LightningDataModule):
             pairs only. Checked against the loaded pairs by content (:func:`read_selection`).
         weights: ``<scores.parquet>:<column>``: per-pair weights of the training loss, taken from a scores file
             (:func:`read_weights`); every training pair needs one, and the validation metrics stay unweighted.
+        order_by: ``<scores.parquet>:<column>``: a curriculum (SelectiveDPO, Curri-DPO): the training batches
+            come in the order of this score, the same every epoch, instead of shuffled and length-grouped
+            (:class:`~prefalign.data.sampling.OrderedBatchSampler`). Read as ``weights`` is (every training pair
+            needs a finite value); under a selection only the kept pairs are ordered.
+        order: ``ascending`` or ``descending``: which end of the ``order_by`` score comes first, i.e. is easy
+            (a large reward margin is easy: ``descending``; a large loss is hard: ``ascending``). Equal scores
+            keep the order of the pairs in the file.
     """
 
     def __init__(
@@ -263,8 +304,12 @@ class PreferenceDataModule(L.LightningDataModule):
         num_workers: int = 0,
         selection: str | None = None,
         weights: str | None = None,
+        order_by: str | None = None,
+        order: str = "ascending",
     ) -> None:
         super().__init__()
+        if order not in ORDERS:
+            raise ValueError(f"data.order={order!r}: expected {' or '.join(ORDERS)} (which end of data.order_by is easy)")
         self.source = source
         self.tokenizer = tokenizer
         self.pair_tokenizer = PairTokenizer(tokenizer, max_length, max_prompt_length, use_chat_template)
@@ -279,6 +324,8 @@ class PreferenceDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.selection_path = selection
         self.weights_spec = weights
+        self.order_by = order_by
+        self.order = order
         self.pairs: dict[str, list[PreferencePair]] = {}
         self.datasets: dict[str, PairDataset] = {}
         self.report: dict[str, Any] = {}
@@ -315,6 +362,12 @@ class PreferenceDataModule(L.LightningDataModule):
         if self.weights_spec:
             ids = [pair.pair_id for pair in self.pairs["train"]]
             self.datasets["train"].weights = read_weights(self.weights_spec, ids, self.fingerprints["train"])
+        if self.order_by:
+            ids = [pair.pair_id for pair in self.pairs["train"]]
+            scores, where = read_score_column(self.order_by, ids, self.fingerprints["train"], "data.order_by")
+            self.datasets["train"].order_scores = torch.tensor(scores, dtype=torch.float64)
+            grouped = "; data.group_by_length=true groups validation and scoring batches only" if self.group_by_length else ""
+            log.info("train: batches in %s order of %s, the same every epoch (no shuffle%s)", self.order, where, grouped)
 
     def restrict(self, split: str, pair_ids: list[str] | set[str]) -> None:
         """Keep only the given pairs of a split (data selection); order is preserved.
@@ -339,6 +392,8 @@ class PreferenceDataModule(L.LightningDataModule):
             new.reference = {key: values[keep] for key, values in old.reference.items()}
         if old.weights is not None:
             new.weights = old.weights[keep]
+        if old.order_scores is not None:
+            new.order_scores = old.order_scores[keep]
         self.datasets[split] = new
 
     def reference_dataset(self, split: str) -> PairDataset:
@@ -357,18 +412,28 @@ class PreferenceDataModule(L.LightningDataModule):
         """Batch dataset items (prompts left-padded, completions right-padded)."""
         return collate_pairs(items, pad_id=self.tokenizer.pad_token_id)
 
-    def loader(self, dataset: Dataset, batch_size: int, shuffle: bool, split_ranks: bool = False) -> DataLoader:
+    def loader(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        shuffle: bool,
+        split_ranks: bool = False,
+        order: list[int] | None = None,
+    ) -> DataLoader:
         """Batches of any dataset of tokenised pairs, with this module's batching (length grouping, seed).
 
         Shuffled (training) batches come from a :class:`~prefalign.data.sampling.ResumableLoader`, whose position
         in the epoch is saved in checkpoints, so a run resumed mid-epoch continues with the batches it had not
         trained on. With ``split_ranks`` (the training loader of a DDP or FSDP run) each rank takes its part of
-        every global batch of ``batch_size`` x world size (see the sampler).
+        every global batch of ``batch_size`` x world size (see the sampler). With ``order`` (positions in
+        ``dataset``, the curriculum of ``data.order_by``) the training batches follow it instead of the shuffle.
         """
         collate = partial(collate_pairs, pad_id=self.tokenizer.pad_token_id)
         if shuffle:
             rank, world = (distributed.rank(), distributed.world_size()) if split_ranks else (0, 1)
-            if self.group_by_length:
+            if order is not None:
+                sampler = OrderedBatchSampler(order, batch_size, rank=rank, world_size=world, seed=self.seed)
+            elif self.group_by_length:
                 sampler = LengthGroupedBatchSampler(
                     dataset.items, batch_size, shuffle=True, seed=self.seed, rank=rank, world_size=world
                 )
@@ -382,7 +447,9 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         # data.batch_size is per device: the global batch is batch_size x devices x accumulate_grad_batches
-        return self.loader(self.datasets["train"], self.batch_size, shuffle=True, split_ranks=True)
+        dataset = self.datasets["train"]
+        order = None if dataset.order_scores is None else curriculum_order(dataset.order_scores, self.order)
+        return self.loader(dataset, self.batch_size, shuffle=True, split_ranks=True, order=order)
 
     def val_dataloader(self) -> DataLoader:
         return self.loader(self.datasets["val"], self.eval_batch_size, shuffle=False)

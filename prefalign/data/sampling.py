@@ -149,6 +149,28 @@ class LengthGroupedBatchSampler(ResumableBatchSampler):
         return [batches[index] for index in torch.randperm(len(batches), generator=generator).tolist()]
 
 
+class OrderedBatchSampler(ResumableBatchSampler):
+    """Batches of one fixed order, the same every epoch: a curriculum (``data.order_by``, easy to hard).
+
+    Nothing is shuffled and lengths are not grouped: the global batches are consecutive runs of ``order``, so a
+    resumed run and the ranks of a multi-device run see them exactly as with the other samplers.
+
+    Args:
+        order: the item positions in training order (each item once).
+        batch_size: items per batch and per rank (the last batch may be smaller).
+        rank, world_size: this process's part of each global batch.
+        seed: recorded in checkpoints only (the order does not depend on it).
+    """
+
+    def __init__(self, order: list[int], batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
+        super().__init__(len(order), batch_size, seed, rank, world_size)
+        self.order = list(order)
+
+    def epoch_batches(self, generator: torch.Generator) -> list[list[int]]:
+        size = self.global_batch_size
+        return [self.order[i : i + size] for i in range(0, self.size, size)]
+
+
 class ResumableLoader(DataLoader):
     """A ``DataLoader`` over a :class:`ResumableBatchSampler` whose position in the epoch is saved in checkpoints.
 

@@ -127,7 +127,17 @@ def items_fingerprint(items: list[Any]) -> str:
 
 
 def heldout_metrics(run_cfg: DictConfig, policy: torch.nn.Module, cache_dir: Path, resamples: int, seed: int) -> dict[str, Any]:
-    """Reward accuracy, margin and loss of the policy on the run's validation pairs, with bootstrap intervals.
+    """Reward accuracy, margin and loss of the policy on the run's validation pairs, with bootstrap intervals
+    (the means of :func:`heldout_values`)."""
+    values = heldout_values(run_cfg, policy, cache_dir)
+    return {
+        name: bootstrap(values[name], resamples=resamples, seed=seed)
+        for name in ("rewards/accuracies", "rewards/margins", "loss")
+    }
+
+
+def heldout_values(run_cfg: DictConfig, policy: torch.nn.Module, cache_dir: Path) -> dict[str, list[Any]]:
+    """Per-pair reward accuracy, margin and loss of the policy on the run's validation pairs, and their ids.
 
     The run's own setup (:func:`prefalign.run_setup.setup_run`, nothing written) and the validation step's
     per-pair values (:meth:`~prefalign.module.PreferenceModule.pair_values`), so the means equal the run's
@@ -141,6 +151,7 @@ def heldout_metrics(run_cfg: DictConfig, policy: torch.nn.Module, cache_dir: Pat
     run_cfg.paths.cache_dir = str(cache_dir)
     run_cfg.data.selection = None  # the validation split is never restricted; the file may be gone
     run_cfg.data.weights = None
+    run_cfg.data.order_by = None
     setup = setup_run(run_cfg, write_files=False)
     if setup.loss.requires_reference:
         setup.attach_reference(None, splits=("val",))
@@ -150,12 +161,10 @@ def heldout_metrics(run_cfg: DictConfig, policy: torch.nn.Module, cache_dir: Pat
     module.eval()
     with torch.no_grad():
         for batch in setup.datamodule.eval_loader("val"):
+            values.setdefault("pair_id", []).extend(batch["pair_ids"])
             for name, tensor in module.pair_values(move_to(batch, device)).items():
                 values.setdefault(name, []).extend(tensor.float().cpu().tolist())
-    return {
-        name: bootstrap(values[name], resamples=resamples, seed=seed)
-        for name in ("rewards/accuracies", "rewards/margins", "loss")
-    }
+    return values
 
 
 def evaluate_policy(

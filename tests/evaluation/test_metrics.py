@@ -52,3 +52,21 @@ def test_verifier_judge():
     assert judge.pairwise([item] * 3, ["5", "6", "5"], ["6", "5", "5."]) == [1.0, 0.0, 0.5]
     with pytest.raises(ValueError, match="needs a checker"):
         judge.single([EvalItem("x", "free text")], ["answer"])
+
+
+def test_paired_difference_by_hand():
+    from prefalign.evaluation.metrics import paired_difference
+
+    # per-item accuracies of two policies on 5 pairs: differences 1, 0, 0, -1, 1 -> mean 0.2
+    first, second = [1, 1, 0, 0, 1], [0, 1, 0, 1, 0]
+    result = paired_difference(first, second, resamples=200, seed=0)
+    assert result["value"] == pytest.approx(0.2) and result["n"] == 5
+    assert (result["first"], result["second"]) == (pytest.approx(0.6), pytest.approx(0.4))
+    assert (result["first_better"], result["second_better"]) == (2, 1)
+    # the differences take values in [-1, 1]: so does every resampled mean
+    assert -1 <= result["ci_low"] <= 0.2 <= result["ci_high"] <= 1
+    # a constant shift has no variance over items: the paired interval is a point
+    shifted = paired_difference([0.5, 1.5, 2.5], [0.0, 1.0, 2.0], resamples=50)
+    assert shifted["ci_low"] == pytest.approx(0.5) and shifted["ci_high"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="one value per item on both sides, got 2 and 3"):
+        paired_difference([1, 2], [1, 2, 3])
