@@ -11,7 +11,16 @@ sampled one, or two ``bench.limit`` values, never share a folder)::
                          JSON: a metric with no value (no parsable outcome) is ``null``, never ``NaN``
     eval.md              the same as a Markdown table
     generations.jsonl    every prompt with both answers, their Single scores, the pairwise outcome and the
-                         judge's raw replies, so every number can be traced to text
+                         judge's raw replies, so every number can be traced to text (with
+                         ``generation.samples`` > 1 also the policy's further answers and their scores)
+    heldout.csv          the held-out metrics pair by pair (``pair_id``, accuracy, margin, loss), from which
+                         the sweep tables compare two policies on the same pairs
+
+With ``generation.samples=n`` (n > 1, sampling only) the policy answers every prompt n times, each set with its own
+seed (:func:`sample_seed`), and ``eval.json`` adds ``single_of_n``: the policy's Single averaged per prompt over the
+n answers, then over prompts (for the verifier judge a success rate, with less sampling noise than one answer).
+WinRate and the baseline stay on the first answer. Policy and baseline, and any two policies evaluated with the
+same settings, sample every batch from the same seeds (:mod:`prefalign.evaluation.generation`).
 
 An evaluation where more than ``judge.max_unparsable`` of the judge's replies could not be parsed fails
 (:meth:`~prefalign.evaluation.judges.Judge.check_unparsable`) after writing ``generations.jsonl`` (the raw replies)
@@ -38,7 +47,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
 
 from prefalign import distributed
-from prefalign.atomic import lock_path, produce_once, write_json
+from prefalign.atomic import atomic_write, lock_path, produce_once, write_json
 from prefalign.data.tokenization import PairTokenizer
 from prefalign.evaluation.benchmarks import Benchmark
 from prefalign.evaluation.generation import generate_answers
@@ -87,7 +96,10 @@ def result_folder(bench_cfg: DictConfig, judge_cfg: DictConfig, settings: DictCo
     client = judge.get("client")
     if isinstance(client, dict):
         judge["client"] = {key: value for key, value in client.items() if key not in JUDGE_NO_EFFECT}
-    key = content_key("evaluation-v2", plain(bench_cfg), judge, plain(settings))
+    generation = plain(settings)
+    if int(generation.get("samples", 1)) == 1:  # the setting's default: the keys of earlier results stay valid
+        generation.pop("samples", None)
+    key = content_key("evaluation-v2", plain(bench_cfg), judge, generation)
     bench = bench_cfg.get("name") or "bench"
     judge_name = judge_cfg.get("name") or str(judge_cfg.get("_target_", "judge")).rsplit(".", 1)[-1]
     return f"{bench}-{judge_name}-{generation_label(settings)}-{key[:8]}"
@@ -126,14 +138,22 @@ def items_fingerprint(items: list[Any]) -> str:
     return content_key([[item.item_id, item.prompt] for item in items])
 
 
-def heldout_metrics(run_cfg: DictConfig, policy: torch.nn.Module, cache_dir: Path, resamples: int, seed: int) -> dict[str, Any]:
+HELDOUT_METRICS = ("rewards/accuracies", "rewards/margins", "loss")
+
+
+def heldout_metrics(
+    run_cfg: DictConfig, policy: torch.nn.Module, cache_dir: Path, resamples: int, seed: int, values_file: Path | None = None
+) -> dict[str, Any]:
     """Reward accuracy, margin and loss of the policy on the run's validation pairs, with bootstrap intervals
-    (the means of :func:`heldout_values`)."""
+    (the means of :func:`heldout_values`); the per-pair values also go to ``values_file`` (CSV, one row per
+    pair), so that two policies can be compared pair by pair (:mod:`prefalign.evaluation.tables`)."""
     values = heldout_values(run_cfg, policy, cache_dir)
-    return {
-        name: bootstrap(values[name], resamples=resamples, seed=seed)
-        for name in ("rewards/accuracies", "rewards/margins", "loss")
-    }
+    if values_file is not None and distributed.is_main():
+        import pandas as pd
+
+        frame = pd.DataFrame({"pair_id": values["pair_id"], **{name: values[name] for name in HELDOUT_METRICS}})
+        atomic_write(values_file, lambda tmp: frame.to_csv(tmp, index=False))
+    return {name: bootstrap(values[name], resamples=resamples, seed=seed) for name in HELDOUT_METRICS}
 
 
 def heldout_values(run_cfg: DictConfig, policy: torch.nn.Module, cache_dir: Path) -> dict[str, list[Any]]:
@@ -167,6 +187,32 @@ def heldout_values(run_cfg: DictConfig, policy: torch.nn.Module, cache_dir: Path
     return values
 
 
+# the seed of a policy's j-th further sample set (samples > 1): far from the batch offsets added to a seed
+SAMPLE_SEED_STRIDE = 1_000_003
+
+
+def sample_seed(seed: int, sample: int) -> int:
+    """The generation seed of sample set ``sample`` (0 is the main set, generated with ``seed`` itself)."""
+    return int(seed) + SAMPLE_SEED_STRIDE * int(sample)
+
+
+def check_samples(settings: DictConfig) -> int:
+    """``generation.samples``, the answers per prompt a policy's Single is averaged over, checked."""
+    samples = settings.get("samples", 1)
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"generation.samples must be a whole number >= 1, got {samples!r}")
+    if samples > 1 and float(settings.temperature) == 0:
+        raise ValueError(f"generation.samples={samples} with greedy decoding (temperature 0) gives {samples} equal answers: "
+                         "set generation.temperature > 0 or generation.samples=1")
+    return samples
+
+
+def mean_of_known(values: list[float | None]) -> float | None:
+    """The mean of the values that are not ``None`` (unparsable judge replies), or ``None`` if none is known."""
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
+
+
 def evaluate_policy(
     policy_path: str | Path,
     bench_cfg: DictConfig,
@@ -190,6 +236,7 @@ def evaluate_policy(
         folder_name: the result folder's name; default :func:`result_folder` of the settings.
     """
     start = time.perf_counter()
+    samples = check_samples(settings)
     policy_path = Path(policy_path)
     run_cfg = run_config(policy_path)
     benchmark: Benchmark = instantiate(bench_cfg)
@@ -217,6 +264,15 @@ def evaluate_policy(
     }
     prompts = [item.prompt for item in items]
     policy_answers = generate_answers(policy, pair_tokenizer, prompts, desc="generating (policy)", **generation)
+    # the further samples of the policy (samples > 1), each set with its own seed, the same for every policy
+    # evaluated with these settings, so that two policies' samples are paired
+    more_answers = [
+        generate_answers(
+            policy, pair_tokenizer, prompts, desc=f"generating (policy, sample {j + 1} of {samples})",
+            **{**generation, "seed": sample_seed(generation["seed"], j)},
+        )
+        for j in range(1, samples)
+    ]
 
     load_baseline, baseline_fingerprint = baseline_source(baseline, run_cfg)
     key = content_key("generations-v2", baseline_fingerprint, items_fingerprint(items), generation, max_length, max_prompt)
@@ -247,6 +303,7 @@ def evaluate_policy(
         single_policy = judge.single(items, policy_answers)
         single_baseline = judge.single(items, baseline_answers)
         outcomes = judge.pairwise(items, policy_answers, baseline_answers)
+        single_samples = [judge.single(items, answers) for answers in more_answers]
         records = {r["item_id"]: [] for r in judge.records()}
         for record in judge.records():
             records[record["item_id"]].append(record)
@@ -260,14 +317,22 @@ def evaluate_policy(
                     "single_policy": single_policy[index],
                     "single_baseline": single_baseline[index],
                     "outcome_for_policy": outcomes[index],
+                    **(
+                        {
+                            "policy_samples": [answers[index] for answers in more_answers],
+                            "single_policy_samples": [scores[index] for scores in single_samples],
+                        }
+                        if more_answers
+                        else {}
+                    ),
                     "judge_replies": records.get(item.item_id, []),
                 }
                 stream.write(json.dumps(strict_json(line)) + "\n")
         # before eval.json, so that a failed evaluation leaves nothing a sweep would reuse
         judge.check_unparsable(output_dir / "generations.jsonl")
-        return single_policy, single_baseline, outcomes, dict(judge.unparsable), judge.reply_counts()
+        return single_policy, single_baseline, outcomes, single_samples, dict(judge.unparsable), judge.reply_counts()
 
-    single_policy, single_baseline, outcomes, unparsable, reply_counts = distributed.on_main(judged)
+    single_policy, single_baseline, outcomes, single_samples, unparsable, reply_counts = distributed.on_main(judged)
     policy_lengths = [len(tokenizer(a, add_special_tokens=False).input_ids) for a in policy_answers]
     baseline_lengths = [len(tokenizer(a, add_special_tokens=False).input_ids) for a in baseline_answers]
 
@@ -291,8 +356,11 @@ def evaluate_policy(
         "judge_replies": reply_counts,
         "generation": generation,
     }
+    if samples > 1:
+        per_prompt = [mean_of_known([single_policy[i], *(scores[i] for scores in single_samples)]) for i in range(len(items))]
+        result["single_of_n"] = {"samples": samples, "policy": single_summary(per_prompt)}
     if run_cfg is not None and settings.get("heldout", True):
-        result["heldout"] = heldout_metrics(run_cfg, policy, cache_dir, resamples, seed)
+        result["heldout"] = heldout_metrics(run_cfg, policy, cache_dir, resamples, seed, output_dir / "heldout.csv")
     result["elapsed_s"] = round(time.perf_counter() - start, 1)
     if not distributed.is_main():  # the other ranks of a launcher: rank 0 writes the results
         return result
@@ -327,6 +395,8 @@ def eval_markdown(result: dict[str, Any]) -> str:
         "| --- | --- | --- | --- |",
         row("Single (policy)", result["single"]["policy"]),
         row("Single (baseline)", result["single"]["baseline"]),
+        *([row(f"Single (policy, mean of {result['single_of_n']['samples']} samples)", result["single_of_n"]["policy"])]
+          if "single_of_n" in result else []),
         row("WinRate vs baseline", result["winrate"], " %"),
         row("LC WinRate vs baseline", result["lc_winrate"], " %"),
     ]

@@ -6,6 +6,13 @@ and builds the TIF paper's table: one block per (model, loss), rows = method and
 {Single, WinRate}, the best value of each column in bold. When the runs were evaluated with more than one judge or
 generation setting (greedy and T = 0.7, say), each gets its own columns: ``builtin (verifier, greedy)``. Written as Markdown and CSV, with a PNG plot of
 WinRate against the kept fraction per method.
+
+A second table compares every run with the Full Data run of its block on the same items
+(:func:`paired_table`): the per-prompt Single (the verifier's success rate; averaged over ``generation.samples``
+answers when there are several) and the per-pair held-out reward accuracy (``heldout.csv``), each with its own
+bootstrap interval and the paired difference from Full Data (:func:`~prefalign.evaluation.metrics.paired_difference`:
+items resampled jointly, which removes the variance the two policies share through the items, and with the
+sampling seeds tied across policies). That interval is what tells two rules apart.
 """
 
 from __future__ import annotations
@@ -15,13 +22,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+
+from prefalign.evaluation.metrics import bootstrap, paired_difference
 
 log = logging.getLogger(__name__)
 
 # display names, in the papers' row order (other rules follow, by name)
 METHOD_NAMES = {
     "full": "Full Data",
+    "oracle": "Oracle (upper bound)",
     "random": "Random",
     "topk": "Top-k",
     "pzn_P": "P region",
@@ -32,6 +43,7 @@ METHOD_NAMES = {
     "irm": "IRM",
     "bees": "BeeS",
     "lossdiff_irm": "LossDiff-IRM",
+    "map": "M_AP",
 }
 
 
@@ -56,8 +68,16 @@ def method_label(metrics: dict[str, Any]) -> str:
     if not selection:
         return METHOD_NAMES["full"]
     rule = selection["rule"]
-    if rule == "topk" and selection.get("scores"):
-        return f"Top-k {selection['scores'][0]}"
+    if rule.endswith("_dropped"):  # select.invert=true: the paper's "w/ Dropped Data" rows
+        inner = method_label({"selection": {**selection, "rule": rule[: -len("_dropped")]}})
+        return f"{inner} (dropped data)"
+    scores = selection.get("scores") or []
+    if rule == "topk" and scores:
+        return f"Top-k {scores[0]}"
+    if rule == "pzn_Z" and scores and scores[0] == "ifd":
+        return "Low-Gap (IFD, Z region)"
+    if rule.startswith("pzn_") and scores and scores[0] != "annotator":
+        return f"{METHOD_NAMES.get(rule, rule)} of {scores[0]}"
     return METHOD_NAMES.get(rule, rule)
 
 
@@ -88,6 +108,9 @@ def collect(sweep: str | Path) -> pd.DataFrame:
                     "winrate_ci": [result["winrate"]["ci_low"], result["winrate"]["ci_high"]],
                     "n": result["winrate"]["n"],
                     "baseline_single": result["single"]["baseline"]["value"],
+                    "kept": selection.get("kept_count", metrics["run"].get("train_pairs")),
+                    "train_s": metrics["run"].get("elapsed_s"),
+                    "eval_dir": str(path.parent),
                 }
             )
     if not rows:
@@ -144,6 +167,89 @@ def paper_table(results: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     return "\n".join(lines), pd.concat(frames, ignore_index=True)
 
 
+PAIRED_RESAMPLES = 2000
+
+
+def item_values(eval_dir: str | Path, judge: str) -> pd.Series:
+    """One evaluation's per-prompt value, by item id: the policy's Single, averaged over its samples when
+    ``generation.samples`` > 1 (unparsable replies left out), as a success rate in % for the verifier judge
+    (Single 10 = correct, 1 = wrong)."""
+    values = {}
+    with open(Path(eval_dir) / "generations.jsonl") as stream:
+        for line in stream:
+            record = json.loads(line)
+            known = [v for v in [record["single_policy"], *record.get("single_policy_samples", [])] if v is not None]
+            if known:
+                values[record["item_id"]] = float(np.mean(known))
+    series = pd.Series(values, dtype=float)
+    return 100 * (series - 1) / 9 if judge == "verifier" else series
+
+
+def heldout_accuracy(eval_dir: str | Path) -> pd.Series | None:
+    """One evaluation's per-pair held-out reward accuracy in %, by pair id (``heldout.csv``), or ``None`` for an
+    evaluation without that file (made before it existed, or with ``generation.heldout=false``)."""
+    path = Path(eval_dir) / "heldout.csv"
+    if not path.exists():
+        return None
+    frame = pd.read_csv(path, dtype={"pair_id": str})
+    return 100 * frame.set_index("pair_id")["rewards/accuracies"].astype(float)
+
+
+def paired_cells(values: pd.Series, baseline: pd.Series | None, is_baseline: bool) -> list[str]:
+    """``value [CI]``, the paired difference from the baseline ``[CI]`` and the items each side wins."""
+    own = bootstrap(values.to_numpy(), resamples=PAIRED_RESAMPLES)
+    cells = [f"{own['value']:.1f} [{own['ci_low']:.1f}, {own['ci_high']:.1f}]"]
+    if is_baseline:
+        return cells + ["baseline", ""]
+    if baseline is None:
+        return cells + ["-", ""]
+    common = values.index.intersection(baseline.index)
+    if len(common) < len(values) or len(common) < len(baseline):
+        log.warning("paired comparison on the %d items both evaluations hold (%d and %d)", len(common), len(values), len(baseline))
+    diff = paired_difference(values[common].to_numpy(), baseline[common].to_numpy(), resamples=PAIRED_RESAMPLES)
+    return cells + [f"{diff['value']:+.1f} [{diff['ci_low']:+.1f}, {diff['ci_high']:+.1f}]",
+                    f"{diff['first_better']} / {diff['second_better']}"]
+
+
+def paired_table(results: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """Every run against the Full Data run of its (model, loss) block on the same prompts and validation pairs.
+
+    One block per model, loss and benchmark column; rows: method, pairs trained on, the per-prompt value (success
+    % for the verifier, else Single) and the held-out reward accuracy (%), each with its bootstrap 95% interval,
+    the paired difference from Full Data with its interval, and how many items each side wins; then the final
+    training run's wall time. A block without a Full Data run gets no differences.
+    """
+    lines, rows = [], []
+    for (model, loss, benchmark), block in results.groupby(["model", "loss", "benchmark"], sort=True):
+        judge = block["judge"].iloc[0]
+        metric = "success %" if judge == "verifier" else "Single"
+        full = block[block["method"] == METHOD_NAMES["full"]]
+        base = full.iloc[0] if len(full) else None
+        base_items = item_values(base["eval_dir"], judge) if base is not None else None
+        base_heldout = heldout_accuracy(base["eval_dir"]) if base is not None else None
+        lines += [
+            f"**{model} ({loss}), {benchmark}: against Full Data, paired over the same items**",
+            "",
+            f"| Method | kept pairs | {metric} [95% CI] | vs Full Data [95% CI] | better / worse prompts | "
+            "val accuracy % [95% CI] | vs Full Data, pts [95% CI] | better / worse pairs | train s |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        order = {label: rank for rank, label in enumerate(METHOD_NAMES.values())}
+        ordered = sorted(block.itertuples(), key=lambda row: (order.get(row.method, len(order)), row.method, row.ratio))
+        for row in ordered:
+            is_base = base is not None and row.eval_dir == base["eval_dir"]
+            items = paired_cells(item_values(row.eval_dir, judge), base_items, is_base)
+            accuracy = heldout_accuracy(row.eval_dir)
+            held = paired_cells(accuracy, base_heldout, is_base) if accuracy is not None else ["-", "-", ""]
+            train_s = f"{row.train_s:.0f}" if row.train_s is not None and not pd.isna(row.train_s) else "-"
+            lines.append(f"| {row.method} | {row.kept} | " + " | ".join(items + held) + f" | {train_s} |")
+            rows.append({"model": model, "loss": loss, "benchmark": benchmark, "method": row.method, "kept": row.kept,
+                         metric: items[0], f"{metric} vs full": items[1], "val accuracy %": held[0],
+                         "val accuracy vs full": held[1], "train_s": row.train_s, "run": row.run})
+        lines.append("")
+    return "\n".join(lines), pd.DataFrame(rows)
+
+
 def plot_winrate(results: pd.DataFrame, path: Path) -> Path:
     """WinRate against kept fraction, one line per method (and loss), one panel per benchmark."""
     import matplotlib
@@ -170,7 +276,8 @@ def plot_winrate(results: pd.DataFrame, path: Path) -> Path:
 
 
 def build_tables(sweep: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
-    """Write ``results.md``, ``results.csv``, ``results_long.csv`` and ``winrate_vs_ratio.png``."""
+    """Write ``results.md`` (the papers' table, then :func:`paired_table`), ``results.csv``,
+    ``results_paired.csv``, ``results_long.csv`` and ``winrate_vs_ratio.png``."""
     out = Path(out_dir or sweep)
     out.mkdir(parents=True, exist_ok=True)
     results = collect(sweep)
@@ -181,8 +288,11 @@ def build_tables(sweep: str | Path, out_dir: str | Path | None = None) -> dict[s
         "long_csv": out / "results_long.csv",
         "plot": out / "winrate_vs_ratio.png",
     }
-    paths["markdown"].write_text(f"# Results of {sweep}\n\n{markdown}\n")
+    paired_markdown, paired = paired_table(results)
+    paths["paired_csv"] = out / "results_paired.csv"
+    paths["markdown"].write_text(f"# Results of {sweep}\n\n{markdown}\n\n{paired_markdown}\n")
     wide.to_csv(paths["csv"], index=False)
+    paired.to_csv(paths["paired_csv"], index=False)
     results.to_csv(paths["long_csv"], index=False)
     plot_winrate(results, paths["plot"])
     log.info("tables written to %s", paths["markdown"])

@@ -147,6 +147,13 @@ def test_sweep_table_from_a_tiny_multirun(tmp_path):
     wide = pd.read_csv(sweep / "results.csv")
     assert len(wide) == 3 and {"builtin_single", "builtin_winrate"} <= set(wide.columns)
     assert (sweep / "winrate_vs_ratio.png").stat().st_size > 1000
+    # every run against Full Data on the same prompts and validation pairs (per-pair values in heldout.csv)
+    assert "against Full Data, paired over the same items" in table and "| Full Data | 24 |" in table
+    paired = pd.read_csv(sweep / "results_paired.csv")
+    assert len(paired) == 3 and paired["val accuracy vs full"].iloc[0] == "baseline"
+    assert all(str(value).startswith(("+", "-")) for value in paired["val accuracy vs full"].iloc[1:])
+    for heldout in sweep.glob("*/eval/*/heldout.csv"):
+        assert len(pd.read_csv(heldout)) == 8
     # a second call reuses the evaluations it finds
     again = evaluate(f"sweep={sweep}", *FEW, f"hydra.run.dir={tmp_path / 'f'}")
     assert again.returncode == 0 and (again.stdout + again.stderr).count("already evaluated") == 3
@@ -169,7 +176,7 @@ def test_greedy_and_sampled_evaluations_keep_their_own_folders_and_columns(tmp_p
     check(train("-m", "model=tiny_llama", *QUICK, "select=full,random", "select.keep_fraction=0.5", f"hydra.sweep.dir={sweep}"))
     greedy = evaluate(f"sweep={sweep}", "generation=greedy", *FEW, f"hydra.run.dir={tmp_path / 'g'}")
     assert greedy.returncode == 0, greedy.stderr[-3000:]
-    sampled = evaluate(f"sweep={sweep}", *FEW, f"hydra.run.dir={tmp_path / 's'}")
+    sampled = evaluate(f"sweep={sweep}", *FEW, "generation.samples=2", f"hydra.run.dir={tmp_path / 's'}")
     assert sampled.returncode == 0, sampled.stderr[-3000:]
     # the second call evaluated again (other settings) instead of reusing the greedy results
     assert "already evaluated" not in sampled.stdout + sampled.stderr
@@ -178,6 +185,12 @@ def test_greedy_and_sampled_evaluations_keep_their_own_folders_and_columns(tmp_p
         assert len(folders) == 2 and folders[0].startswith("builtin-verifier-T0.7-s0-") and folders[1].startswith("builtin-verifier-greedy-")
         reports = [json.loads((run / "eval" / name / "eval.json").read_text()) for name in folders]
         assert [r["generation"]["temperature"] for r in reports] == [0.7, 0.0]
+        # two answers per prompt: the Single of n is the mean of the per-prompt means of both answers' scores
+        lines = [json.loads(line) for line in (run / "eval" / folders[0] / "generations.jsonl").read_text().splitlines()]
+        assert all(len(line["policy_samples"]) == 1 == len(line["single_policy_samples"]) for line in lines)
+        means = [(line["single_policy"] + line["single_policy_samples"][0]) / 2 for line in lines]
+        assert reports[0]["single_of_n"]["samples"] == 2 and "single_of_n" not in reports[1]
+        assert reports[0]["single_of_n"]["policy"]["value"] == pytest.approx(sum(means) / len(means))
     table = (sweep / "results.md").read_text()
     assert "builtin (verifier, greedy) WinRate" in table and "builtin (verifier, T0.7-s0) WinRate" in table
     wide = pd.read_csv(sweep / "results.csv")
