@@ -91,6 +91,9 @@ def warmup_config(cfg: DictConfig) -> tuple[DictConfig, Path]:
     cached run directory (named by the key of that config)."""
     changes = {
         "trainer.max_epochs": int(cfg.pipeline.warmup_epochs),
+        # validated at its end only: the final run's validation schedule (curves of the selected run) is not the
+        # warm-up's, which is then shared by the runs that differ only there
+        "trainer.val_check_interval": None,
         "data.selection": None,
         "data.weights": None,
         "data.order_by": None,
@@ -100,10 +103,8 @@ def warmup_config(cfg: DictConfig) -> tuple[DictConfig, Path]:
     }
     warm = derive(cfg, changes)
     source: ModelSource = instantiate(warm.model)
-    data = instantiate(warm.data.source)
-    limit = warm.data.get("max_train_pairs")
-    pairs = data.load("train")[: limit if limit is not None else None]
-    key = training_key(warm, source.policy_fingerprint(), pairs_fingerprint(pairs) + pairs_fingerprint(data.load("val")))
+    pairs = data_split_pairs(warm.data, "train")
+    key = training_key(warm, source.policy_fingerprint(), pairs_fingerprint(pairs) + pairs_fingerprint(data_split_pairs(warm.data, "val")))
     folder = Path(str(cfg.paths.cache_dir)).expanduser() / "warmup" / key
     with open_dict(warm):
         warm.paths.output_dir = str(folder)

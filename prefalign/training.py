@@ -97,6 +97,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
             "weights": cfg.data.get("weights"),
             "order_by": datamodule.order_by,
             "order": datamodule.order,
+            "flip_fraction": datamodule.flips,
             "global_steps": trainer.global_step,
             "strategy": type(trainer.strategy).__name__,
             "world_size": trainer.world_size,

@@ -100,7 +100,7 @@ def test_score_select_and_analysis_scripts(tmp_path):
     assert sorted(selection["kept"]) == sorted(top) and selection["kept_count"] == 10
     # its complement (select.invert), the oracle (the clean pairs by metadata) and M_AP
     for rule, extra in (("topk", ["select.invert=true", "select.score=annotator", "select.keep_fraction=0.25"]),
-                        ("oracle", []), ("map", [])):
+                        ("oracle", []), ("map", []), ("if_group", ["select.group=large"])):
         result = script("select.py", f"scores={scored}", f"select={rule}", *extra, f"hydra.run.dir={selected}_{rule}")
         assert result.returncode == 0, result.stderr[-3000:]
     dropped = json.loads((tmp_path / "selected_topk" / "selection.json").read_text())
@@ -110,6 +110,10 @@ def test_score_select_and_analysis_scripts(tmp_path):
     clean = [pid for pid in scores["pair_id"] if not truth[pid]["label_flipped"] and not truth[pid]["ambiguous"]]
     assert oracle["kept"] == clean and oracle["scores"] == ["ground_truth"]
     assert json.loads((tmp_path / "selected_map" / "selection.json").read_text())["kept_count"] == 16  # int(0.4 * 40)
+    # the large third of influence: 40 pairs cut 14 + 13 + 13, the last 13 by influence
+    large = json.loads((tmp_path / "selected_if_group" / "selection.json").read_text())
+    by_influence = scores.sort_values("influence", kind="stable")["pair_id"]
+    assert large["rule"] == "influence_large" and sorted(large["kept"]) == sorted(by_influence.tail(13))
     # and the analysis: overlap with TIF, correlations, noise kept, plots
     analysis = tmp_path / "analysis"
     result = script("select.py", f"scores={scored}", "analyze=true",

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from prefalign import distributed
 from prefalign.data.collate import collate_pairs
+from prefalign.data.noise import check_fraction, flip_pairs
 from prefalign.data.sampling import LengthGroupedBatchSampler, OrderedBatchSampler, RandomBatchSampler, ResumableLoader
 from prefalign.data.records import DataError, PreferencePair, pairs_fingerprint, text_of
 from prefalign.data.scores_file import read_scores_table, scores_path
@@ -257,6 +258,31 @@ def curriculum_order(scores: torch.Tensor, order: str) -> list[int]:
     return torch.sort(scores, stable=True, descending=order == "descending").indices.tolist()
 
 
+def split_pairs(source: PreferenceSource, split: str, limit: int | None, flip_fraction: float = 0.0, flip_seed: int = 0) -> list[PreferencePair]:
+    """A split's pairs as a run sees them: the source's, the first ``limit`` of them, then ``flip_fraction`` of
+    them flipped (:func:`prefalign.data.noise.flip_pairs`; the validation split draws with ``flip_seed + 1``)."""
+    pairs = source.load(split)
+    if limit is not None:
+        pairs = pairs[:limit]
+    if flip_fraction:
+        key = "data.flip_fraction" if split == "train" else "data.val_flip_fraction"
+        pairs, count = flip_pairs(pairs, flip_fraction, flip_seed + (split == "val"), key)
+        log.info("%s: %d of %d pairs flipped at load (%s=%g)", split, count, len(pairs), key, flip_fraction)
+    return pairs
+
+
+def data_split_pairs(data: Any, split: str) -> list[PreferencePair]:
+    """:func:`split_pairs` from a ``data`` config node (``conf/data/*.yaml``; keys missing from older configs
+    take their defaults)."""
+    from hydra.utils import instantiate
+
+    prefix = "" if split == "train" else "val_"
+    return split_pairs(
+        instantiate(data["source"]), split, data.get(f"max_{split}_pairs"), float(data.get(f"{prefix}flip_fraction", 0.0) or 0.0),
+        int(data.get("flip_seed", 0) or 0),
+    )
+
+
 class PreferenceDataModule(L.LightningDataModule):
     """Train and validation pairs from a source, cleaned, tokenised and batched.
 
@@ -281,6 +307,9 @@ class PreferenceDataModule(L.LightningDataModule):
             come in the order of this score, the same every epoch, instead of shuffled and length-grouped
             (:class:`~prefalign.data.sampling.OrderedBatchSampler`). Read as ``weights`` is (every training pair
             needs a finite value); under a selection only the kept pairs are ordered.
+        flip_fraction, val_flip_fraction, flip_seed: label noise added at load time, after ``max_*_pairs``:
+            that fraction of the split's unflipped pairs, drawn with ``flip_seed``, get chosen and rejected swapped
+            and are marked in their metadata (:mod:`prefalign.data.noise`).
         order: ``ascending`` or ``descending``: which end of the ``order_by`` score comes first, i.e. is easy
             (a large reward margin is easy: ``descending``; a large loss is hard: ``ascending``). Equal scores
             keep the order of the pairs in the file.
@@ -306,8 +335,16 @@ class PreferenceDataModule(L.LightningDataModule):
         weights: str | None = None,
         order_by: str | None = None,
         order: str = "ascending",
+        flip_fraction: float = 0.0,
+        val_flip_fraction: float = 0.0,
+        flip_seed: int = 0,
     ) -> None:
         super().__init__()
+        self.flips = {
+            "train": check_fraction("data.flip_fraction", flip_fraction),
+            "val": check_fraction("data.val_flip_fraction", val_flip_fraction),
+        }
+        self.flip_seed = flip_seed
         if order not in ORDERS:
             raise ValueError(f"data.order={order!r}: expected {' or '.join(ORDERS)} (which end of data.order_by is easy)")
         self.source = source
@@ -341,10 +378,7 @@ class PreferenceDataModule(L.LightningDataModule):
         if self.datasets:
             return
         for split in ("train", "val"):
-            pairs = self.source.load(split)
-            limit = self.limits[split]
-            if limit is not None:
-                pairs = pairs[:limit]
+            pairs = split_pairs(self.source, split, self.limits[split], self.flips[split], self.flip_seed)
             kept, tokens, report = prepare_split(pairs, self.pair_tokenizer, split, self.strict)
             self.pairs[split] = kept
             self.datasets[split] = PairDataset(tokens, self.max_length, self.mismatched)

@@ -172,6 +172,7 @@ def heldout_values(run_cfg: DictConfig, policy: torch.nn.Module, cache_dir: Path
     run_cfg.data.selection = None  # the validation split is never restricted; the file may be gone
     run_cfg.data.weights = None
     run_cfg.data.order_by = None
+    run_cfg.data.val_flip_fraction = 0.0  # held out on the clean validation pairs, whatever noise the scorers saw
     setup = setup_run(run_cfg, write_files=False)
     if setup.loss.requires_reference:
         setup.attach_reference(None, splits=("val",))

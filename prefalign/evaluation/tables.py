@@ -74,6 +74,9 @@ def method_label(metrics: dict[str, Any]) -> str:
     scores = selection.get("scores") or []
     if rule == "topk" and scores:
         return f"Top-k {scores[0]}"
+    for group in ("small", "medium", "large"):  # select=if_group
+        if rule == f"influence_{group}":
+            return f"{group} IF third"
     if rule == "pzn_Z" and scores and scores[0] == "ifd":
         return "Low-Gap (IFD, Z region)"
     if rule.startswith("pzn_") and scores and scores[0] != "annotator":

@@ -251,6 +251,57 @@ class BandSelection(SelectionRule):
         return self._result(scores, mask, {"score": self.score, **thresholds})
 
 
+class GroupSelection(SelectionRule):
+    """``if_group``: one of ``groups`` equal-count groups of pairs ranked by ``score``: the TIF paper's motivating
+    experiment (Section 3, its Figure 1), which trains on the small, medium and large thirds of influence and
+    follows the validation loss and reward margin.
+
+    The pairs are sorted by the score (equal scores in file order) and cut into ``groups`` consecutive parts whose
+    sizes differ by at most one (the larger ones first, as :func:`numpy.array_split` cuts).
+
+    Args:
+        score: the score column (``influence`` for the paper's IF groups).
+        group: which part, from the smallest scores: ``small`` / ``medium`` / ``large`` for three groups, or its
+            index ``0 .. groups - 1``.
+        groups: how many parts.
+    """
+
+    NAMES = ("small", "medium", "large")
+
+    def __init__(self, score: str = "influence", group: str | int = "medium", groups: int = 3) -> None:
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 2:
+            raise ValueError(f"select=if_group: select.groups must be a whole number >= 2, got {groups!r}")
+        if isinstance(group, str):
+            if groups != 3 or group not in self.NAMES:
+                raise ValueError(
+                    f"select=if_group: select.group={group!r}: give small, medium or large (with select.groups=3) "
+                    f"or an index from 0 to {groups - 1}"
+                )
+            index = self.NAMES.index(group)
+        elif isinstance(group, int) and not isinstance(group, bool) and 0 <= group < groups:
+            index = group
+        else:
+            raise ValueError(f"select=if_group: select.group must be small, medium, large or an index from 0 to {groups - 1}, got {group!r}")
+        self.score, self.group, self.groups, self.index = score, group, groups, index
+        self.name = f"{score}_{group}"
+
+    @property
+    def scores(self) -> list[str]:
+        return [self.score]
+
+    def select(self, scores: pd.DataFrame) -> Selection:
+        values = column(scores, self.score)
+        if len(values) < self.groups:
+            raise ValueError(f"select=if_group: {len(values)} pairs cannot make {self.groups} groups")
+        order = np.argsort(values, kind="stable")
+        part = np.array_split(order, self.groups)[self.index]
+        mask = np.zeros(len(values), dtype=bool)
+        mask[part] = True
+        thresholds = {"score": self.score, "group": self.index, "groups": self.groups,
+                      "min": float(values[part].min()), "max": float(values[part].max())}
+        return self._result(scores, mask, thresholds)
+
+
 class LossDiffIRMSelection(SelectionRule):
     """``lossdiff_irm``: keep a pair iff LossDiff *and* IRM both lie inside their percentile bands.
 

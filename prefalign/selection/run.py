@@ -124,7 +124,10 @@ def analysis_data(provenance: dict[str, Any], scores_file: Any) -> list[Any]:
         raise ValueError(
             f"{scores_file}: the scores file records no data config (written by an older prefalign?); score again"
         )
-    return instantiate(OmegaConf.create(data["source"])).load("train")
+    from prefalign.data.datamodule import data_split_pairs
+
+    # the pairs as the scored run loaded them (limit and load-time flips), so that added noise is in the truth
+    return data_split_pairs(OmegaConf.create(data), "train")
 
 
 def run_analysis(cfg: DictConfig) -> dict[str, Any]:

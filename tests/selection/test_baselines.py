@@ -1,4 +1,4 @@
-"""The oracle, select.invert and M_AP on hand-made scores, with the results worked out by hand."""
+"""The oracle, select.invert, M_AP and the influence groups on hand-made scores, with the results worked out by hand."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from prefalign.scoring.proxies import LogpGapScorer
 from prefalign.selection.rules import (
     AlignmentPotentialSelection,
     BandSelection,
+    GroupSelection,
     InvertedSelection,
     OracleSelection,
     RankSelection,
@@ -133,3 +134,22 @@ def test_map_by_hand():
     assert AlignmentPotentialSelection(keep_fraction=0.5, gap_weight=0.0).select(scores).kept == ["p2", "p3"]
     assert AlignmentPotentialSelection(k=1, gap_weight=0.0).select(scores).kept == ["p3"]
     assert zscore(np.array([2.0, 2.0])).tolist() == [0.0, 0.0]
+
+
+def test_influence_groups_are_equal_count_thirds_in_score_order():
+    scores = table(influence=[5.0, 1.0, 3.0, 2.0, 4.0, 6.0, 0.0])
+    # sorted: 0 (p6), 1 (p1), 2 (p3), 3 (p2), 4 (p4), 5 (p0), 6 (p5); 7 pairs cut 3 + 2 + 2
+    expected = {"small": ["p1", "p3", "p6"], "medium": ["p2", "p4"], "large": ["p0", "p5"]}
+    for group, kept in expected.items():
+        selection = GroupSelection("influence", group).select(scores)
+        assert selection.kept == kept and selection.rule == f"influence_{group}"
+    assert GroupSelection("influence", 1).select(scores).thresholds == {
+        "score": "influence", "group": 1, "groups": 3, "min": 3.0, "max": 4.0}
+    # every pair is in exactly one group
+    assert sorted(sum(expected.values(), [])) == sorted(scores["pair_id"])
+    with pytest.raises(ValueError, match="give small, medium or large"):
+        GroupSelection("influence", "huge")
+    with pytest.raises(ValueError, match="select.groups must be a whole number >= 2"):
+        GroupSelection("influence", 0, groups=1)
+    rule = select_rule(rule_config("if_group"))
+    assert isinstance(rule, GroupSelection) and rule.scores == ["influence"] and rule.name == "influence_medium"
