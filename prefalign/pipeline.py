@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from prefalign.atomic import lock_path, produce_once, write_json
 from prefalign.config import launched_rank
+from prefalign.data.datamodule import data_split_pairs
 from prefalign.data.records import pairs_fingerprint
 from prefalign.keys import training_key
 from prefalign.models import ModelSource
