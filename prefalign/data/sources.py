@@ -188,11 +188,31 @@ class BuiltinSource(LocalSource):
     """The embedded verifiable preference set shipped in ``prefalign/data/builtin/files``.
 
     Rebuild it with ``python -m prefalign.data.builtin.build`` (see :mod:`prefalign.data.builtin`).
+
+    Args:
+        name: name used in provenance and run names.
+        val: the validation split: ``val`` (the 300 shipped clean pairs) or ``test_pairs`` (about 4,300 clean
+            programmatic pairs on the 300 test prompts, :mod:`prefalign.data.builtin.heldout_pairs`).
     """
 
-    def __init__(self, name: str = "builtin") -> None:
+    VALIDATION = ("val", "test_pairs")
+
+    def __init__(self, name: str = "builtin", val: str = "val") -> None:
+        if val not in self.VALIDATION:
+            raise ValueError(f"data.source.val={val!r}: expected one of {self.VALIDATION}")
         folder = Path(__file__).parent / "builtin" / "files"
         super().__init__(str(folder / "train.jsonl"), str(folder / "val.jsonl"), name=name)
+        self.val = val
+
+    def load(self, split: str) -> list[PreferencePair]:
+        if split == "val" and self.val == "test_pairs":
+            from prefalign.data.builtin.heldout_pairs import heldout_pairs
+
+            return heldout_pairs()
+        return super().load(split)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "val": self.val}
 
 
 class HubSource(PreferenceSource):

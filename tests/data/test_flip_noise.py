@@ -1,14 +1,20 @@
 """Label noise added at load time (``data.flip_fraction``, ``data.val_flip_fraction``): which pairs flip, what a
-flip changes, and the ground truth the oracle then reads. Hand-made pairs and the built-in set, no model."""
+flip changes, and the ground truth the oracle then reads; and the clean held-out pairs on the test prompts.
+Hand-made pairs and the built-in set, no model."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from omegaconf import OmegaConf
 
+from prefalign.data.builtin.heldout_pairs import TEST_FILE, heldout_pairs
+from prefalign.data.builtin.tasks import check_response
 from prefalign.data.datamodule import data_split_pairs
 from prefalign.data.noise import flip_pairs
 from prefalign.data.records import PreferencePair
+from prefalign.data.sources import BuiltinSource
 from prefalign.scoring.oracle import ground_truth_code
 
 
@@ -58,3 +64,19 @@ def test_the_builtin_validation_split_gets_the_noise_the_config_asks_for():
     assert len(val) == 40 and codes.count(2) == 10 == sum(bool(p.metadata.get("flipped_at_load")) for p in val)
     train = data_split_pairs(data, "train")  # no flip_fraction: as shipped
     assert len(train) == 10 and not any(p.metadata.get("flipped_at_load") for p in train)
+
+
+def test_the_held_out_pairs_on_the_test_prompts_are_clean_and_unseen():
+    source = BuiltinSource(val="test_pairs")
+    made = source.load("val")
+    assert len(made) == len(heldout_pairs()) > 3000 and len({p.pair_id for p in made}) == len(made)
+    # every chosen answer passes its prompt's checker and every rejected one fails it
+    checkers = {json.loads(line)["prompt_id"]: json.loads(line)["checker"] for line in TEST_FILE.open()}
+    for pair in made[::97]:
+        checker = checkers[pair.metadata["prompt_id"]]
+        assert check_response(checker, pair.chosen) and not check_response(checker, pair.rejected)
+    # on prompts no training or validation pair has
+    seen = {p.prompt for p in BuiltinSource().load("train")} | {p.prompt for p in BuiltinSource().load("val")}
+    assert not seen & {p.prompt for p in made}
+    with pytest.raises(ValueError, match="data.source.val='test': expected one of"):
+        BuiltinSource(val="test")
