@@ -60,17 +60,38 @@ def content_key(*parts: Any) -> str:
     return hashlib.sha1(payload.encode()).hexdigest()[:20]
 
 
+# options added after caches existed, at the value that gives the results from before they existed: left out of
+# keys at that value (so that those caches stay valid), part of them at any other
+UNCHANGED_AT = {"data.flip_fraction": 0.0, "data.val_flip_fraction": 0.0, "data.source.val": "val"}
+# settings that only matter together with another: the flip seed draws nothing while no pair is flipped
+ONLY_WITH = {"data.flip_seed": ("data.flip_fraction", "data.val_flip_fraction")}
+
+
+def _node(inputs: dict[str, Any], path: str) -> tuple[Any, str | None]:
+    """The dict holding the dotted ``path`` in ``inputs`` and the last key, or ``(None, None)``."""
+    head, _, rest = path.partition(".")
+    node = inputs.get(head)
+    parts = rest.split(".") if rest else []
+    while isinstance(node, dict) and len(parts) > 1:
+        node = node.get(parts.pop(0))
+    return (node, parts[0]) if isinstance(node, dict) and parts else (None, None)
+
+
 def config_inputs(cfg: DictConfig, names: tuple[str, ...] | list[str], drop: tuple[str, ...] = NO_EFFECT) -> dict[str, Any]:
-    """The resolved top-level entries ``names`` of ``cfg`` (absent ones as ``None``), less the dotted ``drop`` paths."""
+    """The resolved top-level entries ``names`` of ``cfg`` (absent ones as ``None``), less the dotted ``drop`` paths
+    and the options of :data:`UNCHANGED_AT` at their old-result value (and :data:`ONLY_WITH`'s without theirs)."""
     inputs = {name: plain(cfg.get(name)) for name in names}
-    for path in drop:
-        head, _, rest = path.partition(".")
-        node = inputs.get(head)
-        parts = rest.split(".") if rest else []
-        while isinstance(node, dict) and len(parts) > 1:
-            node = node.get(parts.pop(0))
-        if isinstance(node, dict) and parts:
-            node.pop(parts[0], None)
+
+    def value(path: str) -> Any:
+        node, key = _node(inputs, path)
+        return node.get(key) if node is not None else None
+
+    unused = [path for path, needs in ONLY_WITH.items() if all(value(other) in (None, UNCHANGED_AT.get(other)) for other in needs)]
+    defaults = [path for path, default in UNCHANGED_AT.items() if value(path) == default]
+    for path in (*drop, *unused, *defaults):
+        node, key = _node(inputs, path)
+        if node is not None:
+            node.pop(key, None)
     return inputs
 
 

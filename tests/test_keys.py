@@ -62,6 +62,9 @@ RESULT_CHANGES = [
     "data.max_train_pairs=100",
     "data.use_chat_template=false",
     "data.batch_size=4",
+    "data.flip_fraction=0.1",
+    "data.val_flip_fraction=0.1",
+    "data.source.val=test_pairs",
     "model.seed=1",
     "model.lora={r: 4}",
     "seed=1",
@@ -70,7 +73,8 @@ RESULT_CHANGES = [
     "debug=fast",
 ]
 NO_EFFECT = ["logger=csv", "paths.output_dir=/elsewhere", "paths.cache_dir=/other/cache", "trainer.log_every_n_steps=1",
-             "evaluate_after_training=true", "select.keep_fraction=0.5", "pipeline.shard_size=64"]
+             "evaluate_after_training=true", "select.keep_fraction=0.5", "pipeline.shard_size=64",
+             "data.flip_seed=3"]  # the flip seed while nothing is flipped
 
 
 @pytest.mark.parametrize("change", RESULT_CHANGES)
@@ -81,6 +85,22 @@ def test_a_result_option_changes_the_warmup_key(change, tmp_path):
 @pytest.mark.parametrize("change", NO_EFFECT)
 def test_logger_output_dir_and_selection_settings_leave_the_warmup_key(change, tmp_path):
     assert warmup_key(tmp_path, change) == warmup_key(tmp_path)
+
+
+def test_options_added_later_keep_the_keys_of_earlier_caches_at_their_defaults(tmp_path):
+    from omegaconf import open_dict
+
+    cfg = compose_with("train", BASE, tmp_path)
+    before = cfg.copy()
+    with open_dict(before):  # the config as it was before these options existed
+        for key in ("flip_fraction", "val_flip_fraction", "flip_seed"):
+            before.data.pop(key)
+        before.data.source.pop("val")
+    assert training_key(cfg, "policy", "data") == training_key(before, "policy", "data")
+    # the seed counts once something is flipped
+    flipped = compose_with("train", [*BASE, "data.flip_fraction=0.1"], tmp_path)
+    reseeded = compose_with("train", [*BASE, "data.flip_fraction=0.1", "data.flip_seed=3"], tmp_path)
+    assert training_key(flipped, "policy", "data") != training_key(reseeded, "policy", "data")
 
 
 def test_the_inputs_that_configs_point_to_change_the_key(tmp_path):
@@ -105,6 +125,7 @@ SCORE_CHANGES = [
     "data.group_by_length=false",
     "seed=1",
     "pack_length=512",
+    "data.val_flip_fraction=0.1",  # the validation pairs the scorers read
 ]
 
 
