@@ -219,8 +219,10 @@ def paired_table(results: pd.DataFrame) -> tuple[str, pd.DataFrame]:
 
     One block per model, loss and benchmark column; rows: method, pairs trained on, the per-prompt value (success
     % for the verifier, else Single) and the held-out reward accuracy (%), each with its bootstrap 95% interval,
-    the paired difference from Full Data with its interval, and how many items each side wins; then the final
-    training run's wall time. A block without a Full Data run gets no differences.
+    the paired difference from Full Data with its interval, and how many items each side wins; then the run's wall
+    time (``metrics.json``: for a selection run the whole pipeline, with the warm-up and the scores where this run
+    was the one to compute them rather than read them from the cache). A block without a Full Data run gets no
+    differences.
     """
     lines, rows = [], []
     for (model, loss, benchmark), block in results.groupby(["model", "loss", "benchmark"], sort=True):
@@ -234,7 +236,7 @@ def paired_table(results: pd.DataFrame) -> tuple[str, pd.DataFrame]:
             f"**{model} ({loss}), {benchmark}: against Full Data, paired over the same items**",
             "",
             f"| Method | kept pairs | {metric} [95% CI] | vs Full Data [95% CI] | better / worse prompts | "
-            "val accuracy % [95% CI] | vs Full Data, pts [95% CI] | better / worse pairs | train s |",
+            "val accuracy % [95% CI] | vs Full Data, pts [95% CI] | better / worse pairs | run wall s |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         order = {label: rank for rank, label in enumerate(METHOD_NAMES.values())}
