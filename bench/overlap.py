@@ -25,7 +25,7 @@ from bench.common import append_result, machine
 from prefalign.scoring.base import read_scores
 from prefalign.selection.analysis import overlap_coefficient
 from prefalign.selection.rules import Selection
-from prefalign.selection.run import rule_config, select_rule
+from prefalign.selection.run import analysis_rule
 
 
 def selections(scores_dir: Path, rules: list[str], keep_fraction: float | None, seed: int) -> dict[str, Selection]:
@@ -33,12 +33,7 @@ def selections(scores_dir: Path, rules: list[str], keep_fraction: float | None, 
     scores, _ = read_scores(scores_dir)
     chosen = {}
     for name in rules:
-        node = rule_config(name)
-        if "seed" in node:
-            node.seed = seed
-        if "keep_fraction" in node and keep_fraction is not None:
-            node.keep_fraction = keep_fraction
-        rule = select_rule(node)
+        rule = analysis_rule(name, seed, keep_fraction)
         missing = [score for score in rule.scores if score not in scores.columns]
         if missing:
             sys.exit(f"{scores_dir}: rule {name} needs scores {missing}, which are not in the file")

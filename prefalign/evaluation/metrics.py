@@ -57,6 +57,12 @@ def paired_difference(
     return result
 
 
+def mean_of_known(values: Sequence[float | None]) -> float | None:
+    """The mean of the values that are not ``None`` (unparsable judge replies), or ``None`` if none is known."""
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
+
+
 def win_rate(outcomes: Sequence[float | None], resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Win rate in percent (ties half) over the parsable outcomes, with counts and a bootstrap interval."""
     parsable = [o for o in outcomes if o is not None]

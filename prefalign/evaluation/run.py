@@ -52,7 +52,7 @@ from prefalign.data.tokenization import PairTokenizer
 from prefalign.evaluation.benchmarks import Benchmark
 from prefalign.evaluation.generation import generate_answers
 from prefalign.evaluation.judges import Judge
-from prefalign.evaluation.metrics import bootstrap, length_controlled_win_rate, win_rate
+from prefalign.evaluation.metrics import bootstrap, length_controlled_win_rate, mean_of_known, win_rate
 from prefalign.keys import content_key, plain
 from prefalign.models import (
     ModelSource,
@@ -206,12 +206,6 @@ def check_samples(settings: DictConfig) -> int:
         raise ValueError(f"generation.samples={samples} with greedy decoding (temperature 0) gives {samples} equal answers: "
                          "set generation.temperature > 0 or generation.samples=1")
     return samples
-
-
-def mean_of_known(values: list[float | None]) -> float | None:
-    """The mean of the values that are not ``None`` (unparsable judge replies), or ``None`` if none is known."""
-    known = [v for v in values if v is not None]
-    return float(np.mean(known)) if known else None
 
 
 def evaluate_policy(

@@ -22,10 +22,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from prefalign.evaluation.metrics import bootstrap, paired_difference
+from prefalign.evaluation.metrics import bootstrap, mean_of_known, paired_difference
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +180,9 @@ def item_values(eval_dir: str | Path, judge: str) -> pd.Series:
     with open(Path(eval_dir) / "generations.jsonl") as stream:
         for line in stream:
             record = json.loads(line)
-            known = [v for v in [record["single_policy"], *record.get("single_policy_samples", [])] if v is not None]
-            if known:
-                values[record["item_id"]] = float(np.mean(known))
+            mean = mean_of_known([record["single_policy"], *record.get("single_policy_samples", [])])
+            if mean is not None:
+                values[record["item_id"]] = mean
     series = pd.Series(values, dtype=float)
     return 100 * (series - 1) / 9 if judge == "verifier" else series
 

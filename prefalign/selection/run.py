@@ -117,6 +117,17 @@ def rule_config(name: str, directory: Path | None = None) -> DictConfig:
     return OmegaConf.merge(base, node)
 
 
+def analysis_rule(name: str, seed: int, keep_fraction: float | None) -> SelectionRule:
+    """The rule of ``conf/select/<name>.yaml`` with the run's ``seed`` and, where it takes one, ``keep_fraction``
+    (when not ``None``), as an analysis compares rules at one budget."""
+    node = rule_config(name)
+    if "seed" in node:
+        node.seed = seed
+    if "keep_fraction" in node and keep_fraction is not None:
+        node.keep_fraction = keep_fraction
+    return select_rule(node)
+
+
 def analysis_data(provenance: dict[str, Any], scores_file: Any) -> list[Any]:
     """The training pairs the scores were computed on, loaded from the data config their provenance records."""
     data = (provenance.get("config") or {}).get("data")
@@ -138,12 +149,7 @@ def run_analysis(cfg: DictConfig) -> dict[str, Any]:
     selections: dict[str, Selection] = {}
     skipped: dict[str, str] = {}
     for name in analysis.rules:
-        node = rule_config(name)
-        if "seed" in node:
-            node.seed = int(cfg.seed)
-        if "keep_fraction" in node and analysis.keep_fraction is not None:
-            node.keep_fraction = analysis.keep_fraction
-        rule: SelectionRule = select_rule(node)
+        rule = analysis_rule(name, int(cfg.seed), analysis.keep_fraction)
         missing = [score for score in rule.scores if score not in scores.columns]
         if missing:
             skipped[name] = f"scores {missing} not in the file"
