@@ -106,3 +106,18 @@ def training_key(cfg: DictConfig, policy_fingerprint: str, data_fingerprint: str
             reason with data files.
     """
     return content_key("training-v2", config_inputs(cfg, TRAINING_INPUTS), policy_fingerprint, data_fingerprint)
+
+
+# judge settings that cannot change a verdict (how requests are sent and cached), left out of result keys
+JUDGE_NO_EFFECT = ("concurrency", "max_retries", "backoff", "timeout", "cache_path", "api_key_env")
+
+
+def judge_inputs(judge_cfg: Any) -> dict[str, Any]:
+    """A judge's resolved config less what cannot change a verdict: the client settings of
+    :data:`JUDGE_NO_EFFECT` and ``max_unparsable`` (which decides whether a stage fails, never a number in it)."""
+    judge = dict(plain(judge_cfg))
+    judge.pop("max_unparsable", None)
+    client = judge.get("client")
+    if isinstance(client, dict):
+        judge["client"] = {key: value for key, value in client.items() if key not in JUDGE_NO_EFFECT}
+    return judge

@@ -22,12 +22,15 @@ from prefalign.models import ModelSource
 from prefalign.scoring.base import Scorer
 from prefalign.scoring.config import build_scorers
 from prefalign.selection import SelectionRule
+from prefalign.online.pairs import PairRule
+from prefalign.online.rewards import RewardSource
 from prefalign.selection.run import select_rule
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PRIMARY = sorted(path.stem for path in CONF.glob("*.yaml"))
 # groups that the evaluation config mounts at their own package (train.py mounts them under evaluation.)
-PRIMARY_OF = {"bench": "evaluate", "judge": "evaluate", "generation": "evaluate"}
+PRIMARY_OF = {"bench": "evaluate", "judge": "evaluate", "generation": "evaluate", "prompts": "sample", "reward": "sample",
+              "pairs": "sample"}
 
 
 def group_options() -> list[tuple[str, str, str]]:
@@ -87,6 +90,18 @@ def instantiate_node(node: DictConfig, group: str, tokenizer, tmp_path: Path, re
         assert isinstance(instantiate(node, logger=False, enable_checkpointing=False), L.Trainer)
     elif group == "logger":
         instantiate(node, save_dir=str(tmp_path))
+    elif group == "prompts":
+        for key in ("path", "dataset"):
+            if key in node.keys() and OmegaConf.is_missing(node, key):
+                node[key] = str(tmp_path / "prompts.jsonl")  # instantiating reads nothing; load() would
+        assert isinstance(instantiate(node), Benchmark)
+    elif group == "reward":
+        if "judge" in node and "model" in node.judge:
+            node.judge.model = str(reward_model)
+            node.judge.dtype = "float32"
+        assert isinstance(instantiate(node), RewardSource)
+    elif group == "pairs":
+        assert isinstance(instantiate(node), PairRule)
 
 
 @pytest.mark.parametrize(("primary", "group", "option"), group_options(), ids=lambda v: str(v))

@@ -19,6 +19,7 @@ STAGES = {
     "prefalign.selection.run",
     "prefalign.evaluation.run",
     "prefalign.evaluation.sweep",
+    "prefalign.online.run",
 }
 # what every stage builds on; none of it may import a stage
 LOW_LAYERS = (
@@ -137,3 +138,10 @@ def test_scoring_does_not_import_the_training_pipeline():
     graph = import_graph()
     scoring = {module: graph[module] for module in graph if module.startswith("prefalign.scoring")}
     assert not {m: e for m, e in scoring.items() if e & {"prefalign.pipeline", "prefalign.training"}}
+
+
+def test_sampling_builds_on_libraries_not_on_other_stages():
+    graph = import_graph()
+    online = {module: graph[module] & (STAGES - {"prefalign.online.run"}) for module in graph if module.startswith("prefalign.online")}
+    assert graph["prefalign.online.run"] & {"prefalign.online.responses", "prefalign.online.pairs"}
+    assert not {m: e for m, e in online.items() if e}, online

@@ -40,13 +40,35 @@ class Benchmark:
 
 
 class BuiltinBenchmark(Benchmark):
-    """The embedded data set's held-out test prompts, with their checkers (for the verifier judge)."""
+    """The embedded data set's prompts with their checkers (for the verifier judge): by default the 300 held-out
+    test prompts; ``split=train`` or ``split=val`` gives the distinct prompts of the training or validation pairs
+    (for sampling new responses to them, :mod:`prefalign.online`), in the order of first appearance."""
 
-    def __init__(self, name: str = "builtin", max_new_tokens: int = 48, limit: int | None = None) -> None:
+    def __init__(self, name: str = "builtin", max_new_tokens: int = 48, limit: int | None = None, split: str = "test") -> None:
         super().__init__(name, max_new_tokens, limit)
-        self.path = Path(__file__).resolve().parents[1] / "data" / "builtin" / "files" / "test.jsonl"
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"the built-in prompts' split must be train, val or test, got {split!r}")
+        self.split = split
+        self.path = Path(__file__).resolve().parents[1] / "data" / "builtin" / "files" / f"{split}.jsonl"
+
+    def _pair_prompts(self) -> list[EvalItem]:
+        items: dict[str, EvalItem] = {}
+        for where, row in read_rows(self.path):
+            metadata = row.get("metadata") or {}
+            for key in ("prompt_id", "checker"):
+                if key not in metadata:
+                    raise DataError(f"{where}: missing key 'metadata.{key}'")
+            if "prompt" not in row:
+                raise DataError(f"{where}: missing key 'prompt'")
+            if metadata["prompt_id"] not in items:
+                items[metadata["prompt_id"]] = EvalItem(
+                    metadata["prompt_id"], row["prompt"], metadata["checker"], None, metadata.get("family")
+                )
+        return list(items.values())
 
     def _items(self) -> list[EvalItem]:
+        if self.split != "test":
+            return self._pair_prompts()
         items = []
         for where, row in read_rows(self.path):
             for key in ("prompt_id", "prompt", "checker"):

@@ -53,7 +53,7 @@ from prefalign.evaluation.benchmarks import Benchmark
 from prefalign.evaluation.generation import generate_answers
 from prefalign.evaluation.judges import Judge
 from prefalign.evaluation.metrics import bootstrap, length_controlled_win_rate, mean_of_known, win_rate
-from prefalign.keys import content_key, plain
+from prefalign.keys import content_key, judge_inputs, plain
 from prefalign.models import (
     ModelSource,
     directory_fingerprint,
@@ -71,10 +71,6 @@ def run_config(path: str | Path) -> DictConfig | None:
     return OmegaConf.load(config) if config.exists() else None
 
 
-# judge settings that cannot change a verdict (how requests are sent and cached), left out of result keys
-JUDGE_NO_EFFECT = ("concurrency", "max_retries", "backoff", "timeout", "cache_path", "api_key_env")
-
-
 def generation_label(settings: DictConfig | dict[str, Any]) -> str:
     """A short, readable name of generation settings: ``greedy`` or ``T0.7`` (with ``-p<top_p>`` when not 1)."""
     temperature = float(settings["temperature"])
@@ -88,14 +84,10 @@ def result_folder(bench_cfg: DictConfig, judge_cfg: DictConfig, settings: DictCo
     """The folder name of an evaluation's results: ``<bench>-<judge>-<generation>-<key>``.
 
     The key hashes the resolved bench config (``limit`` included), the judge config (less the settings in
-    :data:`JUDGE_NO_EFFECT`) and the generation settings, so results are reused only by an evaluation with the
+    :data:`~prefalign.keys.JUDGE_NO_EFFECT`) and the generation settings, so results are reused only by an evaluation with the
     same settings; computed without instantiating anything (a judge may load a model).
     """
-    judge = plain(judge_cfg)
-    judge.pop("max_unparsable", None)  # decides whether an evaluation fails, never a number in it
-    client = judge.get("client")
-    if isinstance(client, dict):
-        judge["client"] = {key: value for key, value in client.items() if key not in JUDGE_NO_EFFECT}
+    judge = judge_inputs(judge_cfg)
     generation = plain(settings)
     if int(generation.get("samples", 1)) == 1:  # the setting's default: the keys of earlier results stay valid
         generation.pop("samples", None)

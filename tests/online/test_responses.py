@@ -1,0 +1,123 @@
+"""Responses and rewards: the reward sources on hand-checked answers, and sampling that resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prefalign.evaluation.benchmarks import BuiltinBenchmark
+from prefalign.evaluation.judges import EvalItem, RewardModelJudge
+from prefalign.online.responses import SamplingSettings, sample_and_reward, sample_shards
+from prefalign.online.rewards import AnnotatorReward, JudgeReward, VerifierReward
+
+ROOT = Path(__file__).resolve().parents[2]
+ADD = EvalItem("p-1", "What is 1 + 8?", {"family": "add1", "operands": [1, 8], "answer": 9})
+
+
+def test_builtin_training_prompts_are_the_distinct_prompts_of_the_pairs():
+    items = BuiltinBenchmark(split="train").load()
+    assert len(items) == len({item.item_id for item in items}) == 1045  # of the 90 x 12 planned, those with a pair
+    assert all(item.checker is not None for item in items)
+    assert len(BuiltinBenchmark(split="val").load()) == 300 and len(BuiltinBenchmark().load()) == 300
+    with pytest.raises(ValueError, match="split"):
+        BuiltinBenchmark(split="dev")
+
+
+def test_verifier_reward_is_one_for_a_correct_answer():
+    assert VerifierReward().rewards([ADD, ADD], ["1 + 8 = 9", "The answer is 11."], [0, 1]) == [1.0, 0.0]
+    with pytest.raises(ValueError, match="prompt q has none"):
+        VerifierReward().rewards([EvalItem("q", "hello")], ["hi"], [0])
+
+
+def test_annotator_reward_is_seeded_per_response_and_follows_the_shipped_distribution():
+    annotator = AnnotatorReward(seed=3)
+    first = annotator.rewards([ADD, ADD], ["1 + 8 = 9", "10"], [0, 1])
+    assert annotator.rewards([ADD, ADD], ["1 + 8 = 9", "10"], [0, 1]) == first  # the same rating whenever rated
+    assert annotator.rewards([ADD], ["10"], [1]) == first[1:]  # whatever is rated with it
+    # the shipped model: round(N(7, 1.5)) for a correct answer, round(N(4, 1.5)) for a wrong one, in [1, 10]
+    right = annotator.rewards([ADD] * 2000, ["9"] * 2000, list(range(2000)))
+    wrong = annotator.rewards([ADD] * 2000, ["8"] * 2000, list(range(2000)))
+    assert abs(np.mean(right) - 7.0) < 0.15 and abs(np.mean(wrong) - 4.0) < 0.15
+    assert abs(np.std(wrong) - 1.5) < 0.15 and set(right) <= set(map(float, range(1, 11)))
+    # a correct answer out-rates a wrong one about as often as the shipped scores do (P(N(3, 1.5 * sqrt 2) > 0.5))
+    assert 0.85 < np.mean(np.array(right) > np.array(wrong)) < 0.95
+
+
+def test_judge_reward_is_the_reward_models_reward(tiny_reward_model):
+    judge = RewardModelJudge(str(tiny_reward_model))
+    items = [ADD, EvalItem("p-2", "Say hi.")]
+    expected = judge.reward_model.rewards([item.prompt for item in items], ["9", "hi"]).tolist()
+    assert JudgeReward(judge).rewards(items, ["9", "hi"], [0, 0]) == pytest.approx(expected)
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_sampling_resumes_where_it_stopped_and_gives_the_uninterrupted_responses(tmp_path, tokenizer):
+    from prefalign.data.tokenization import PairTokenizer
+    from prefalign.evaluation.generation import generate_answers
+    from tests.conftest import tiny_model
+
+    model, pair_tokenizer = tiny_model("llama"), PairTokenizer(tokenizer, max_length=80, max_prompt_length=64)
+    items = BuiltinBenchmark(split="train", limit=10).load()
+    settings = SamplingSettings(samples_per_prompt=3, max_new_tokens=6, batch_size=4, shard_size=3, seed=5)
+    calls = []
+
+    def generate(prompts, seed, crash_at=None):
+        calls.append(seed)
+        if crash_at is not None and len(calls) == crash_at:
+            raise Crash("killed while sampling shard 2")
+        return generate_answers(model, pair_tokenizer, prompts, max_new_tokens=6, temperature=0.7, seed=seed, batch_size=4)
+
+    whole = sample_shards(items, generate, settings, tmp_path / "whole")
+    assert len(whole) == 4 and sum(len(s) for s in whole) == 30
+    calls.clear()
+    with pytest.raises(Crash):
+        sample_shards(items, lambda p, s: generate(p, s, crash_at=3), settings, tmp_path / "resumed")
+    assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == ["shard-00000.jsonl", "shard-00001.jsonl"]
+    calls.clear()
+    resumed = sample_shards(items, generate, settings, tmp_path / "resumed")
+    assert len(calls) == 2  # only the shards without a file were sampled again
+    assert resumed == whole
+    # the k samples of a prompt differ (sampling, not copies of one answer)
+    assert len({row["response"] for row in whole[0][:3]}) > 1
+
+
+def sample(*args: str, **popen) -> subprocess.Popen:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    return subprocess.Popen([sys.executable, "sample.py", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+def test_sample_cli_killed_midway_resumes_to_the_same_responses(tmp_path):
+    args = ["model=tiny_llama", "num_prompts=60", "samples_per_prompt=2", "shard_size=4", "generation.max_new_tokens=12",
+            "generation.batch_size=8", "reward=annotator", "pairs=reward_gap"]
+    killed_cache = tmp_path / "cache-killed"
+    process = sample(*args, f"paths.cache_dir={killed_cache}", f"hydra.run.dir={tmp_path / 'killed'}")
+    deadline = time.monotonic() + 300
+    shards = lambda: list(killed_cache.glob("responses/*/shard-*.jsonl"))
+    while len(shards()) < 3 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)  # no chance to clean up: a machine that went away
+    process.wait()
+    done = len(shards())
+    assert 3 <= done < 15, f"the kill came after {done} of 15 shards"
+    assert process.returncode == -signal.SIGKILL
+
+    rerun = sample(*args, f"paths.cache_dir={killed_cache}", f"hydra.run.dir={tmp_path / 'rerun'}")
+    whole = sample(*args, f"paths.cache_dir={tmp_path / 'cache-whole'}", f"hydra.run.dir={tmp_path / 'whole'}")
+    for process in (rerun, whole):
+        assert process.wait(timeout=600) == 0, process.stderr.read()[-3000:]
+    report = json.loads((tmp_path / "rerun" / "sample_report.json").read_text())
+    assert report["shards_from_cache"] == done and report["responses"] == 120
+    for name in ("responses.jsonl", "pairs.jsonl"):
+        assert (tmp_path / "rerun" / name).read_text() == (tmp_path / "whole" / name).read_text()
