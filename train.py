@@ -1,7 +1,8 @@
 """Train a policy with a preference loss: ``python train.py [loss=dpo] [model=smollm2_135m] [data=builtin]``.
 
 With ``select=<rule>`` it runs the selection pipeline (warm-up, scores, selection, training), a sequence of the
-stages ``train.py``, ``score.py`` and ``select.py`` (:mod:`prefalign.pipeline`).
+stages ``train.py``, ``score.py`` and ``select.py`` (:mod:`prefalign.pipeline`). With ``online=iterative`` it runs
+rounds of iterative DPO, each a sequence of ``sample.py`` and the training above (:mod:`prefalign.online.iterative`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import shlex
 from typing import Any
 
 import hydra
+from hydra.utils import get_method
 from omegaconf import DictConfig
 
 from prefalign.checkpointing import TrainingInterrupted
@@ -21,7 +23,10 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run one training job (or the selection pipeline); returns its final metrics (also in ``metrics.json``)."""
+    """Run one training job (or the selection pipeline, or with ``online=<option>`` its rounds); returns its final
+    metrics (also in ``metrics.json``)."""
+    if cfg.get("online"):
+        return get_method(cfg.online.runner)(cfg)
     return run_train_command(cfg)
 
 

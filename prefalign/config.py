@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 
 def refuse_sweep_without_multirun() -> None:
     """Fail when a sweep config (an ``experiment=`` with ``hydra.sweeper.params``) runs without ``-m``.
@@ -75,3 +78,47 @@ def refuse_multirun_with_process_launch(cfg) -> None:
             f"device), or start it with torchrun --nproc_per_node {devices} train.py -m ... hydra.sweep.dir=<a fixed "
             "folder>, or sweep one device per run"
         )
+
+
+def config_dir() -> Path:
+    """``conf/`` of the running Hydra app (its primary config directory), else of this repository."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        for source in HydraConfig.get().runtime.config_sources:
+            if source.provider == "main" and source.schema == "file":
+                return Path(source.path)
+    except ValueError:  # no Hydra app running (tests, notebooks)
+        pass
+    return Path(__file__).resolve().parents[1] / "conf"
+
+
+def group_option(group: str, node: Any) -> Any:
+    """A config group's option given by name (``online.reward=annotator``: ``conf/reward/annotator.yaml``) or
+    the node itself when it is already a config.
+
+    The option's own defaults list may mount other groups' options (``- /judge@judge: openai``), which are merged
+    in before the option's own keys, as Hydra composes them.
+
+    Raises:
+        KeyError: no such option (the message lists the group's options).
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    if not isinstance(node, str):
+        return node
+    folder = config_dir() / group
+    path = folder / f"{node}.yaml"
+    if not path.exists():
+        options = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+        raise KeyError(f"no {group} option '{node}' ({path} does not exist); the options: {options}")
+    loaded = OmegaConf.load(path)
+    assert isinstance(loaded, DictConfig)
+    merged = OmegaConf.create({})
+    for entry in loaded.pop("defaults", []):
+        if entry == "_self_":
+            continue
+        ((target, option),) = entry.items()
+        other_group, _, key = str(target).lstrip("/").partition("@")
+        merged = OmegaConf.merge(merged, {key or other_group: group_option(other_group, str(option))})
+    return OmegaConf.merge(merged, loaded)

@@ -26,21 +26,14 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from prefalign.config import config_dir
 from prefalign.scoring.base import Scorer
 from prefalign.trainer import auxiliary_settings
 
 
 def score_config_dir() -> Path:
     """``conf/score`` of the running Hydra app (its primary config directory), else of this repository."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        for source in HydraConfig.get().runtime.config_sources:
-            if source.provider == "main" and source.schema == "file":
-                return Path(source.path) / "score"
-    except ValueError:  # no Hydra app running (tests, notebooks)
-        pass
-    return Path(__file__).resolve().parents[2] / "conf" / "score"
+    return config_dir() / "score"
 
 
 def available_scores(cfg: DictConfig | None = None) -> list[str]:

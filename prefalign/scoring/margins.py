@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
-from prefalign.atomic import atomic_directory
+from prefalign import distributed
+from prefalign.atomic import atomic_directory, write_json
 from prefalign.data.records import DataError, PreferencePair
 from prefalign.logprobs import pair_logps
 from prefalign.losses import DPOLoss
@@ -189,12 +190,21 @@ class BeesImplicitScorer(Scorer):
         seed: seed of the subset draw.
         train: overrides of the run's ``optimizer``, ``scheduler`` and ``trainer`` settings for the proxy
             (resolved by :func:`prefalign.scoring.config.build_scorers`).
+        proxy: a proxy trained before (a folder in Hugging Face format), used as it is: iterative DPO trains the
+            proxy in its first round and scores every later round with it, as the paper does. The folder of
+            the proxy used is recorded in the scores' cache entry (``bees_implicit_proxy.json``).
     """
 
     name = "bees_implicit"
 
     def __init__(
-        self, seed_pairs: int = 2000, beta: float = 0.1, epochs: int = 1, seed: int = 0, train: dict[str, Any] | None = None
+        self,
+        seed_pairs: int = 2000,
+        beta: float = 0.1,
+        epochs: int = 1,
+        seed: int = 0,
+        train: dict[str, Any] | None = None,
+        proxy: str | None = None,
     ) -> None:
         if epochs < 1:
             raise ValueError(f"score.bees_implicit.epochs must be at least 1, got {epochs}")
@@ -203,6 +213,7 @@ class BeesImplicitScorer(Scorer):
         self.epochs = epochs
         self.seed = seed
         self.train = train
+        self.proxy = proxy
         self._proxy: torch.nn.Module | None = None
 
     def seed_subset(self, size: int) -> list[int]:
@@ -217,8 +228,13 @@ class BeesImplicitScorer(Scorer):
             raise ValueError("bees_implicit needs its training settings (build it with prefalign.scoring.config.build_scorers)")
         subset = self.seed_subset(len(dataset))
         key = context.key("bees-proxy-v2", context.source.fingerprint(), context.data_fingerprint("train"), self.settings)
-        folder = Path(context.cache_dir) / "auxiliary" / key
-        if (folder / "config.json").exists():
+        folder = Path(self.proxy).expanduser() if self.proxy else Path(context.cache_dir) / "auxiliary" / key
+        if self.proxy:
+            if not (folder / "config.json").exists():
+                raise FileNotFoundError(f"scorers.bees_implicit.proxy={self.proxy}: no model there (no config.json)")
+            log.info("bees_implicit: the proxy model given, %s", folder)
+            proxy = load_checkpoint(folder, next(context.policy.parameters()).dtype)
+        elif (folder / "config.json").exists():
             log.info("bees_implicit: proxy model from cache %s", folder)
             proxy = load_checkpoint(folder, next(context.policy.parameters()).dtype)
         else:
@@ -234,7 +250,10 @@ class BeesImplicitScorer(Scorer):
             )
             proxy = context.fit(proxy.to(context.device), loader, self.train, self.epochs, "BeeS proxy model", DPOLoss(self.beta))
             atomic_directory(folder, proxy.save_pretrained)
+        if distributed.is_main():
+            write_json({"proxy": str(folder)}, Path(context.work_dir) / "bees_implicit_proxy.json")
         self._proxy = proxy.to(context.device).eval()
+
     def score_batch(self, context: ScoringContext, batch: dict[str, Any], shared: dict[str, Tensor]) -> Tensor:
         assert self._proxy is not None
         with torch.no_grad():
