@@ -363,18 +363,27 @@ class LossDiffIRMSelection(SelectionRule):
         )
 
 
-def bees_upper_bound(margins: np.ndarray, lower: float = -2.0, divisor: float = 2.0, min_tail: int = 30) -> float:
+def bees_upper_bound(
+    margins: np.ndarray, lower: float = -2.0, divisor: float = 2.0, min_tail: int = 30, tail: str = "closed"
+) -> float:
     """The BeeS dynamic upper bound ``U`` of one margin source.
 
     Start at ``int(max(m) / d)`` (``d = 2`` for implicit margins, 1.5 for external ones), at least ``L + 1``;
-    while ``U <= max(m)``: stop when fewer than ``min_tail`` (30) margins lie in ``[U, max]`` or when that count
-    is below ``max - U``; otherwise ``U += 1``. (BeeS paper, App. A.1, the two stopping conditions; the start
-    and the step follow the released sampler.)
+    while ``U <= max(m)``: stop when fewer than ``min_tail`` (30) margins lie in the tail above ``U`` or when
+    that count is below ``max - U``; otherwise ``U += 1``. (BeeS paper, App. A.1, the two stopping conditions;
+    the start and the step follow the released sampler, ``BeeS/m_sampler.py``.)
+
+    Args:
+        tail: ``closed``: the tail is ``[U, max]``, as the paper writes it; ``open``: ``(U, max]``, as the released
+            sampler counts (``margin > x``), which stops one step earlier where many margins equal ``U``.
     """
+    if tail not in ("closed", "open"):
+        raise ValueError(f"the BeeS tail must be closed (the paper) or open (the released sampler), got {tail!r}")
     top = float(np.max(margins))
     upper = max(float(int(top / divisor)), lower + 1)
     while upper <= top:
-        count = int(np.sum((margins >= upper) & (margins <= top)))
+        above = margins >= upper if tail == "closed" else margins > upper
+        count = int(np.sum(above & (margins <= top)))
         if count < min_tail or count < top - upper:
             break
         upper += 1
@@ -395,6 +404,9 @@ def bees_probability(margins: list[np.ndarray], uppers: list[float], lower: floa
     return log_odds
 
 
+BEES_FUSIONS = ("bayes", "add", "max", "min")
+
+
 class BeesSelection(SelectionRule):
     """``bees``: BeeS (Deng et al., "Less is More"), Bayesian aggregation of external and implicit margins.
 
@@ -402,6 +414,11 @@ class BeesSelection(SelectionRule):
     probability ``P`` (:func:`bees_probability`, bounds from :func:`bees_upper_bound`) and the top ``k`` (or
     ``keep_fraction`` of all pairs) are kept; ties in ``P`` keep score-file order. If fewer pairs are eligible
     than asked for, all eligible pairs are kept and the shortfall is reported.
+
+    The defaults follow the paper where it is explicit (Sec. 3.3 and App. A.1: the Bayesian aggregation, negative
+    margins excluded, the tail ``[U, max]``); the authors' released sampler (``BeeS/m_sampler.py``) differs, and
+    each difference is an option: ``fusion=add|max|min`` (its other strategies, on the raw margins),
+    ``eligible_only=false`` (it takes the top ``k`` whatever the signs), ``tail=open`` (it counts ``margin > U``).
 
     Args:
         external: column of the external margin (``annotator`` or ``reward_model``).
@@ -411,6 +428,10 @@ class BeesSelection(SelectionRule):
         external_divisor, implicit_divisor: ``d`` of the upper-bound start (1.5 external, 2 implicit).
         min_tail: the 30 of the upper-bound rule.
         eps: probability clipping of the log-odds form.
+        fusion: ``bayes`` (the paper's aggregation) or the sampler's ``add``, ``max``, ``min`` of the two margins.
+        eligible_only: keep only pairs whose margins are all positive (the paper: "samples with negative margins
+            are excluded"); ``false`` lets ineligible pairs fill the budget, as the released sampler does.
+        tail: how the upper-bound rule counts its tail (:func:`bees_upper_bound`).
     """
 
     name = "bees"
@@ -426,36 +447,51 @@ class BeesSelection(SelectionRule):
         implicit_divisor: float = 2.0,
         min_tail: int = 30,
         eps: float = 1e-6,
+        fusion: str = "bayes",
+        eligible_only: bool = True,
+        tail: str = "closed",
     ) -> None:
         self.external, self.implicit = external, implicit
         self.keep_fraction, self.k = keep_fraction, k
         check_budget(self.name, keep_fraction, k)
         self.lower, self.external_divisor, self.implicit_divisor = lower, external_divisor, implicit_divisor
         self.min_tail, self.eps = min_tail, eps
+        if fusion not in BEES_FUSIONS:
+            raise ValueError(f"select.fusion must be one of {BEES_FUSIONS}, got {fusion!r}")
+        if tail not in ("closed", "open"):
+            raise ValueError(f"select.tail must be closed (the paper) or open (the released sampler), got {tail!r}")
+        self.fusion, self.eligible_only, self.tail = fusion, eligible_only, tail
 
     @property
     def scores(self) -> list[str]:
         return [self.external, self.implicit]
 
-    def select(self, scores: pd.DataFrame) -> Selection:
-        external, implicit = column(scores, self.external), column(scores, self.implicit)
+    def fused(self, external: np.ndarray, implicit: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        """The ranking value of every pair and the bounds it used."""
+        if self.fusion == "add":
+            return external + implicit, {}
+        if self.fusion == "max":
+            return np.maximum(external, implicit), {}
+        if self.fusion == "min":
+            return np.minimum(external, implicit), {}
         uppers = [
-            bees_upper_bound(external, self.lower, self.external_divisor, self.min_tail),
-            bees_upper_bound(implicit, self.lower, self.implicit_divisor, self.min_tail),
+            bees_upper_bound(external, self.lower, self.external_divisor, self.min_tail, self.tail),
+            bees_upper_bound(implicit, self.lower, self.implicit_divisor, self.min_tail, self.tail),
         ]
         log_odds = bees_probability([external, implicit], uppers, self.lower, self.eps)
+        return log_odds, {"lower": self.lower, "upper": {self.external: uppers[0], self.implicit: uppers[1]}}
+
+    def select(self, scores: pd.DataFrame) -> Selection:
+        external, implicit = column(scores, self.external), column(scores, self.implicit)
+        value, bounds = self.fused(external, implicit)
         eligible = (external > 0) & (implicit > 0)
         count = count_for(len(scores), self.keep_fraction, self.k)
-        order = [i for i in np.argsort(-log_odds, kind="stable") if eligible[i]]
+        order = [i for i in np.argsort(-value, kind="stable") if eligible[i] or not self.eligible_only]
         mask = np.zeros(len(scores), dtype=bool)
         mask[order[:count]] = True
-        thresholds = {
-            "lower": self.lower,
-            "upper": {self.external: uppers[0], self.implicit: uppers[1]},
-            "count": count,
-            "eligible": int(eligible.sum()),
-        }
-        details = {"shortfall": max(0, count - int(eligible.sum()))}
+        thresholds = {**bounds, "fusion": self.fusion, "count": count, "eligible": int(eligible.sum())}
+        available = int(eligible.sum()) if self.eligible_only else len(scores)
+        details = {"shortfall": max(0, count - available), "ineligible_kept": int((mask & ~eligible).sum())}
         return self._result(scores, mask, thresholds, **details)
 
 

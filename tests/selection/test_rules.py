@@ -115,6 +115,35 @@ def test_bees_keeps_the_top_eligible_pairs():
     assert sorted(short.kept) == ["p0", "p1", "p3"] and short.details["shortfall"] == 1
 
 
+def test_bees_upper_bound_open_tail_as_the_released_sampler_counts():
+    # max 10, d = 2: start at 5. Closed tail [U, 10]: U=5 holds 30 + 30 + 1 = 61 -> U=6: 31 -> U=7: 1 < 30 -> 7.
+    # Open tail (U, 10], the sampler's `margin > x`: U=5 holds 30 + 1 = 31 (the 5.0s are out) -> U=6: 1 -> 6.
+    margins = np.array([5.0] * 30 + [6.0] * 30 + [10.0] + [0.0] * 10)
+    assert bees_upper_bound(margins, divisor=2, tail="closed") == 7
+    assert bees_upper_bound(margins, divisor=2, tail="open") == 6
+    with pytest.raises(ValueError, match="tail"):
+        bees_upper_bound(margins, tail="half")
+
+
+def test_bees_options_of_the_released_sampler_on_hand_made_margins():
+    #            p0    p1    p2    p3
+    external = [1.0, 3.0, -1.0, 0.5]
+    implicit = [2.0, 1.0, 4.0, 0.1]
+    scores = table(annotator=external, bees_implicit=implicit)
+    # add: 3, 4, 3, 0.6 -> p1 first, then p0 and p2 tie at 3 (file order), p2 ineligible
+    assert BeesSelection(k=2, fusion="add").select(scores).kept == ["p0", "p1"]
+    assert sorted(BeesSelection(k=2, fusion="add", eligible_only=False).select(scores).kept) == ["p0", "p1"]
+    assert BeesSelection(k=3, fusion="add", eligible_only=False).select(scores).details["ineligible_kept"] == 1
+    # max: 2, 3, 4, 0.5 -> the sampler keeps p2 (a negative external margin) first; the paper's rule never does
+    assert sorted(BeesSelection(k=2, fusion="max", eligible_only=False).select(scores).kept) == ["p1", "p2"]
+    assert sorted(BeesSelection(k=2, fusion="max").select(scores).kept) == ["p0", "p1"]
+    # min: 1, 1, -1, 0.1 -> p0 and p1 tie at 1 and come first
+    minimum = BeesSelection(k=3, fusion="min").select(scores)
+    assert sorted(minimum.kept) == ["p0", "p1", "p3"] and minimum.thresholds["fusion"] == "min"
+    with pytest.raises(ValueError, match="fusion"):
+        BeesSelection(fusion="mean")
+
+
 def test_pzn_regions():
     values = [-5.0, -2.0, -0.5, 0.2, 0.9, 1.5, 3.0, 8.0, 100.0, -100.0]
     scores = table(annotator=values)
