@@ -19,7 +19,7 @@ from prefalign.atomic import atomic_directory, write_json
 from prefalign.data.records import DataError, PreferencePair
 from prefalign.logprobs import pair_logps
 from prefalign.losses import DPOLoss
-from prefalign.models import load_checkpoint
+from prefalign.models import directory_fingerprint, load_checkpoint, resolve_checkpoint_dir
 from prefalign.rewards import RewardModel
 from prefalign.scoring.base import Scorer, ScoringContext
 
@@ -174,6 +174,28 @@ class IFDScorer(Scorer):
         self._model = None
 
 
+class WithReference:
+    """A loader whose batches carry another reference's log-probs (``reference_chosen_logps`` and
+    ``reference_rejected_logps`` of ``reference``, computed batch by batch): the DPO training of a separate
+    BeeS proxy is regularised towards that proxy's own initial weights."""
+
+    def __init__(self, loader: Any, reference: torch.nn.Module, context: ScoringContext) -> None:
+        self.loader, self.reference, self.context = loader, reference, context
+        self.dataset = loader.dataset
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Any:
+        for batch in self.loader:
+            with torch.no_grad():
+                logps = self.context.pair_logps(self.reference, {k: v.to(self.context.device) if isinstance(v, Tensor) else v
+                                                                 for k, v in batch.items()})
+            batch["reference_chosen_logps"] = logps["chosen_logps"].float().cpu()
+            batch["reference_rejected_logps"] = logps["rejected_logps"].float().cpu()
+            yield batch
+
+
 class BeesImplicitScorer(Scorer):
     """``bees_implicit``: the BeeS implicit reward margin ``m_im = rho_w - rho_l`` of a weakly aligned proxy.
 
@@ -193,6 +215,10 @@ class BeesImplicitScorer(Scorer):
         proxy: a proxy trained before (a folder in Hugging Face format), used as it is: iterative DPO trains the
             proxy in its first round and scores every later round with it, as the paper does. The folder of
             the proxy used is recorded in the scores' cache entry (``bees_implicit_proxy.json``).
+        model: the proxy's own initial weights, a local folder (run directory or checkpoint) or hub name: the paper
+            trains a separate, smaller model (Llama-3.2-3B for 8B policies) and takes ``rho`` against that
+            model's own initial weights; it must share the policy's tokenizer. ``null``: the policy's initial
+            weights, with the run's reference.
     """
 
     name = "bees_implicit"
@@ -201,10 +227,11 @@ class BeesImplicitScorer(Scorer):
         self,
         seed_pairs: int = 2000,
         beta: float = 0.1,
-        epochs: int = 1,
+        epochs: int = 2,
         seed: int = 0,
         train: dict[str, Any] | None = None,
         proxy: str | None = None,
+        model: str | None = None,
     ) -> None:
         if epochs < 1:
             raise ValueError(f"score.bees_implicit.epochs must be at least 1, got {epochs}")
@@ -214,7 +241,9 @@ class BeesImplicitScorer(Scorer):
         self.seed = seed
         self.train = train
         self.proxy = proxy
+        self.model = model
         self._proxy: torch.nn.Module | None = None
+        self._proxy_reference: torch.nn.Module | None = None
 
     def seed_subset(self, size: int) -> list[int]:
         generator = np.random.default_rng(self.seed)
@@ -227,7 +256,8 @@ class BeesImplicitScorer(Scorer):
         if self.train is None:
             raise ValueError("bees_implicit needs its training settings (build it with prefalign.scoring.config.build_scorers)")
         subset = self.seed_subset(len(dataset))
-        key = context.key("bees-proxy-v2", context.source.fingerprint(), context.data_fingerprint("train"), self.settings)
+        initial = self.proxy_model_fingerprint(context) if self.model else context.source.fingerprint()
+        key = context.key("bees-proxy-v2", initial, context.data_fingerprint("train"), self.settings)
         folder = Path(self.proxy).expanduser() if self.proxy else Path(context.cache_dir) / "auxiliary" / key
         if self.proxy:
             if not (folder / "config.json").exists():
@@ -238,28 +268,56 @@ class BeesImplicitScorer(Scorer):
             log.info("bees_implicit: proxy model from cache %s", folder)
             proxy = load_checkpoint(folder, next(context.policy.parameters()).dtype)
         else:
-            proxy = context.source.load_base_model()
+            proxy = self.load_proxy_model(context) if self.model else context.source.load_base_model()
             for parameter in proxy.parameters():
                 parameter.requires_grad_(True)
-            loader = DataLoader(
+            loader: Any = DataLoader(
                 Subset(dataset, subset),
                 batch_size=context.datamodule.batch_size,
                 shuffle=True,
                 generator=torch.Generator().manual_seed(self.seed),
                 collate_fn=context.datamodule.collate,
             )
+            if self.model:  # DPO against the proxy's own initial weights
+                loader = WithReference(loader, self.load_proxy_model(context).to(context.device).eval(), context)
             proxy = context.fit(proxy.to(context.device), loader, self.train, self.epochs, "BeeS proxy model", DPOLoss(self.beta))
             atomic_directory(folder, proxy.save_pretrained)
         if distributed.is_main():
             write_json({"proxy": str(folder)}, Path(context.work_dir) / "bees_implicit_proxy.json")
         self._proxy = proxy.to(context.device).eval()
+        if self.model:  # rho against the proxy's own initial weights, not the policy's reference
+            self._proxy_reference = self.load_proxy_model(context).to(context.device).eval()
+
+    def load_proxy_model(self, context: ScoringContext) -> torch.nn.Module:
+        """The separate proxy's initial weights (``model``), checked to share the policy's tokenizer."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        assert self.model is not None
+        local = Path(str(self.model)).expanduser()
+        folder = resolve_checkpoint_dir(local) if local.exists() else None
+        tokenizer = AutoTokenizer.from_pretrained(folder or self.model)
+        if tokenizer.get_vocab() != context.source.load_tokenizer().get_vocab():
+            raise ValueError(f"scorers.bees_implicit.model={self.model}: its tokenizer is not the policy's; the pairs are "
+                             "tokenised once, so the proxy must share the policy's vocabulary")
+        dtype = next(context.policy.parameters()).dtype
+        if folder is not None:
+            return load_checkpoint(folder, dtype)
+        return AutoModelForCausalLM.from_pretrained(self.model, dtype=dtype)
+
+    def proxy_model_fingerprint(self, context: ScoringContext) -> str:
+        local = Path(str(self.model)).expanduser()
+        return f"path:{directory_fingerprint(resolve_checkpoint_dir(local))}" if local.exists() else f"hub:{self.model}"
 
     def score_batch(self, context: ScoringContext, batch: dict[str, Any], shared: dict[str, Tensor]) -> Tensor:
         assert self._proxy is not None
         with torch.no_grad():
             proxy = context.pair_logps(self._proxy, batch)
-        reference = {key[len("reference_") :]: value for key, value in batch.items() if key.startswith("reference_")}
+            if self._proxy_reference is not None:
+                reference = context.pair_logps(self._proxy_reference, batch)
+            else:
+                reference = {key[len("reference_") :]: value for key, value in batch.items() if key.startswith("reference_")}
         return (proxy["chosen_logps"] - reference["chosen_logps"]) - (proxy["rejected_logps"] - reference["rejected_logps"])
 
     def release(self) -> None:
         self._proxy = None
+        self._proxy_reference = None
