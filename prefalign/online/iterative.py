@@ -108,7 +108,7 @@ def train_config(cfg: DictConfig, pairs_file: Path, val_file: Path, policy: str 
         "evaluate_after_training": False,
         "ckpt_path": "last",
         # a rule's scores are those of the round's own policy (BeeS), unless a warm-up per round is asked for
-        "pipeline.warmup_epochs": int(cfg.online.selection_warmup_epochs),
+        "pipeline.warmup_epochs": int(cfg.online.get("selection_warmup_epochs", 0)),
     }
     if policy is not None:
         changes["model.init_from"] = policy
