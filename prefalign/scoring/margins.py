@@ -199,7 +199,7 @@ class WithReference:
 class BeesImplicitScorer(Scorer):
     """``bees_implicit``: the BeeS implicit reward margin ``m_im = rho_w - rho_l`` of a weakly aligned proxy.
 
-    BeeS paper (Deng et al.), Sec. 3.3: a small proxy model is DPO-trained on a random seed subset (about
+    BeeS paper (Deng et al.), Sec. 3.2 and 4.1: a small proxy model is DPO-trained on a random seed subset (about
     2,000 pairs) and its implicit margins on every pair are one of the margin sources of the Bayesian
     aggregation. Here the proxy starts from the policy's initial weights (the same model family, as the paper
     allows), trains with DPO through the one trainer builder (the run's optimizer, scheduler and trainer

@@ -415,7 +415,7 @@ class BeesSelection(SelectionRule):
     ``keep_fraction`` of all pairs) are kept; ties in ``P`` keep score-file order. If fewer pairs are eligible
     than asked for, all eligible pairs are kept and the shortfall is reported.
 
-    The defaults follow the paper where it is explicit (Sec. 3.3 and App. A.1: the Bayesian aggregation, negative
+    The defaults follow the paper where it is explicit (Sec. 3.2 and App. A.1: the Bayesian aggregation, negative
     margins excluded, the tail ``[U, max]``); the authors' released sampler (``BeeS/m_sampler.py``) differs, and
     each difference is an option: ``fusion=add|max|min`` (its other strategies, on the raw margins),
     ``eligible_only=false`` (it takes the top ``k`` whatever the signs), ``tail=open`` (it counts ``margin > U``).
