@@ -58,6 +58,28 @@ def test_judge_reward_is_the_reward_models_reward(tiny_reward_model):
     assert JudgeReward(judge).rewards(items, ["9", "hi"], [0, 0]) == pytest.approx(expected)
 
 
+def test_llm_judge_reward_is_its_rating_and_no_reward_when_unparsable(tmp_path):
+    from prefalign.evaluation.client import ChatClient
+    from prefalign.evaluation.judges import OpenAIJudge, UnparsableReplies
+    from prefalign.online.pairs import BestWorst, build_pairs
+    from tests.evaluation.judge_server import JudgeServer
+
+    items = [EvalItem("q", "Question?")] * 3
+    with JudgeServer() as server:
+        client = ChatClient(server.base_url, "test-judge", backoff=0.01, cache_path=tmp_path / "cache.sqlite")
+        judge = OpenAIJudge(client, max_unparsable=0.5)
+        rewards = JudgeReward(judge, name="llm_judge").rewards(items, ["GOOD answer", "BAD answer", "GARBLE"], [0, 1, 2])
+        assert rewards == [9.0, 2.0, None]  # the test server rates GOOD 9, BAD 2, and garbles GARBLE
+        rows = [{"prompt_id": "q", "prompt": "Question?", "sample": j, "response": text, "reward": reward}
+                for j, (text, reward) in enumerate(zip(["GOOD answer", "BAD answer", "GARBLE"], rewards))]
+        pairs, report = build_pairs(rows, BestWorst())
+        assert [(p["chosen"], p["rejected"]) for p in pairs] == [("GOOD answer", "BAD answer")]
+        assert report["dropped"] == {"no_reward": 1}
+        strict = OpenAIJudge(ChatClient(server.base_url, "test-judge", backoff=0.01, cache_path=tmp_path / "c2.sqlite"))
+        with pytest.raises(UnparsableReplies):  # 1 of 3 > the default 5%: the stage fails, nothing is written
+            JudgeReward(strict).rewards(items, ["GOOD answer", "BAD answer", "GARBLE"], [0, 1, 2])
+
+
 class Crash(RuntimeError):
     pass
 
