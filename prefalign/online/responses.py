@@ -12,6 +12,9 @@ Cache layout (``<cache_dir>``, keys of :func:`responses_key` and :func:`rewards_
     responses/<key>/shard-00000.jsonl        prompt_id, sample, response of each of the shard's prompts x k
     rewards/<key>-<reward key>/shard-00000.json   the shard's rewards and checker outcomes, in the same order
 
+Under a launcher (``torchrun ... sample.py``) every process generates its share of each shard's batches
+(:func:`~prefalign.evaluation.generation.generate_answers`), rank 0 computes the rewards and writes every file.
+
 The stage's output, ``responses.jsonl``, holds one row per response::
 
     {"prompt_id", "prompt", "sample", "response", "reward", "correct", "family", "checker",
@@ -33,6 +36,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from prefalign import distributed
 from prefalign.atomic import atomic_write, write_json
 from prefalign.evaluation.judges import EvalItem
 from prefalign.keys import content_key
@@ -42,9 +46,6 @@ log = logging.getLogger(__name__)
 
 # the seeds of two shards are this far apart (a prime, so that shard seeds never meet a batch offset pattern)
 SHARD_SEED_STRIDE = 1_000_003
-
-GenerateFn = Callable[[list[Any], int], list[str]]
-
 
 @dataclass
 class SamplingSettings:
@@ -158,10 +159,11 @@ def reward_shards(
             continue
         shard_items = [by_id[row["prompt_id"]] for row in rows]
         responses = [row["response"] for row in rows]
-        values = {
+        # on rank 0 only under a launcher (an LLM judge is asked once, not once per process), shared with the others
+        values = distributed.on_main(lambda: {
             "reward": reward.rewards(shard_items, responses, [row["sample"] for row in rows]),
             "correct": checker_outcomes(shard_items, responses),
-        }
+        })
         if write:
             write_json(values, path)
         results.append(values)

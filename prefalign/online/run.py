@@ -68,6 +68,8 @@ def prompt_slice(items: list[Any], first: int, count: int | None, where: str) ->
     chosen = items[first : None if count is None else first + count]
     if not chosen:
         raise ValueError(f"{where}: first_prompt={first} is past the last of its {len(items)} prompts")
+    if count is not None and len(chosen) < count:
+        log.warning("%s: %d prompts asked for from prompt %d, only %d left", where, count, first, len(chosen))
     return chosen
 
 
