@@ -143,3 +143,30 @@ def test_sample_cli_killed_midway_resumes_to_the_same_responses(tmp_path):
     assert report["shards_from_cache"] == done and report["responses"] == 120
     for name in ("responses.jsonl", "pairs.jsonl"):
         assert (tmp_path / "rerun" / name).read_text() == (tmp_path / "whole" / name).read_text()
+
+
+def test_sample_py_on_a_prompt_file_with_a_reward_model(tmp_path, tiny_reward_model):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Name a colour, {i}."}) + "\n" for i in range(5)))
+    process = sample("model=tiny_llama", "prompts=file", f"prompts.path={prompts}", "prompts.prompt_column=question",
+                     "prompts.id_column=id", "samples_per_prompt=3", "generation.max_new_tokens=6", "reward=reward_model",
+                     f"reward.judge.model={tiny_reward_model}", "reward.judge.dtype=float32", "pairs=reward_gap",
+                     f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert process.wait(timeout=600) == 0, process.stderr.read()[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "responses.jsonl").read_text().splitlines()]
+    assert [row["prompt_id"] for row in rows[:4]] == ["q0", "q0", "q0", "q1"] and len(rows) == 15
+    assert all(isinstance(row["reward"], float) and row["correct"] is None for row in rows)  # no checker: no truth
+    # the rewards are the reward model's, and every pair of a prompt's distinct rewards is a pair (reward_gap, 0)
+    judge = RewardModelJudge(str(tiny_reward_model))
+    expected = judge.reward_model.rewards([rows[0]["prompt"]], [rows[0]["response"]]).tolist()
+    assert rows[0]["reward"] == pytest.approx(expected[0], rel=1e-5)
+    report = json.loads((tmp_path / "run" / "sample_report.json").read_text())
+    expected_pairs = 0
+    for prompt in ("q0", "q1", "q2", "q3", "q4"):
+        distinct = {}
+        for row in rows:
+            if row["prompt_id"] == prompt:
+                distinct.setdefault(row["response"], row["reward"])
+        values = list(distinct.values())
+        expected_pairs += sum(values[j] != values[l] for j in range(len(values)) for l in range(j + 1, len(values)))
+    assert expected_pairs > 0 and report["pairs"]["pairs"] == expected_pairs and report["pairs"]["ground_truth"] is None
