@@ -7,7 +7,8 @@ Each argument is a ``train.py online=iterative`` (or ``online=curriculum``) run 
 training run evaluated with the same settings (``evaluate.py policy=<run>``). The initial model's per-prompt
 success comes from the baseline answers of the first round's evaluation (round 1's reference is the initial model).
 Every success rate has its bootstrap 95% interval; the differences are paired over the 300 prompts
-(:func:`prefalign.evaluation.metrics.paired_difference`). ``--record`` appends the table to ``bench/RESULTS.md``.
+(:func:`prefalign.evaluation.metrics.paired_difference`). Also per round: the share of the round's sampled answers
+that are correct (on its training prompts), and the held-out reward accuracy on the run's validation pairs. ``--record`` appends the table to ``bench/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -60,6 +61,15 @@ def cells(values: pd.Series, against: dict[str, pd.Series]) -> dict[str, str]:
     return row
 
 
+def val_accuracy(entry: dict[str, Any]) -> str:
+    """The held-out preference accuracy of a round's policy on the run's validation pairs, with its interval."""
+    metric = ((entry.get("heldout") or {}).get("val") or {}).get("rewards/accuracies")
+    if not metric:
+        value = entry.get("metrics", {}).get("val/rewards/accuracies")
+        return "-" if value is None else f"{100 * value:.1f}"
+    return f"{100 * metric['value']:.1f} [{100 * metric['ci_low']:.1f}, {100 * metric['ci_high']:.1f}]"
+
+
 def steps(run: Path) -> tuple[str, list[dict[str, Any]]]:
     metrics = json.loads((run / "metrics.json").read_text())
     if "rounds" in metrics:
@@ -101,11 +111,14 @@ def main(argv: list[str] | None = None) -> None:
                 "pairs built": entry.get("pairs_built", entry.get("pairs")),
                 "pairs trained": entry.get("pairs_kept", entry.get("pairs")),
                 "flipped / ambiguous": f"{noise.get('label_flipped', '-')} / {noise.get('ambiguous', '-')}",
+                "sampled answers correct %": "-" if entry.get("response_success") is None else f"{100 * entry['response_success']:.1f}",
                 **measured,
+                "val accuracy %": val_accuracy(entry),
                 "wall s (sample / train / eval)": f"{wall.get('sampling', '-')} / {wall['training']} / {wall['evaluation']}",
             })
-    header = ["run", "step", "pairs built", "pairs trained", "flipped / ambiguous", "success % [95% CI]",
-              *(f"vs {name}, pts [95% CI]" for name in against), "wall s (sample / train / eval)"]
+    header = ["run", "step", "sampled answers correct %", "pairs built", "pairs trained", "flipped / ambiguous",
+              "success % [95% CI]", *(f"vs {name}, pts [95% CI]" for name in against), "val accuracy %",
+              "wall s (sample / train / eval)"]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(str(row.get(key, "")) for key in header) + " |" for row in rows]
     table = "\n".join(lines)
