@@ -1,7 +1,8 @@
 """Iterative DPO and Curri-DPO runs side by side: held-out success after every round (or stage), paired against
 the initial model and against one-pass offline DPO on the same prompts.
 
-    python -m bench.online runs/verifier_full runs/verifier_bees --offline outputs/offline [--label ...] [--record]
+    python -m bench.online runs/verifier_full runs/verifier_bees --offline outputs/offline [--label ...]
+        [--single "RS-DPO=outputs/rs_dpo"] [--record]
 
 Each argument is a ``train.py online=iterative`` (or ``online=curriculum``) run directory; ``--offline`` a plain
 training run evaluated with the same settings (``evaluate.py policy=<run>``). The initial model's per-prompt
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--offline", type=Path, help="a one-pass offline DPO run evaluated with the same settings")
     parser.add_argument("--label", action="append", default=[], help="a name per run (default: its folder's name)")
+    parser.add_argument("--single", action="append", default=[], metavar="LABEL=DIR",
+                        help="another plain training run evaluated with the same settings (e.g. on RS-DPO pairs)")
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     args = parser.parse_args(argv)
     labels = args.label + [run.name for run in args.runs[len(args.label):]]
@@ -97,6 +100,13 @@ def main(argv: list[str] | None = None) -> None:
         trained = json.loads((args.offline / "metrics.json").read_text())["run"]
         rows.append({"run": "one-pass offline DPO", "step": "-", "pairs built": "-", "pairs trained": trained["train_pairs"],
                      "flipped / ambiguous": "-", **cells(offline, {"initial": initial}),
+                     "wall s (sample / train / eval)": f"- / {trained['elapsed_s']:.0f} / -"})
+    for single in args.single:
+        label, _, folder = single.partition("=")
+        run_dir = Path(folder)
+        trained = json.loads((run_dir / "metrics.json").read_text())["run"]
+        rows.append({"run": label, "step": "-", "pairs trained": trained["train_pairs"],
+                     **cells(success(eval_dir(run_dir)), against),
                      "wall s (sample / train / eval)": f"- / {trained['elapsed_s']:.0f} / -"})
     for label, run in zip(labels, args.runs):
         kind, entries = steps(run)
