@@ -53,9 +53,10 @@ def curriculum_pairs(cfg: DictConfig, run_dir: Path) -> tuple[list[dict[str, Any
 def run_curriculum(cfg: DictConfig) -> dict[str, Any]:
     """Sample, pair and train the stages (module docstring); returns the run's metrics (also ``metrics.json``)."""
     from prefalign.evaluation.sweep import evaluate_run
-    from prefalign.online.iterative import REFERENCES
+    from prefalign.online.iterative import REFERENCES, check_one_device
 
     start = time.perf_counter()
+    check_one_device(cfg)
     if cfg.online.reference not in REFERENCES:
         raise ValueError(f"online.reference must be one of {REFERENCES}, got {cfg.online.reference!r}")
     if needs_selection(cfg):

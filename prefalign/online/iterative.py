@@ -43,7 +43,18 @@ log = logging.getLogger(__name__)
 REFERENCES = ("initial", "previous")
 
 
+def check_one_device(cfg: DictConfig) -> None:
+    """The rounds run their stages in one process: a training stage of several processes (Lightning would start the
+    whole command again in each) is refused until the rounds are launched as one job per stage."""
+    devices, nodes = cfg.trainer.get("devices", 1), int(cfg.trainer.get("num_nodes", 1) or 1)
+    if str(devices) not in ("1", "None", "auto", "[0]") or nodes > 1 or (str(devices) == "auto" and "ddp" in str(cfg.trainer.get("strategy")).lower()):
+        raise ValueError(f"online={cfg.online.runner.rsplit('.', 1)[-1]} trains each round in this process, on one device: "
+                         f"trainer.devices={devices} and trainer.num_nodes={nodes} would start the whole command again in "
+                         "every process. Run it with trainer.devices=1, or run the rounds' stages (sample.py, train.py) by hand")
+
+
 def check_online(cfg: DictConfig) -> None:
+    check_one_device(cfg)
     online = cfg.online
     if int(online.rounds) < 1:
         raise ValueError(f"online.rounds must be at least 1, got {online.rounds}")

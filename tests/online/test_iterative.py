@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from omegaconf import OmegaConf
 
 from prefalign.models import directory_fingerprint
@@ -58,3 +59,13 @@ def test_bees_in_online_rounds_trains_its_proxy_in_the_first_round_only(tmp_path
     assert proxies[0] == proxies[1] and len(list((cache / "auxiliary").iterdir())) == 1
     config = OmegaConf.load(run / "round-2" / "train" / "config.yaml")
     assert config.scorers.bees_implicit.proxy == proxies[0] and config.model.reference_path is None
+
+
+def test_online_runs_refuse_a_training_stage_of_several_processes():
+    from prefalign.online.iterative import check_one_device
+
+    check_one_device(OmegaConf.create({"trainer": {"devices": 1}, "online": {"runner": "prefalign.online.iterative.run_iterative"}}))
+    for trainer in ({"devices": 2}, {"devices": 1, "num_nodes": 2},
+                    {"devices": "auto", "strategy": {"_target_": "lightning.pytorch.strategies.DDPStrategy"}}):
+        with pytest.raises(ValueError, match="on one device"):
+            check_one_device(OmegaConf.create({"trainer": trainer, "online": {"runner": "prefalign.online.iterative.run_iterative"}}))

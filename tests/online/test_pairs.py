@@ -103,3 +103,4 @@ def test_build_pairs_names_the_row_with_a_missing_key():
     with pytest.raises(ValueError, match="responses row 1: missing key 'reward'"):
         build_pairs([{"prompt_id": "a", "prompt": "q", "sample": 0, "response": "x", "reward": 1.0},
                      {"prompt_id": "a", "prompt": "q", "sample": 1, "response": "y"}], BestWorst())
+
