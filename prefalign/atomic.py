@@ -75,6 +75,17 @@ def write_json(data: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, dump)
 
 
+def write_jsonl(rows: Any, path: str | os.PathLike) -> Path:
+    """One JSON object per line (UTF-8, non-ASCII kept as is), written atomically."""
+
+    def dump(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as stream:
+            for row in rows:
+                stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    return atomic_write(path, dump)
+
+
 def atomic_directory(target: str | os.PathLike, save: Callable[[Path], Any]) -> Path:
     """Run ``save(tmp_dir)`` and move the folder to ``target`` in one rename.
 

@@ -26,10 +26,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from prefalign.atomic import write_json
+from prefalign.atomic import write_json, write_jsonl
 from prefalign.data.datamodule import data_split_pairs
 from prefalign.online.iterative import heldout_success, round_done, sample_config, train_config
-from prefalign.online.responses import read_jsonl, write_jsonl
+from prefalign.online.responses import read_jsonl
 from prefalign.online.run import responses_file, run_sampling
 from prefalign.pipeline import needs_selection
 from prefalign.training import run_training

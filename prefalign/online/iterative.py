@@ -30,10 +30,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from prefalign.atomic import write_json
+from prefalign.atomic import write_json, write_jsonl
 from prefalign.config import group_option
 from prefalign.data.datamodule import data_split_pairs
-from prefalign.online.responses import write_jsonl
 from prefalign.online.run import run_sampling
 from prefalign.pipeline import derive, needs_selection, run_selection_pipeline
 from prefalign.training import run_training

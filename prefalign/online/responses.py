@@ -37,7 +37,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from prefalign import distributed
-from prefalign.atomic import atomic_write, write_json
+from prefalign.atomic import write_json, write_jsonl
+from prefalign.data.sources import read_rows
 from prefalign.evaluation.judges import EvalItem
 from prefalign.keys import content_key
 from prefalign.online.rewards import RewardSource, checker_outcomes
@@ -89,16 +90,8 @@ def shard_seed(seed: int, shard: int) -> int:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def write_jsonl(rows: list[dict[str, Any]], path: Path) -> Path:
-    def dump(tmp: str) -> None:
-        with open(tmp, "w") as stream:
-            for row in rows:
-                stream.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-    return atomic_write(path, dump)
+    """The rows of a JSON Lines file (:func:`prefalign.data.sources.read_rows`: a bad line is named)."""
+    return [row for _, row in read_rows(path)]
 
 
 def sample_shards(

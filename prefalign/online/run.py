@@ -33,14 +33,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from prefalign import distributed
-from prefalign.atomic import write_json
+from prefalign.atomic import write_json, write_jsonl
 from prefalign.data.tokenization import PairTokenizer
 from prefalign.evaluation.benchmarks import Benchmark
 from prefalign.evaluation.generation import generate_answers
 from prefalign.keys import judge_inputs, plain
 from prefalign.models import ModelSource, directory_fingerprint, resolve_checkpoint_dir
 from prefalign.online.pairs import PairRule, build_pairs
-from prefalign.online.responses import SamplingSettings, read_jsonl, sample_and_reward, write_jsonl
+from prefalign.online.responses import SamplingSettings, read_jsonl, sample_and_reward
 from prefalign.online.rewards import RewardSource
 
 log = logging.getLogger(__name__)

@@ -89,7 +89,7 @@ def test_build_pairs_rows_counts_and_ground_truth():
 
 def test_build_pairs_output_is_an_ordinary_pairs_file(tmp_path):
     from prefalign.data.sources import LocalSource
-    from prefalign.online.responses import write_jsonl
+    from prefalign.atomic import write_jsonl
 
     pairs, _ = build_pairs(responses({"a": [2.0, 1.0, 0.0], "b": [0.0, 3.0, 1.0]}), RewardGap())
     write_jsonl(pairs, tmp_path / "pairs.jsonl")

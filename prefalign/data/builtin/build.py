@@ -71,6 +71,7 @@ from typing import Any
 
 import numpy as np
 
+from prefalign.atomic import write_jsonl
 from prefalign.data.builtin import FILES_DIR
 from prefalign.data.builtin.tasks import (
     FAMILIES,
@@ -568,13 +569,6 @@ def model_generator(config: BuildConfig, model_name: str = "smollm2_135m") -> tu
         return results
 
     return generate, source.fingerprint()
-
-
-def write_jsonl(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """Write one JSON object per line (UTF-8, non-ASCII kept as is)."""
-    with path.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def sha256_of(path: Path) -> str:
