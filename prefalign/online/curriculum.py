@@ -27,8 +27,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from prefalign.atomic import write_json, write_jsonl
-from prefalign.data.datamodule import data_split_pairs
-from prefalign.online.iterative import heldout_success, round_done, sample_config, train_config
+from prefalign.online.iterative import evaluate_step, prepare_run, round_done, sample_config, train_config
 from prefalign.online.responses import read_jsonl
 from prefalign.online.run import responses_file, run_sampling
 from prefalign.pipeline import needs_selection
@@ -52,7 +51,6 @@ def curriculum_pairs(cfg: DictConfig, run_dir: Path) -> tuple[list[dict[str, Any
 
 def run_curriculum(cfg: DictConfig) -> dict[str, Any]:
     """Sample, pair and train the stages (module docstring); returns the run's metrics (also ``metrics.json``)."""
-    from prefalign.evaluation.sweep import evaluate_run
     from prefalign.online.iterative import REFERENCES, check_one_device
 
     start = time.perf_counter()
@@ -61,13 +59,7 @@ def run_curriculum(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"online.reference must be one of {REFERENCES}, got {cfg.online.reference!r}")
     if needs_selection(cfg):
         raise ValueError("online=curriculum trains on every stage's pairs: drop select=... (select=full)")
-    run_dir = Path(cfg.paths.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    cache_dir = Path(str(cfg.paths.cache_dir)).expanduser()
-    val_file = run_dir / "val_pairs.jsonl"
-    if not val_file.exists():
-        write_jsonl([pair.to_dict() for pair in data_split_pairs(cfg.data, "val")], val_file)
+    run_dir, cache_dir, val_file = prepare_run(cfg)
     pairs, sample_report = curriculum_pairs(cfg, run_dir)
     stages = sorted({pair["metadata"]["stage"] for pair in pairs})
     if not stages:
@@ -91,10 +83,9 @@ def run_curriculum(cfg: DictConfig) -> dict[str, Any]:
         trained = time.perf_counter()
         heldout = None
         if cfg.online.evaluate:
-            report = evaluate_run(train_dir, cfg.evaluation, cache_dir)
-            heldout = {**heldout_success(report["single"]["policy"], report["judge"]), "winrate": report["winrate"]}
+            heldout, reference = evaluate_step(train_dir, cfg, cache_dir)
             if stage == stages[0]:
-                initial = heldout_success(report["single"]["baseline"], report["judge"])
+                initial = reference
         known = [pair["metadata"] for pair in stage_pairs if "label_flipped" in pair["metadata"]]
         gaps = [pair["score_chosen"] - pair["score_rejected"] for pair in stage_pairs]
         table.append({

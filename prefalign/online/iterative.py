@@ -149,19 +149,34 @@ def heldout_success(single: dict[str, Any], judge: str) -> dict[str, Any]:
     return summary
 
 
-def run_iterative(cfg: DictConfig) -> dict[str, Any]:
-    """Run the rounds (module docstring); returns the run's metrics (also ``<run>/metrics.json``)."""
-    from prefalign.evaluation.sweep import evaluate_run
-
-    start = time.perf_counter()
-    check_online(cfg)
+def prepare_run(cfg: DictConfig) -> tuple[Path, Path, Path]:
+    """The run directory (with its ``config.yaml``), the cache root, and ``<run>/val_pairs.jsonl``: the run's
+    validation pairs, written once, that every round's (or stage's) training validates on."""
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    cache_dir = Path(str(cfg.paths.cache_dir)).expanduser()
     val_file = run_dir / "val_pairs.jsonl"
     if not val_file.exists():
         write_jsonl([pair.to_dict() for pair in data_split_pairs(cfg.data, "val")], val_file)
+    return run_dir, Path(str(cfg.paths.cache_dir)).expanduser(), val_file
+
+
+def evaluate_step(train_dir: Path, cfg: DictConfig, cache_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A round's (or stage's) held-out evaluation: its policy's success (with the WinRate and held-out pair
+    metrics) and its reference's, which is the initial model's in the first round."""
+    from prefalign.evaluation.sweep import evaluate_run
+
+    report = evaluate_run(train_dir, cfg.evaluation, cache_dir)
+    policy = {**heldout_success(report["single"]["policy"], report["judge"]), "winrate": report["winrate"],
+              "val": report.get("heldout")}
+    return policy, heldout_success(report["single"]["baseline"], report["judge"])
+
+
+def run_iterative(cfg: DictConfig) -> dict[str, Any]:
+    """Run the rounds (module docstring); returns the run's metrics (also ``<run>/metrics.json``)."""
+    start = time.perf_counter()
+    check_online(cfg)
+    run_dir, cache_dir, val_file = prepare_run(cfg)
     policy: str | None = None
     proxy: str | None = None
     initial: dict[str, Any] | None = None
@@ -187,11 +202,9 @@ def run_iterative(cfg: DictConfig) -> dict[str, Any]:
             proxy = bees_proxy(train_dir)
         heldout = None
         if cfg.online.evaluate:
-            report = evaluate_run(train_dir, cfg.evaluation, cache_dir)
-            heldout = {**heldout_success(report["single"]["policy"], report["judge"]), "winrate": report["winrate"],
-                       "val": report.get("heldout")}
+            heldout, reference = evaluate_step(train_dir, cfg, cache_dir)
             if index == 1:  # round 1's reference is the initial model, whatever online.reference says
-                initial = heldout_success(report["single"]["baseline"], report["judge"])
+                initial = reference
         pairs = sample_report["pairs"]
         rounds.append({
             "round": index,
