@@ -13,6 +13,7 @@ from typing import Any
 from prefalign.data.records import DataError, Text
 from prefalign.data.sources import parse_hh_transcript, read_rows
 from prefalign.evaluation.judges import EvalItem
+from prefalign.evaluation.metrics import ApproximateLengthControl, LengthControl
 
 
 class Benchmark:
@@ -22,12 +23,17 @@ class Benchmark:
         name: the benchmark's name in tables.
         max_new_tokens: generation budget per answer for this benchmark.
         limit: evaluate only the first N prompts (``null``: all).
+        length_control: the length-controlled win rate this benchmark reports (``null``: prefalign's
+            approximation, for benchmarks with no difficulty term; AlpacaEval's has its own).
     """
 
-    def __init__(self, name: str, max_new_tokens: int = 512, limit: int | None = None) -> None:
+    def __init__(
+        self, name: str, max_new_tokens: int = 512, limit: int | None = None, length_control: LengthControl | None = None
+    ) -> None:
         self.name = name
         self.max_new_tokens = max_new_tokens
         self.limit = limit
+        self.length_control = length_control if length_control is not None else ApproximateLengthControl()
 
     def _items(self) -> list[EvalItem]:
         raise NotImplementedError
@@ -114,7 +120,7 @@ class PromptSetBenchmark(Benchmark):
             turn by turn by the evaluation).
         hh_format: the prompt column holds HH-RLHF transcripts; the prompt is everything before the last
             Assistant turn.
-        max_new_tokens, limit: see :class:`Benchmark`.
+        max_new_tokens, limit, length_control: see :class:`Benchmark`.
     """
 
     def __init__(
@@ -133,8 +139,9 @@ class PromptSetBenchmark(Benchmark):
         hh_format: bool = False,
         max_new_tokens: int = 1024,
         limit: int | None = None,
+        length_control: LengthControl | None = None,
     ) -> None:
-        super().__init__(name, max_new_tokens, limit)
+        super().__init__(name, max_new_tokens, limit, length_control)
         if turns not in ("first", "all"):
             raise ValueError(f"bench.turns must be first or all, got {turns!r}")
         self.dataset, self.subset, self.split, self.data_files, self.path = dataset, subset, split, data_files, path

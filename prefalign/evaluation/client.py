@@ -1,17 +1,20 @@
-"""A client for OpenAI-compatible chat-completion servers (OpenAI, vLLM, llama.cpp, ...).
+"""A client for OpenAI-compatible chat-completion servers (OpenAI, vLLM, llama.cpp, ...), through ``openai``.
 
-Used by the ``openai`` judge and the ``llm_judge`` score. Requests run concurrently (a thread pool of
-``concurrency`` workers), are retried with exponential backoff on connection errors, timeouts, HTTP 429 and
-5xx, and on a 200 whose body is cut short or is not JSON. Every reply the caller accepts (a judge accepts the
-replies it can parse) is cached on disk (SQLite, keyed by model, messages and sampling settings), so a re-run
-costs nothing and an interrupted run keeps what it obtained; an empty or refused reply is never cached, so a
-re-run asks for it again instead of keeping a transient fault of the server.
+Used by the LLM judges and the ``llm_judge`` score. Requests go through the ``openai`` package
+(``openai.OpenAI(base_url=..., api_key=..., timeout=..., max_retries=...)``), which retries connection errors,
+timeouts and HTTP 408/409/429/5xx with its exponential backoff (0.5 s doubling up to 8 s, or the server's
+``Retry-After``). A 200 whose body is not a chat completion (an overloaded proxy's HTML page, a body that is not
+JSON) is not retried by ``openai``; this client retries it ``max_retries`` times itself, after ``backoff``
+seconds doubled each time. Requests run concurrently (a thread pool of ``concurrency`` workers). Every reply
+the caller accepts (a judge accepts the replies it can parse) is cached on disk (SQLite, keyed by model,
+messages and sampling settings), so a re-run costs nothing and an interrupted run keeps what it obtained; an
+empty or refused reply is never cached, so a re-run asks for it again instead of keeping a transient fault of
+the server. When the retries run out, :class:`JudgeUnavailable` names the URL and what was wrong.
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import logging
 import os
@@ -19,22 +22,28 @@ import random
 import sqlite3
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import openai
 from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
-RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+# sent when no key is configured: local servers (vLLM, llama.cpp) ignore it, and ``openai`` insists on one
+NO_KEY = "no-key"
+# the statuses below 500 that openai retries (all of 5xx too): past its retries they mean "failed", not "refused"
+RETRIED_STATUS = {408, 409, 429}
 
 
 class JudgeUnavailable(RuntimeError):
     """The judge server could not be reached or kept failing; obtained replies stay in the cache."""
+
+
+class MalformedReply(RuntimeError):
+    """A 200 reply whose body is not a chat completion (retried by :class:`ChatClient` itself)."""
 
 
 class ReplyCache:
@@ -68,6 +77,18 @@ class ReplyCache:
             return self._db().execute("SELECT COUNT(*) FROM replies").fetchone()[0]
 
 
+def _error_detail(error: BaseException) -> str:
+    """What went wrong in an ``openai`` exception, with the transport error underneath (a refused connection,
+    a body cut short: ``peer closed connection without sending complete message body``)."""
+    if isinstance(error, openai.APIStatusError):
+        body = error.response.text[:200] if error.response is not None else ""
+        return f"HTTP {error.status_code}: {body}"
+    cause = error.__cause__ or error.__context__
+    if cause is not None:
+        return f"{type(error).__name__} ({type(cause).__name__}: {cause})"
+    return f"{type(error).__name__}: {error}"
+
+
 class ChatClient:
     """Chat completions from an OpenAI-compatible server.
 
@@ -76,8 +97,10 @@ class ChatClient:
         model: the model name sent with each request.
         api_key_env: environment variable holding the API key (may be unset for local servers).
         concurrency: requests in flight at once.
-        max_retries: retries per request after the first attempt.
-        backoff: first retry delay in seconds, doubled each retry (with jitter).
+        max_retries: retries per request after the first attempt (``openai``'s for HTTP and connection
+            errors; this client's for 200 replies that are not a chat completion).
+        backoff: first delay in seconds of this client's own retries (a malformed 200), doubled each retry
+            (with jitter); ``openai`` times its retries itself.
         timeout: seconds per request.
         temperature, max_tokens: sampling settings (part of the cache key).
         cache_path: SQLite file of the reply cache; ``None`` disables caching.
@@ -98,16 +121,23 @@ class ChatClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
+        self.api_key_env = api_key_env
         self.api_key = os.environ.get(api_key_env) if api_key_env else None
         self.concurrency = max(1, int(concurrency))
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.timeout = timeout
+        self.max_retries = int(max_retries)
+        self.backoff = float(backoff)
+        self.timeout = float(timeout)
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.cache = ReplyCache(cache_path) if cache_path else None
-        self.requests_sent = 0
-        self._count_lock = threading.Lock()
+        # one client for all threads (it pools connections); building it sends nothing
+        self._openai = openai.OpenAI(
+            base_url=self.base_url, api_key=self.api_key or NO_KEY, timeout=self.timeout, max_retries=self.max_retries
+        )
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/chat/completions"
 
     def _key(self, messages: list[dict[str, str]]) -> str:
         payload = json.dumps(
@@ -116,49 +146,46 @@ class ChatClient:
         )
         return hashlib.sha256(payload.encode()).hexdigest()
 
+    def _create(self, messages: list[dict[str, str]]) -> str:
+        """One completion through ``openai`` (with its retries); :class:`MalformedReply` for a 200 that is not a
+        chat completion."""
+        try:
+            completion = self._openai.chat.completions.create(
+                model=self.model, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens
+            )
+        except ValueError as error:  # a JSON content type with a body that does not parse (cut short, say)
+            raise MalformedReply(f"a reply with a body that is not JSON ({error})") from error
+        if isinstance(completion, str):  # openai hands back the text of a 200 that is not JSON
+            raise MalformedReply(f"a reply with a body that is not JSON: {completion[:100]!r}")
+        try:
+            return completion.choices[0].message.content or ""
+        except (AttributeError, IndexError, TypeError):
+            raise JudgeUnavailable(
+                f"judge server at {self.url} answered without choices[0].message.content: {completion!r:.200}"
+            ) from None
+
     def _post(self, messages: list[dict[str, str]]) -> str:
-        body = json.dumps(
-            {"model": self.model, "messages": messages, "temperature": self.temperature, "max_tokens": self.max_tokens}
-        ).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        url = f"{self.base_url}/chat/completions"
         last_error = "no attempt"
         for attempt in range(self.max_retries + 1):
             if attempt:
-                delay = self.backoff * 2 ** (attempt - 1) * (1 + 0.25 * random.random())
-                time.sleep(delay)
-            with self._count_lock:
-                self.requests_sent += 1
+                time.sleep(self.backoff * 2 ** (attempt - 1) * (1 + 0.25 * random.random()))
             try:
-                request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    raw = response.read()
-                payload = json.loads(raw.decode("utf-8"))
-                try:
-                    return payload["choices"][0]["message"]["content"] or ""
-                except (KeyError, IndexError, TypeError):
-                    raise JudgeUnavailable(f"judge server at {url} answered without choices[0].message.content: {payload!r:.200}")
-            except urllib.error.HTTPError as error:
-                detail = error.read().decode("utf-8", "replace")[:200]
-                last_error = f"HTTP {error.code}: {detail}"
-                if error.code not in RETRYABLE_STATUS:
-                    raise JudgeUnavailable(f"judge server at {url} refused the request ({last_error})") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as error:
-                last_error = f"{type(error).__name__}: {getattr(error, 'reason', error)}"
-            except http.client.IncompleteRead as error:
-                # the connection closed before the body's Content-Length: a transient fault, retried like a 5xx
-                read, more = len(error.partial), error.expected
-                last_error = f"a reply with a cut-short body ({read} bytes read, {more} more expected)"
-            except http.client.HTTPException as error:
-                last_error = f"{type(error).__name__}: {error}"
-            except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                # an overloaded proxy's HTML page, or a body cut short without a Content-Length: retried like a 5xx
-                last_error = f"a reply with a body that is not JSON ({error}): {raw[:100]!r}"
-            log.debug("judge request failed (attempt %d): %s", attempt + 1, last_error)
+                return self._create(messages)
+            except MalformedReply as error:
+                last_error = str(error)
+                log.debug("judge request failed (attempt %d): %s", attempt + 1, last_error)
+                continue
+            except openai.APIConnectionError as error:  # openai retried it max_retries times (timeouts too)
+                last_error = _error_detail(error)
+            except openai.APIStatusError as error:
+                last_error = _error_detail(error)
+                if error.status_code not in RETRIED_STATUS and error.status_code < 500:
+                    unset = f"; ${self.api_key_env} is not set" if self.api_key_env and not self.api_key else ""
+                    raise JudgeUnavailable(f"judge server at {self.url} refused the request ({last_error}{unset})") from None
+                # a status openai retried max_retries times already
+            break
         where = f"; replies obtained so far are cached in {self.cache.path}" if self.cache else ""
-        raise JudgeUnavailable(f"judge server at {url} failed after {self.max_retries + 1} attempts ({last_error}){where}")
+        raise JudgeUnavailable(f"judge server at {self.url} failed after {self.max_retries + 1} attempts ({last_error}){where}")
 
     def complete(self, messages: list[dict[str, str]], accept: Callable[[str], bool] | None = None) -> str:
         """One reply, from the cache or the server.
@@ -208,4 +235,4 @@ class ChatClient:
         return replies
 
     def describe(self) -> dict[str, Any]:
-        return {"base_url": self.base_url, "model": self.model, "temperature": self.temperature}
+        return {"base_url": self.base_url, "model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens}

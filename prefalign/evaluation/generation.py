@@ -3,6 +3,8 @@
 Prompts are rendered by :class:`~prefalign.data.tokenization.PairTokenizer` (chat template with the generation
 prompt, BOS once), left-padded and generated in batches. Sampling uses temperature 0.7 by default (the papers'
 setting); every batch is seeded from ``seed`` and its position, so results do not depend on what ran before.
+A temperature per prompt (MT-Bench's per-category temperatures, ``generation.temperature_by_category``) answers
+the prompts of each temperature together, in prompt order, each group batched and seeded as above.
 A multi-turn prompt made only of user turns is answered turn by turn, each answer becoming part of the next
 turn's context; the last answer is returned.
 
@@ -29,14 +31,31 @@ def generate_answers(
     pair_tokenizer: PairTokenizer,
     prompts: Sequence[Text],
     max_new_tokens: int = 512,
-    temperature: float = 0.7,
+    temperature: float | Sequence[float] = 0.7,
     top_p: float = 1.0,
     seed: int = 0,
     batch_size: int = 16,
     desc: str = "generating",
 ) -> list[str]:
-    """One answer per prompt (greedy when ``temperature == 0``); under a launcher, every rank calls this and gets
-    every answer."""
+    """One answer per prompt (greedy when the temperature is 0); under a launcher, every rank calls this and gets
+    every answer.
+
+    Args:
+        temperature: one for all prompts, or one per prompt.
+    """
+    if not isinstance(temperature, (int, float)):
+        temperatures = [float(t) for t in temperature]
+        if len(temperatures) != len(prompts):
+            raise ValueError(f"{len(temperatures)} temperatures for {len(prompts)} prompts: give one per prompt")
+        answers: list[str] = [""] * len(prompts)
+        for value in sorted(set(temperatures)):
+            group = [i for i, t in enumerate(temperatures) if t == value]
+            for i, answer in zip(group, generate_answers(
+                model, pair_tokenizer, [prompts[i] for i in group], max_new_tokens, value, top_p, seed, batch_size,
+                f"{desc} (T={value:g})",
+            )):
+                answers[i] = answer
+        return answers
     distributed.init_from_env()
     # multi-turn prompts of user turns only are answered turn by turn
     turns = [len(p) if isinstance(p, list) and all(m["role"] == "user" for m in p) and len(p) > 1 else 0 for p in prompts]

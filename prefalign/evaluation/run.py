@@ -5,7 +5,9 @@ weights: the SFT model of the papers), the held-out preference metrics use the r
 results go to ``<run>/eval/<bench>-<judge>-<generation>-<key>/`` (:func:`result_folder`: a greedy evaluation and a
 sampled one, or two ``bench.limit`` values, never share a folder)::
 
-    eval.json            Single (policy and baseline), WinRate, length-controlled WinRate, held-out metrics,
+    eval.json            Single (policy and baseline), WinRate, a length-controlled WinRate (the benchmark's:
+                         ``lc_winrate`` AlpacaEval 2's by the alpaca-eval package on bench=alpaca_eval,
+                         ``lc_winrate_approx`` prefalign's approximation elsewhere), held-out metrics,
                          each with a bootstrap 95% interval and the number of items; judge and settings; the
                          judge's reply counts (``judge_replies``: total, unparsable, the share allowed). Strict
                          JSON: a metric with no value (no parsable outcome) is ``null``, never ``NaN``
@@ -21,6 +23,12 @@ seed (:func:`sample_seed`), and ``eval.json`` adds ``single_of_n``: the policy's
 n answers, then over prompts (for the verifier judge a success rate, with less sampling noise than one answer).
 WinRate and the baseline stay on the first answer. Policy and baseline, and any two policies evaluated with the
 same settings, sample every batch from the same seeds (:mod:`prefalign.evaluation.generation`).
+
+The judge decides how its verdicts become WinRate (:meth:`~prefalign.evaluation.judges.Judge.win_rate` of its
+:meth:`~prefalign.evaluation.judges.Judge.pairwise_battles`: one battle per prompt, or Arena-Hard's weighted
+battles) and says which protocol it follows and where its prompts come from (``judge_protocol`` in ``eval.json``).
+``generation.temperature_by_category`` (``generation=mt_bench``: FastChat's MT-Bench temperatures) answers each
+prompt at its category's temperature (:func:`prompt_temperatures`; each prompt's in ``generations.jsonl``).
 
 An evaluation where more than ``judge.max_unparsable`` of the judge's replies could not be parsed fails
 (:meth:`~prefalign.evaluation.judges.Judge.check_unparsable`) after writing ``generations.jsonl`` (the raw replies)
@@ -51,8 +59,8 @@ from prefalign.atomic import atomic_write, lock_path, produce_once, write_json
 from prefalign.data.tokenization import PairTokenizer
 from prefalign.evaluation.benchmarks import Benchmark
 from prefalign.evaluation.generation import generate_answers
-from prefalign.evaluation.judges import Judge
-from prefalign.evaluation.metrics import bootstrap, length_controlled_win_rate, mean_of_known, win_rate
+from prefalign.evaluation.judges import EvalItem, Judge, battle_outcomes
+from prefalign.evaluation.metrics import JudgedAnswers, bootstrap, mean_of_known, reported_length_control
 from prefalign.keys import content_key, judge_inputs, plain
 from prefalign.models import (
     ModelSource,
@@ -72,7 +80,11 @@ def run_config(path: str | Path) -> DictConfig | None:
 
 
 def generation_label(settings: DictConfig | dict[str, Any]) -> str:
-    """A short, readable name of generation settings: ``greedy`` or ``T0.7`` (with ``-p<top_p>`` when not 1)."""
+    """A short, readable name of generation settings: ``greedy`` or ``T0.7`` (with ``-p<top_p>`` when not 1);
+    ``fastchat-s0`` (or ``by-category-s0``) for temperatures by category."""
+    by_category = settings.get("temperature_by_category")
+    if by_category is not None:
+        return f"{by_category if isinstance(by_category, str) else 'by-category'}-s{int(settings.get('seed', 0))}"
     temperature = float(settings["temperature"])
     if temperature == 0:
         return "greedy"
@@ -91,6 +103,8 @@ def result_folder(bench_cfg: DictConfig, judge_cfg: DictConfig, settings: DictCo
     generation = plain(settings)
     if int(generation.get("samples", 1)) == 1:  # the setting's default: the keys of earlier results stay valid
         generation.pop("samples", None)
+    if generation.get("temperature_by_category") is None:  # likewise
+        generation.pop("temperature_by_category", None)
     key = content_key("evaluation-v2", plain(bench_cfg), judge, generation)
     bench = bench_cfg.get("name") or "bench"
     judge_name = judge_cfg.get("name") or str(judge_cfg.get("_target_", "judge")).rsplit(".", 1)[-1]
@@ -189,6 +203,42 @@ def sample_seed(seed: int, sample: int) -> int:
     return int(seed) + SAMPLE_SEED_STRIDE * int(sample)
 
 
+def prompt_temperatures(settings: DictConfig, items: list[EvalItem]) -> tuple[list[float] | None, dict[str, Any]]:
+    """Each item's generation temperature under ``generation.temperature_by_category``, and what to record.
+
+    ``null`` (the default): ``None``, every prompt at ``generation.temperature``. ``fastchat``: FastChat's
+    ``temperature_config`` (MT-Bench's per-category temperatures, read from the installed fschat,
+    :mod:`prefalign.evaluation.fastchat`). A mapping: those temperatures by category. A category the table does
+    not list gets ``generation.temperature`` (FastChat's ``gen_model_answer.py`` gives it 0.7, the default here).
+
+    Raises:
+        ValueError: another value, or an item without a category (the bench's ``category_column``).
+    """
+    spec = settings.get("temperature_by_category")
+    if spec is None:
+        return None, {}
+    if spec == "fastchat":
+        from prefalign.evaluation.fastchat import fastchat_constants
+
+        constants = fastchat_constants()
+        table, source = constants.temperature_config, {"temperature_source": constants.provenance()}
+    elif isinstance(spec, (dict, DictConfig)):
+        table, source = {str(k): float(v) for k, v in spec.items()}, {}
+    else:
+        raise ValueError(f"generation.temperature_by_category must be null, fastchat or a mapping of category to "
+                         f"temperature, got {spec!r}")
+    uncategorised = [item.item_id for item in items if item.category is None]
+    if uncategorised:
+        raise ValueError(f"generation.temperature_by_category needs each prompt's category; {len(uncategorised)} have "
+                         f"none (first: {uncategorised[0]}): set the bench's category_column")
+    unlisted = sorted({item.category for item in items} - set(table))
+    if unlisted:
+        log.warning("categories %s are not in the temperature table: generated at generation.temperature=%g",
+                    unlisted, float(settings.temperature))
+    temperatures = [table.get(item.category, float(settings.temperature)) for item in items]
+    return temperatures, {"temperature_by_category": dict(table), **source}
+
+
 def check_samples(settings: DictConfig) -> int:
     """``generation.samples``, the answers per prompt a policy's Single is averaged over, checked."""
     samples = settings.get("samples", 1)
@@ -229,12 +279,15 @@ def evaluate_policy(
     benchmark: Benchmark = instantiate(bench_cfg)
     judge: Judge = instantiate(judge_cfg)
     items = benchmark.load()
+    judge.check_inputs(items)  # a missing prompts file or reference fails here, before any generation
+    temperatures, temperature_record = prompt_temperatures(settings, items)
     folder_name = folder_name or result_folder(bench_cfg, judge_cfg, settings)
     if output_dir is None:
         root = policy_path if run_cfg is not None else Path.cwd()
         output_dir = root / "eval" / folder_name
     output_dir.mkdir(parents=True, exist_ok=True)
     log.info("evaluating %s on %s (%d prompts) with the %s judge", policy_path, benchmark.name, len(items), judge.name)
+    benchmark.length_control.prepare()  # fails now, not after generating, if AlpacaEval's difficulty table is missing
 
     policy, tokenizer = load_checkpoint(policy_path, run_cfg.model.dtype if run_cfg is not None else "float32")
     device = distributed.local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
@@ -248,15 +301,19 @@ def evaluate_policy(
         "top_p": float(settings.top_p),
         "seed": int(settings.seed),
         "batch_size": int(settings.batch_size),
+        **temperature_record,  # the per-category temperatures, when there are (part of the baseline's cache key)
     }
+    sampling = {key: generation[key] for key in ("max_new_tokens", "temperature", "top_p", "seed", "batch_size")}
+    if temperatures is not None:
+        sampling["temperature"] = temperatures
     prompts = [item.prompt for item in items]
-    policy_answers = generate_answers(policy, pair_tokenizer, prompts, desc="generating (policy)", **generation)
+    policy_answers = generate_answers(policy, pair_tokenizer, prompts, desc="generating (policy)", **sampling)
     # the further samples of the policy (samples > 1), each set with its own seed, the same for every policy
     # evaluated with these settings, so that two policies' samples are paired
     more_answers = [
         generate_answers(
             policy, pair_tokenizer, prompts, desc=f"generating (policy, sample {j + 1} of {samples})",
-            **{**generation, "seed": sample_seed(generation["seed"], j)},
+            **{**sampling, "seed": sample_seed(generation["seed"], j)},
         )
         for j in range(1, samples)
     ]
@@ -268,7 +325,7 @@ def evaluate_policy(
 
     def generate_baseline() -> None:
         baseline_model = load_baseline().to(device)
-        generated.extend(generate_answers(baseline_model, pair_tokenizer, prompts, desc="generating (baseline)", **generation))
+        generated.extend(generate_answers(baseline_model, pair_tokenizer, prompts, desc="generating (baseline)", **sampling))
         del baseline_model
         if distributed.is_main():  # every rank holds the gathered answers; one writes them
             write_json(generated, cached)
@@ -284,12 +341,14 @@ def evaluate_policy(
 
     resamples, seed = int(settings.bootstrap_resamples), int(settings.seed)
 
-    def judged() -> tuple[list, list, list, dict, dict]:
+    def judged() -> tuple[list, list, list, list, dict, dict]:
         """The judge's verdicts, on rank 0 only under a launcher (an LLM judge is asked once, not once per rank),
         with ``generations.jsonl`` written and the share of unparsable replies checked."""
         single_policy = judge.single(items, policy_answers)
         single_baseline = judge.single(items, baseline_answers)
-        outcomes = judge.pairwise(items, policy_answers, baseline_answers)
+        # the battles WinRate averages: one per prompt (its outcome), or Arena-Hard's weighted ones
+        battles = judge.pairwise_battles(items, policy_answers, baseline_answers)
+        outcomes = battle_outcomes(battles)
         single_samples = [judge.single(items, answers) for answers in more_answers]
         records = {r["item_id"]: [] for r in judge.records()}
         for record in judge.records():
@@ -304,6 +363,7 @@ def evaluate_policy(
                     "single_policy": single_policy[index],
                     "single_baseline": single_baseline[index],
                     "outcome_for_policy": outcomes[index],
+                    **({"temperature": temperatures[index]} if temperatures is not None else {}),
                     **(
                         {
                             "policy_samples": [answers[index] for answers in more_answers],
@@ -317,9 +377,10 @@ def evaluate_policy(
                 stream.write(json.dumps(strict_json(line)) + "\n")
         # before eval.json, so that a failed evaluation leaves nothing a sweep would reuse
         judge.check_unparsable(output_dir / "generations.jsonl")
-        return single_policy, single_baseline, outcomes, single_samples, dict(judge.unparsable), judge.reply_counts()
+        return single_policy, single_baseline, battles, single_samples, dict(judge.unparsable), judge.reply_counts()
 
-    single_policy, single_baseline, outcomes, single_samples, unparsable, reply_counts = distributed.on_main(judged)
+    single_policy, single_baseline, battles, single_samples, unparsable, reply_counts = distributed.on_main(judged)
+    outcomes = battle_outcomes(battles)
     policy_lengths = [len(tokenizer(a, add_special_tokens=False).input_ids) for a in policy_answers]
     baseline_lengths = [len(tokenizer(a, add_special_tokens=False).input_ids) for a in baseline_answers]
 
@@ -330,14 +391,17 @@ def evaluate_policy(
     result: dict[str, Any] = {
         "benchmark": benchmark.name,
         "judge": judge.name,
+        "judge_protocol": judge.provenance(),
         "setting": generation_label(settings),
         "folder": folder_name,
         "policy": str(policy_path),
         "baseline": baseline or "reference model of the run",
         "items": len(items),
         "single": {"policy": single_summary(single_policy), "baseline": single_summary(single_baseline)},
-        "winrate": win_rate(outcomes, resamples=resamples, seed=seed),
-        "lc_winrate": length_controlled_win_rate(outcomes, policy_lengths, baseline_lengths, seed=seed),
+        "winrate": judge.win_rate(battles, resamples=resamples, seed=seed),
+        **benchmark.length_control(
+            JudgedAnswers(outcomes, policy_answers, baseline_answers, policy_lengths, baseline_lengths), seed=seed
+        ),
         "mean_length": {"policy": float(np.mean(policy_lengths)), "baseline": float(np.mean(baseline_lengths))},
         "unparsable_replies": unparsable,
         "judge_replies": reply_counts,
@@ -385,8 +449,10 @@ def eval_markdown(result: dict[str, Any]) -> str:
         *([row(f"Single (policy, mean of {result['single_of_n']['samples']} samples)", result["single_of_n"]["policy"])]
           if "single_of_n" in result else []),
         row("WinRate vs baseline", result["winrate"], " %"),
-        row("LC WinRate vs baseline", result["lc_winrate"], " %"),
     ]
+    length_control = reported_length_control(result)
+    if length_control is not None:
+        lines.append(row(f"{length_control[0]} vs baseline", length_control[1], " %"))
     for name, metric in result.get("heldout", {}).items():
         lines.append(row(f"held-out {name}", metric))
     wins, replies = result["winrate"], result["judge_replies"]

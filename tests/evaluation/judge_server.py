@@ -6,9 +6,15 @@ Behaviour, decided from the request text:
 * pairwise: prefers the answer containing GOOD; with no GOOD answer it always says "[[A]]" (a pure position
   bias, which judging both orders must cancel into a tie); GARBLE anywhere gives an unparsable reply;
 * ``faults``: one per request, in the order the requests arrive; the server behaves once they are used up
-  (a test may append more): ``http_500`` (also the first ``fail_first`` requests), ``not_json`` (a 200 with an
+  (a test may append more): ``http_500`` (also the first ``fail_first`` requests), ``http_429`` (rate
+  limited), ``http_400`` (a refused request, not worth retrying), ``not_json`` (a 200 with an
   HTML body), ``cut_short`` (a 200 whose connection closes halfway through the body's Content-Length),
-  ``unparsable`` (a well-formed reply with no rating or verdict) and ``empty`` (a well-formed, empty reply).
+  ``unparsable`` (a well-formed reply with no rating or verdict) and ``empty`` (a well-formed, empty reply);
+  an error status carries ``Retry-After-Ms: 10``, which ``openai`` honours, so that its retries do not slow the tests;
+* ``respond``: a test's own judge, called with each request's messages; the reply it returns (a string) is sent
+  instead of the behaviour above (``None``: the behaviour above);
+* ``bodies``, ``authorizations``: every request's JSON body and ``Authorization`` header, in arrival order, for
+  a test to see what the judge sent.
 """
 
 from __future__ import annotations
@@ -17,19 +23,28 @@ import json
 import re
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-FAULTS = ("http_500", "not_json", "cut_short", "unparsable", "empty")
+FAULTS = ("http_500", "http_429", "http_400", "not_json", "cut_short", "unparsable", "empty")
+STATUS = {"http_500": 500, "http_429": 429, "http_400": 400}
 CANNED = {"unparsable": "I would rather not say.", "empty": ""}
 
 
 class JudgeServer:
-    def __init__(self, fail_first: int = 0, faults: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        fail_first: int = 0,
+        faults: Sequence[str] = (),
+        respond: Callable[[list[dict[str, str]]], str | None] | None = None,
+    ) -> None:
         assert set(faults) <= set(FAULTS), faults
         self.faults = deque(["http_500"] * fail_first + list(faults))
+        self.respond = respond
         self.requests = 0
+        self.bodies: list[dict] = []
+        self.authorizations: list[str | None] = []
         self.lock = threading.Lock()
         server = self
 
@@ -42,16 +57,23 @@ class JudgeServer:
                 body = json.loads(self.rfile.read(length))
                 with server.lock:
                     server.requests += 1
+                    server.bodies.append(body)
+                    server.authorizations.append(self.headers.get("Authorization"))
                     fault = server.faults.popleft() if server.faults else None
-                if fault == "http_500":
-                    self.send_response(500)
+                if fault in STATUS:
+                    self.send_response(STATUS[fault])
+                    self.send_header("Retry-After-Ms", "10")
                     self.end_headers()
                     self.wfile.write(b'{"error": "overloaded"}')
                     return
                 if fault == "not_json":
                     self.answer(b"<html><body>502 Bad Gateway</body></html>", "text/html")
                     return
-                reply = CANNED[fault] if fault in CANNED else server.reply(body["messages"][-1]["content"])
+                if fault in CANNED:
+                    reply = CANNED[fault]
+                else:
+                    scripted = server.respond(body["messages"]) if server.respond else None
+                    reply = server.reply(body["messages"][-1]["content"]) if scripted is None else scripted
                 payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
                 self.answer(payload, "application/json", cut_short=fault == "cut_short")
 

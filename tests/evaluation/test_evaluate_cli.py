@@ -36,9 +36,11 @@ def test_verifier_evaluation_writes_traceable_results(tiny_run, tmp_path):
     (folder,) = (tiny_run / "eval").glob("builtin-verifier-T0.7-s0-*")
     report = json.loads((folder / "eval.json").read_text())
     assert report["items"] == 12 and report["winrate"]["n"] == 12
-    for key in ("single", "winrate", "lc_winrate", "heldout", "generation"):
+    for key in ("single", "winrate", "lc_winrate_approx", "heldout", "generation"):
         assert key in report
     assert report["generation"]["temperature"] == 0.7
+    # the built-in prompts have no difficulty term: prefalign's approximation, under its own key and label
+    assert "lc_winrate" not in report and "prefalign's approximation" in report["lc_winrate_approx"]["label"]
     assert 1 <= report["single"]["policy"]["value"] <= 10
     assert report["single"]["policy"]["ci_low"] <= report["single"]["policy"]["value"] <= report["single"]["policy"]["ci_high"]
     assert set(report["heldout"]) == {"rewards/accuracies", "rewards/margins", "loss"}
@@ -94,7 +96,7 @@ def test_unparsable_judge_replies_are_counted_limited_and_asked_again(tiny_run, 
         report = strict_json((folder / "eval.json").read_text())
         assert report["judge_replies"] == {"total": replies, "unparsable": replies, "max_unparsable": 1}
         assert report["single"]["policy"]["value"] is None and report["winrate"]["value"] is None
-        assert report["lc_winrate"]["value"] is None and report["winrate"]["unparsable"] == 12
+        assert report["lc_winrate_approx"]["value"] is None and report["winrate"]["unparsable"] == 12
         for line in (folder / "generations.jsonl").read_text().splitlines():
             assert strict_json(line)["outcome_for_policy"] is None
         # none was cached: all are asked again; 6 of them unparsable is more than the default limit of 5 %
@@ -223,5 +225,5 @@ def test_two_processes_evaluate_like_one_and_ask_the_judge_once(tiny_run, tmp_pa
     assert requests["one"] == requests["two"] == 12 * 2 + 12 * 2  # not once per rank
     one, two = reports["one"], reports["two"]
     assert one["answers"] == two["answers"]
-    for key in ("single", "winrate", "lc_winrate", "heldout"):
+    for key in ("single", "winrate", "lc_winrate_approx", "heldout"):
         assert one[key] == two[key], key

@@ -1,4 +1,8 @@
-"""The OpenAI-compatible judge against a real HTTP server on loopback, with the faults of a real one."""
+"""The OpenAI-compatible judge against a real HTTP server on loopback, with the faults of a real one.
+
+Requests go through the ``openai`` package: it retries connection errors, bodies cut short and HTTP 429/5xx
+itself (the loopback server asks for a 10 ms pause), and the client retries a 200 whose body is not JSON.
+"""
 
 import socket
 
@@ -57,7 +61,7 @@ def test_cache_means_a_rerun_sends_no_requests(tmp_path):
     assert first == second == [1.0] * 4
 
 
-@pytest.mark.parametrize("fault", ["http_500", "not_json", "cut_short"])
+@pytest.mark.parametrize("fault", ["http_500", "http_429", "not_json", "cut_short"])
 def test_retries_after_server_errors_and_bad_bodies(tmp_path, fault):
     with JudgeServer(faults=[fault, fault]) as server:
         judge = judge_for(server, tmp_path, concurrency=1)
@@ -67,7 +71,13 @@ def test_retries_after_server_errors_and_bad_bodies(tmp_path, fault):
 
 
 @pytest.mark.parametrize(
-    ("fault", "wrong"), [("not_json", "a body that is not JSON"), ("cut_short", "a cut-short body")]
+    ("fault", "wrong"),
+    [
+        ("not_json", "a reply with a body that is not JSON"),
+        # h11's words (under httpx and httpx2 alike) for a connection closed short of the Content-Length
+        ("cut_short", "without sending complete message body"),
+        ("http_500", "HTTP 500"),
+    ],
 )
 def test_a_bad_body_that_persists_names_the_url_and_what_was_wrong(tmp_path, fault, wrong):
     with JudgeServer(faults=[fault] * 3) as server:
@@ -78,6 +88,25 @@ def test_a_bad_body_that_persists_names_the_url_and_what_was_wrong(tmp_path, fau
     message = str(error.value)
     assert f"{server.base_url}/chat/completions failed after 3 attempts" in message and wrong in message, message
     assert len(judge.client.cache) == 0
+
+
+def test_a_refused_request_is_not_retried_and_names_the_status(tmp_path, monkeypatch):
+    monkeypatch.delenv("PREFALIGN_TEST_KEY", raising=False)
+    with JudgeServer(faults=["http_400"]) as server:
+        judge = judge_for(server, tmp_path, api_key_env="PREFALIGN_TEST_KEY")
+        with pytest.raises(JudgeUnavailable, match=r"chat/completions refused the request \(HTTP 400: .*\$PREFALIGN_TEST_KEY is not set"):
+            judge.single(ITEMS[:1], ["GOOD"])
+        assert server.requests == 1
+
+
+def test_the_key_and_sampling_settings_reach_the_server(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFALIGN_TEST_KEY", "sk-test")
+    with JudgeServer() as server:
+        judge = judge_for(server, tmp_path, api_key_env="PREFALIGN_TEST_KEY", temperature=0.25, max_tokens=77)
+        assert judge.single(ITEMS[:1], ["GOOD"]) == [9.0]
+    (body,) = server.bodies
+    assert body["model"] == "test-judge" and body["temperature"] == 0.25 and body["max_tokens"] == 77
+    assert server.authorizations == ["Bearer sk-test"]
 
 
 def test_faults_then_a_fixed_server_retried_counted_never_cached(tmp_path):

@@ -19,12 +19,13 @@ from tests.test_cli import ROOT
 
 
 def test_margin_is_the_difference_of_the_two_ratings(tmp_path):
-    # the server rates an answer with GOOD 9 and any other 2, and gives no rating to an answer with GARBLE
+    # the server rates an answer with GOOD 9 and any other 2, and gives no rating to an answer with GARBLE; no two
+    # requests are alike (a duplicate could be served from the reply cache, or not, as the threads happen to run)
     pairs = [
         PreferencePair("a", "Say hi", "GOOD hello", "bad"),  # 9 - 2
-        PreferencePair("b", "Say hi", "meh", "GOOD hello"),  # 2 - 9: the label disagrees with the judge
+        PreferencePair("b", "Say hi", "meh", "GOOD hi"),  # 2 - 9: the label disagrees with the judge
         PreferencePair("c", [{"role": "user", "content": "Say hi"}], "GOOD", "GOOD too"),  # 9 - 9
-        PreferencePair("d", "Say hi", "GARBLE", "bad"),  # no rating for chosen: no score
+        PreferencePair("d", "Say hi", "GARBLE", "bad too"),  # no rating for chosen: no score
     ]
     context = SimpleNamespace(datamodule=SimpleNamespace(pairs={"train": pairs}))
     batch = {"index": torch.arange(4), "pair_ids": [pair.pair_id for pair in pairs]}
