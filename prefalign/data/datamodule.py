@@ -387,12 +387,13 @@ class PreferenceDataModule(L.LightningDataModule):
             log.info("%s: %d pairs (%d loaded)", split, report["kept"], report["loaded"])
         if self.selection_path:
             record = read_selection(self.selection_path, self.fingerprints["train"])
+            total = len(self.pairs["train"])
             self.restrict("train", record["kept"])
             self.selection = {
                 key: record.get(key) for key in ("file", "rule", "thresholds", "kept_count", "total", "kept_fraction", "scores")
             }
             self.report["train"]["selection"] = {"file": record["file"], "kept": len(self.pairs["train"])}
-            log.info("train: %d of %d pairs kept by %s (%s)", len(self.pairs["train"]), record.get("total"), record["rule"], record["file"])
+            log.info("train: %d of %d pairs kept by %s (%s)", len(self.pairs["train"]), total, record["rule"], record["file"])
         if self.weights_spec:
             ids = [pair.pair_id for pair in self.pairs["train"]]
             self.datasets["train"].weights = read_weights(self.weights_spec, ids, self.fingerprints["train"])

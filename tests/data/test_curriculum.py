@@ -89,7 +89,9 @@ def test_every_global_batch_is_split_into_the_rank_parts(source, scores, monkeyp
     assert [list(sampler) for sampler in ranks] == [[[1, 5], [2]], [[0, 3], [4]]]
 
 
-def test_only_the_kept_pairs_of_a_selection_are_ordered_and_weighted(source, scores, tmp_path):
+def test_only_the_kept_pairs_of_a_selection_are_ordered_and_weighted(source, scores, tmp_path, caplog):
+    # the log line is formatted only when INFO is captured, which is how a selection file without "total" once failed
+    caplog.set_level(logging.INFO, logger="prefalign.data.datamodule")
     selection = tmp_path / "selection.json"
     kept = ["p0", "p2", "p3", "p4"]
     record = {"kept": kept, "rule": "topk", "data_fingerprint": pairs_fingerprint(source.load("train"))}
@@ -98,6 +100,7 @@ def test_only_the_kept_pairs_of_a_selection_are_ordered_and_weighted(source, sco
     batches = list(dm.train_dataloader())
     assert [batch["pair_ids"] for batch in batches] == [["p0", "p3"], ["p2", "p4"]]
     assert [batch["weights"].tolist() for batch in batches] == [[1.0, 4.0], [3.0, 5.0]]
+    assert f"train: 4 of 6 pairs kept by topk ({selection})" in caplog.messages
 
 
 def test_a_bad_scores_column_is_named(source, scores, tmp_path):
