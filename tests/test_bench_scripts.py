@@ -170,3 +170,65 @@ def test_influence_peers_runs_on_the_tiny_model():
 def cells(line: str) -> list[str]:
     """The cells of one markdown table row."""
     return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+SCALE_RECORD = {
+    "pairs": 100, "train_tokens": 10_000, "val_pairs": 20, "val_tokens": 2_000,
+    "warmup_s": 50.0, "warmup_wall_s": 60.0, "score_s": 40.0, "score_wall_s": 45.0, "score_from_cache": False,
+    "timings_s": {"prepare/influence": 4.0, "influence": 10.0, "prepare/lossdiff": 6.0, "prepare/irm": 0.0,
+                  "lossdiff": 2.0, "irm": 1.0, "policy_forward": 3.0},
+}
+
+
+def test_scale_stages_split_the_scoring_run_by_what_each_part_grows_with():
+    from bench.scale import stages
+
+    split = stages(SCALE_RECORD)
+    assert split == {
+        "warm-up (1 epoch)": (50.0, "train"),
+        "influence: validation gradient": (4.0, "val"),
+        "influence: per-pair JVP": (10.0, "train"),
+        "LossDiff + IRM: auxiliary model": (6.0, "val"),
+        "LossDiff + IRM: per-pair passes": (6.0, "train"),  # 2 + 1 + the shared policy forward 3
+        "scoring: loading, reference log-probs, files": (14.0, "train"),  # 40 - (4 + 10 + 6 + 6)
+        "process start-up (x2)": (15.0, "fixed"),  # (60 - 50) + (45 - 40)
+    }
+
+
+def test_scale_projection_by_hand():
+    from bench.scale import growth, project
+
+    # 10x the parameters; 1,000 pairs x 100 tokens = 10x the training tokens; 40 x 100 = 2x the validation tokens;
+    # a device of 100x this CPU's peak
+    rows = {row["stage"]: row for row in project(SCALE_RECORD, 1e8, 1e11, 1000, 100.0, 40, 1e9, 1e13)}
+    assert "process start-up (x2)" not in rows
+    hours = {name: row["this CPU, hours"] * 3600 for name, row in rows.items()}
+    assert hours["warm-up (1 epoch)"] == pytest.approx(50 * 10 * 10)
+    assert hours["influence: validation gradient"] == pytest.approx(4 * 10 * 2)
+    assert hours["influence: per-pair JVP"] == pytest.approx(10 * 10 * 10)
+    assert hours["LossDiff + IRM: auxiliary model"] == pytest.approx(6 * 10 * 2)
+    assert hours["**total**"] == pytest.approx(5000 + 80 + 1000 + 120 + 600 + 1400)
+    assert rows["**total**"]["target device, hours"] * 3600 == pytest.approx(82.0)
+    # t ~ n^b: 4x the time for 4x the pairs is linear, 2x is sqrt
+    assert growth(10, 40, 100, 400) == pytest.approx(1.0)
+    assert growth(10, 20, 100, 400) == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+def test_scale_runs_the_stages_on_the_tiny_model_and_resumes(tmp_path):
+    command = [sys.executable, "-m", "bench.scale", "--sizes", "8", "16", "--out", str(tmp_path), "--no-record",
+               "--", "model=tiny_llama", "data.max_val_pairs=4", f"paths.cache_dir={tmp_path / 'cache'}"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-5000:]
+    for n in (8, 16):
+        record = json.loads((tmp_path / str(n) / "timings.json").read_text())
+        assert record["pairs"] == n and record["val_pairs"] == 4 and not record["score_from_cache"]
+        assert record["train_tokens"] > 0 and 0 < record["warmup_s"] < record["warmup_wall_s"]
+        assert {"prepare/influence", "influence", "prepare/lossdiff", "lossdiff", "irm"} <= set(record["timings_s"])
+    lines = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert any(line.startswith("| influence: per-pair JVP | train pairs |") for line in lines)
+    assert any(line.startswith("| **total** |") for line in lines)
+    # a second run reads every size back instead of running it again
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-5000:]
+    assert again.stdout.count("read back from") == 2
