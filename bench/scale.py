@@ -25,9 +25,11 @@ validation pairs (the validation gradient, the auxiliary model). Its assumptions
   length, is not modelled, so long sequences cost more than projected;
 * the target's tokens per pair and validation pairs are given (``--target-tokens-per-pair``,
   ``--target-val-pairs``), not measured: the defaults are assumptions for UltraFeedback-sized data;
-* on another device, the same fraction of its dense matmul peak as this machine reaches (``--target-peak``,
-  FLOP/s; this machine's float32 peak is measured here): GPU kernels usually reach a higher fraction, so that
-  figure is an upper bound on the time rather than an estimate;
+* on another device, the same fraction of its dense matmul peak as this machine reaches of its own
+  (``--target-peak``, FLOP/s; this machine's float32 peak is measured here, and its scoring passes reach
+  0.5-0.6 of it: ``bench.scoring``). That is optimistic for a GPU: large-model training on H100s reaches 38-43%
+  of the datasheet bf16 peak (Llama 3's pre-training, "The Llama 3 Herd of Models", 2024), so the device time
+  can be up to about 1.5x the figure, more with short sequences or small batches: an estimate, not a bound;
 * memory is not projected: an 8B policy with its reference and AdamW states needs several GPUs (FSDP).
 """
 
@@ -233,7 +235,8 @@ def main() -> None:
         f"the {last['pairs']}-pair run ({params:.3g} decoder parameters, {last['train_tokens'] / last['pairs']:.0f} "
         f"tokens per pair): cost proportional to parameters x tokens (attention not modelled); on a device of "
         f"{args.target_peak:.3g} FLOP/s peak at the fraction of its peak this CPU reaches of its own "
-        f"({peak / 1e9:.1f} GFLOP/s float32, measured now); memory not projected."
+        f"({peak / 1e9:.1f} GFLOP/s float32, measured now): optimistic for a GPU, whose large-model training "
+        f"reaches 38-43% of its datasheet peak (Llama 3 on H100s), so up to ~1.5x longer there; memory not projected."
     )
     print(table + "\n\n" + markdown(projection) + "\n\n" + assumptions)
     if not args.no_record:
