@@ -9,7 +9,9 @@ training run evaluated with the same settings (``evaluate.py policy=<run>``). Th
 success comes from the baseline answers of the first round's evaluation (round 1's reference is the initial model).
 Every success rate has its bootstrap 95% interval; the differences are paired over the 300 prompts
 (:func:`prefalign.evaluation.metrics.paired_difference`). Also per round: the share of the round's sampled answers
-that are correct (on its training prompts), and the held-out reward accuracy on the run's validation pairs. ``--record`` appends the table to ``bench/RESULTS.md``.
+that are correct (on its training prompts), the ground truth of the pairs it built and of those it trained on
+(``flipped / ambiguous``: a rule's selection, e.g. BeeS's 25%), and the held-out reward accuracy on the run's
+validation pairs. ``--record`` appends the table to ``bench/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from bench.common import append_result, machine
+from prefalign.data.sources import read_rows
 from prefalign.evaluation.metrics import bootstrap, paired_difference
 
 RESAMPLES = 2000
@@ -69,6 +72,21 @@ def val_accuracy(entry: dict[str, Any]) -> str:
         value = entry.get("metrics", {}).get("val/rewards/accuracies")
         return "-" if value is None else f"{100 * value:.1f}"
     return f"{100 * metric['value']:.1f} [{100 * metric['ci_low']:.1f}, {100 * metric['ci_high']:.1f}]"
+
+
+def kept_noise(step_dir: Path) -> str:
+    """Ground truth of the pairs a step trained on, ``flipped / ambiguous``: those of its selection
+    (``train/select/selection.json``) when a rule chose, else all of its pairs; ``-`` without the files or the
+    built-in prompts' ground truth."""
+    pairs_file = step_dir / "sample" / "pairs.jsonl"
+    if not pairs_file.exists():
+        return "-"
+    selection = step_dir / "train" / "select" / "selection.json"
+    kept = set(json.loads(selection.read_text())["kept"]) if selection.exists() else None
+    metadata = [row.get("metadata") or {} for _, row in read_rows(pairs_file) if kept is None or row["pair_id"] in kept]
+    if not metadata or any("label_flipped" not in m for m in metadata):
+        return "-"
+    return f"{sum(bool(m['label_flipped']) for m in metadata)} / {sum(bool(m.get('ambiguous')) for m in metadata)}"
 
 
 def steps(run: Path) -> tuple[str, list[dict[str, Any]]]:
@@ -121,12 +139,14 @@ def main(argv: list[str] | None = None) -> None:
                 "pairs built": entry.get("pairs_built", entry.get("pairs")),
                 "pairs trained": entry.get("pairs_kept", entry.get("pairs")),
                 "flipped / ambiguous": f"{noise.get('label_flipped', '-')} / {noise.get('ambiguous', '-')}",
+                "trained: flipped / ambiguous": kept_noise(Path(entry["dir"])),
                 "sampled answers correct %": "-" if entry.get("response_success") is None else f"{100 * entry['response_success']:.1f}",
                 **measured,
                 "val accuracy %": val_accuracy(entry),
                 "wall s (sample / train / eval)": f"{wall.get('sampling', '-')} / {wall['training']} / {wall['evaluation']}",
             })
     header = ["run", "step", "sampled answers correct %", "pairs built", "pairs trained", "flipped / ambiguous",
+              "trained: flipped / ambiguous",
               "success % [95% CI]", *(f"vs {name}, pts [95% CI]" for name in against), "val accuracy %",
               "wall s (sample / train / eval)"]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]

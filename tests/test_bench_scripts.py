@@ -232,3 +232,19 @@ def test_scale_runs_the_stages_on_the_tiny_model_and_resumes(tmp_path):
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-5000:]
     assert again.stdout.count("read back from") == 2
+
+
+def test_online_table_counts_the_ground_truth_of_the_pairs_a_step_trained_on(tmp_path):
+    from bench.online import kept_noise
+
+    rows = [("a", True, False), ("b", False, True), ("c", False, True), ("d", False, False)]  # id, flipped, ambiguous
+    (tmp_path / "sample").mkdir()
+    (tmp_path / "sample" / "pairs.jsonl").write_text("".join(
+        json.dumps({"pair_id": pair_id, "prompt": "p", "chosen": "x", "rejected": "y",
+                    "metadata": {"label_flipped": flipped, "ambiguous": ambiguous}}) + "\n"
+        for pair_id, flipped, ambiguous in rows))
+    assert kept_noise(tmp_path) == "1 / 2"  # no selection: every pair was trained on
+    (tmp_path / "train" / "select").mkdir(parents=True)
+    (tmp_path / "train" / "select" / "selection.json").write_text(json.dumps({"kept": ["b", "d"]}))
+    assert kept_noise(tmp_path) == "0 / 1"
+    assert kept_noise(tmp_path / "elsewhere") == "-"  # no pairs file (a Curri-DPO stage)
