@@ -27,6 +27,7 @@ import pandas as pd
 from bench.common import append_result, machine
 from prefalign.data.sources import read_rows
 from prefalign.evaluation.metrics import bootstrap, paired_difference
+from prefalign.online.pairs import ground_truth
 
 RESAMPLES = 2000
 
@@ -83,10 +84,9 @@ def kept_noise(step_dir: Path) -> str:
         return "-"
     selection = step_dir / "train" / "select" / "selection.json"
     kept = set(json.loads(selection.read_text())["kept"]) if selection.exists() else None
-    metadata = [row.get("metadata") or {} for _, row in read_rows(pairs_file) if kept is None or row["pair_id"] in kept]
-    if not metadata or any("label_flipped" not in m for m in metadata):
-        return "-"
-    return f"{sum(bool(m['label_flipped']) for m in metadata)} / {sum(bool(m.get('ambiguous')) for m in metadata)}"
+    counts = ground_truth([row.get("metadata") or {} for _, row in read_rows(pairs_file)
+                           if kept is None or row["pair_id"] in kept])
+    return "-" if counts is None else f"{counts['label_flipped']} / {counts['ambiguous']}"
 
 
 def steps(run: Path) -> tuple[str, list[dict[str, Any]]]:

@@ -241,7 +241,7 @@ def test_online_table_counts_the_ground_truth_of_the_pairs_a_step_trained_on(tmp
     (tmp_path / "sample").mkdir()
     (tmp_path / "sample" / "pairs.jsonl").write_text("".join(
         json.dumps({"pair_id": pair_id, "prompt": "p", "chosen": "x", "rejected": "y",
-                    "metadata": {"label_flipped": flipped, "ambiguous": ambiguous}}) + "\n"
+                    "metadata": {"chosen_correct": not flipped, "label_flipped": flipped, "ambiguous": ambiguous}}) + "\n"
         for pair_id, flipped, ambiguous in rows))
     assert kept_noise(tmp_path) == "1 / 2"  # no selection: every pair was trained on
     (tmp_path / "train" / "select").mkdir(parents=True)

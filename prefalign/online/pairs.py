@@ -211,7 +211,6 @@ def build_pairs(rows: list[dict[str, Any]], rule: PairRule, pair_prefix: str = "
         for index, (j, l) in enumerate(chosen_rejected):
             pairs.append(pair_row(usable[j], usable[l], rule, rule.stage(index), pair_prefix))
     stages = Counter(pair["metadata"]["stage"] for pair in pairs if pair["metadata"]["stage"] is not None)
-    known = [pair["metadata"] for pair in pairs if pair["metadata"].get("chosen_correct") is not None]
     report = {
         "rule": rule.describe(),
         "prompts": len(by_prompt),
@@ -220,13 +219,22 @@ def build_pairs(rows: list[dict[str, Any]], rule: PairRule, pair_prefix: str = "
         "prompts_without_pair": prompts_without_pair,
         "dropped": {key: counts[key] for key in sorted(counts)},
         "stages": {str(stage): stages[stage] for stage in sorted(stages)},
-        "ground_truth": {
-            "pairs": len(known),
-            "label_flipped": sum(m["label_flipped"] for m in known),
-            "ambiguous": sum(m["ambiguous"] for m in known),
-        } if known else None,
+        "ground_truth": ground_truth([pair["metadata"] for pair in pairs]),
     }
     return pairs, report
+
+
+def ground_truth(metadata: list[dict[str, Any]]) -> dict[str, int] | None:
+    """How many of these pairs (their ``metadata``) prefer a wrong answer (``label_flipped``) or pair two answers
+    both right or both wrong (``ambiguous``), among those whose answers a checker judged; None if none was."""
+    known = [m for m in metadata if m.get("chosen_correct") is not None]
+    if not known:
+        return None
+    return {
+        "pairs": len(known),
+        "label_flipped": sum(m["label_flipped"] for m in known),
+        "ambiguous": sum(m["ambiguous"] for m in known),
+    }
 
 
 def pair_row(chosen: dict[str, Any], rejected: dict[str, Any], rule: PairRule, stage: int | None, prefix: str) -> dict[str, Any]:
