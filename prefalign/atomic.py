@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -65,12 +66,38 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     return path
 
 
+def strict_json(value: Any) -> Any:
+    """``value`` with NaN and infinities as ``None`` and float-like values (NumPy scalars, 0-d tensors) as floats.
+
+    Python writes non-finite floats as bare ``NaN`` / ``Infinity``, which strict JSON readers (``jq``, browsers,
+    most languages) refuse and a table reading the file would take for a number; ``null`` says "no value".
+
+    Raises:
+        TypeError: a value that is neither JSON nor float-like.
+    """
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable") from None
+    return number if math.isfinite(number) else None
+
+
 def write_json(data: Any, path: str | os.PathLike) -> Path:
-    """JSON (indented; NumPy and other float-like values as floats), written atomically."""
+    """Strict JSON (indented; NaN and infinities as ``null``, NumPy and other float-like values as floats), written
+    atomically (:func:`strict_json`)."""
+    data = strict_json(data)
 
     def dump(tmp: str) -> None:
         with open(tmp, "w") as stream:
-            json.dump(data, stream, indent=2, default=float)
+            json.dump(data, stream, indent=2, allow_nan=False)
 
     return atomic_write(path, dump)
 

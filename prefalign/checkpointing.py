@@ -147,6 +147,14 @@ class ResumableCheckpoint(ModelCheckpoint):
             return
         if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking or not self.save_last:
             return
+        if isinstance(exception, FloatingPointError) or not all(torch.isfinite(p).all() for p in pl_module.parameters()):
+            # non-finite numbers: a checkpoint of this state would fail the same way on every resume, while the
+            # last one was saved after a step whose weights were checked (PreferenceModule.optimizer_step)
+            log.warning("non-finite values at step %d: no new checkpoint (the last finite one: %s)",
+                        trainer.global_step, self.last_model_path or "none")
+            return
+        if trainer.global_step == 0:  # no step done (a refusal in setup, say): a resume would start afresh anyway
+            return
         if trainer.world_size > 1:
             # saving is a collective, and the other ranks are not here to join it: the last checkpoint stands
             log.warning("%s on one of %d processes: no new checkpoint (the last one: %s)",

@@ -112,6 +112,25 @@ def pair_metrics(out: LossOutput, policy: dict[str, Tensor]) -> dict[str, Tensor
     }
 
 
+def nonfinite_count(parameters: list[Tensor]) -> int:
+    """How many entries of ``parameters`` are NaN or infinite.
+
+    One norm per tensor answers the usual case (all finite) in a single pass; only when a norm is not finite
+    (a non-finite entry, or finite ones so large that the norm overflows) are the entries counted.
+    """
+    if not parameters:
+        return 0
+    norms = torch.stack([torch.linalg.vector_norm(p.detach()).float() for p in parameters])
+    if torch.isfinite(norms).all():
+        return 0
+    return int(sum((~torch.isfinite(p.detach())).sum() for p in parameters))
+
+
+def nonfinite_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The metrics whose value is NaN or infinite (a run with any is no result)."""
+    return {name: float(value) for name, value in metrics.items() if not math.isfinite(float(value))}
+
+
 class PreferenceModule(L.LightningModule):
     """Trains ``model`` with ``loss`` on preference batches.
 
@@ -141,16 +160,29 @@ class PreferenceModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.share_prompt = share_prompt
         self.pack_length = pack_length
-        self.val_metrics = torch.nn.ModuleDict({name.replace("/", "_"): MeanMetric() for name in METRICS})
+        # NaN kept in the means (torchmetrics drops it by default, which would hide a broken pair or policy)
+        self.val_metrics = torch.nn.ModuleDict(
+            {name.replace("/", "_"): MeanMetric(nan_strategy="disable") for name in METRICS}
+        )
         # the global step of the last validation (None: none yet), so a run that stops mid-epoch can end with one
         self.validated_at_step: int | None = None
         # pairs this process trained on in this fit (its throughput, per device)
         self.pairs_trained = 0
+        # the pairs of the optimiser step under way (all its accumulated batches), named if it breaks the weights
+        self._step_pair_ids: list[str] = []
+        # validation pairs with a non-finite loss in the validation under way
+        self._nonfinite_val_pairs: list[str] = []
 
     def on_fit_start(self) -> None:
         # from_pretrained returns models in eval mode, scorers leave the policy and the loss in eval mode, and
         # Lightning keeps whatever mode it finds
         self.train()
+        # per-pair weights were checked in float32 when read; a half-precision run weights its losses in its own
+        # dtype, where a weight may overflow or every weight round to zero
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if hasattr(datamodule, "check_weights"):
+            dtype = next((p.dtype for p in self.policy.parameters() if p.is_floating_point()), torch.float32)
+            datamodule.check_weights(dtype)
 
     def forward(self, batch: dict[str, Any]) -> tuple[LossOutput, dict[str, Tensor]]:
         """Policy log-probs of the batch and the loss against its cached reference log-probs."""
@@ -168,13 +200,27 @@ class PreferenceModule(L.LightningModule):
             policy["kl_rejected_logps"] = policy["kl_rejected_logps"].detach()
         return self.loss_fn(policy, reference), policy
 
-    def _check_finite(self, out: LossOutput, batch: dict[str, Any]) -> None:
-        bad = ~torch.isfinite(out.losses)
-        if bad.any():
-            pair_ids = [pid for pid, flag in zip(batch["pair_ids"], bad.tolist()) if flag]
-            raise FloatingPointError(
-                f"non-finite loss at global step {self.global_step} for pair ids {pair_ids}; stopping"
-            )
+    def _check_finite(self, out: LossOutput, batch: dict[str, Any], weights: Tensor | None = None) -> None:
+        """Stop at a non-finite per-pair loss, weight or weighted loss, naming those pairs and the step.
+
+        A non-finite value left in the step would reach every weight through the gradient, and the next batch's
+        pairs would be blamed for it.
+
+        Raises:
+            FloatingPointError: naming the global step and, per kind of value, the pairs whose value is not finite.
+        """
+        pair_ids = list(batch["pair_ids"])
+        found = {"loss": ~torch.isfinite(out.losses.detach())}
+        if weights is not None:
+            found[f"weight (in {str(weights.dtype).removeprefix('torch.')})"] = ~torch.isfinite(weights)
+            found["weighted loss"] = ~torch.isfinite(out.losses.detach() * weights) & ~found["loss"] & torch.isfinite(weights)
+        parts = [
+            f"{what} of pair ids {[pid for pid, flag in zip(pair_ids, bad.tolist()) if flag]}"
+            for what, bad in found.items()
+            if bad.any()
+        ]
+        if parts:
+            raise FloatingPointError(f"non-finite {'; '.join(parts)} at global step {self.global_step}; stopping")
 
     def pair_values(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Per-pair values of every logged metric for one batch: what validation averages, and what held-out
@@ -184,27 +230,69 @@ class PreferenceModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out, policy = self(batch)
-        self._check_finite(out, batch)
         weights = batch.get("weights")
+        weights = None if weights is None else weights.to(out.losses.dtype)
+        self._check_finite(out, batch, weights)
         # data.weights: the mean of weighted per-pair losses (unweighted pairs have weight 1); logged as train/loss
-        loss = out.losses.mean() if weights is None else (out.losses * weights.to(out.losses.dtype)).mean()
+        loss = out.losses.mean() if weights is None else (out.losses * weights).mean()
         size = len(batch["pair_ids"])
         self.pairs_trained += size
+        self._step_pair_ids.extend(batch["pair_ids"])
         metrics = pair_metrics(out, policy)
         metrics["loss"] = loss.detach()
         for name, values in metrics.items():
             self.log(f"train/{name}", values.mean(), on_step=True, on_epoch=False, batch_size=size, prog_bar=name == "loss")
         return loss
 
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Lightning's step, then a check that the trainable weights are still finite.
+
+        It comes before any checkpoint of the step is saved, so that no checkpoint holds non-finite weights.
+
+        Raises:
+            FloatingPointError: the step made weights non-finite (finite losses and weights, but an update too
+                large for the dtype: typically the learning rate); names the step and its pairs.
+        """
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        pair_ids, self._step_pair_ids = self._step_pair_ids, []
+        bad = nonfinite_count([p for p in self.policy.parameters() if p.requires_grad])
+        count = str(bad)
+        if self.trainer.world_size > 1:  # FSDP shards differ: every rank stops together, or none
+            bad = int(self.trainer.strategy.reduce_boolean_decision(bad > 0, all=False))
+            count = "some"
+        if bad:
+            lr = ", ".join(f"{group['lr']:g}" for group in optimizer.param_groups)
+            raise FloatingPointError(
+                f"non-finite weights at global step {self.global_step}: the optimiser step (learning rate {lr}) made "
+                f"{count} weights NaN or infinite, though the losses and weights of its pairs were finite (pair ids "
+                f"{pair_ids[:8]}{' ...' if len(pair_ids) > 8 else ''}): the update itself overflowed; lower "
+                "optimizer.lr or clip gradients (trainer.gradient_clip_val). Stopping: no policy, no metrics.json and "
+                "no checkpoint of these weights are written"
+            )
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        for name, values in self.pair_values(batch).items():
-            self.val_metrics[name.replace("/", "_")].update(values)
+        values = self.pair_values(batch)
+        bad = ~torch.isfinite(values["loss"])
+        if bad.any():
+            self._nonfinite_val_pairs.extend(pid for pid, flag in zip(batch["pair_ids"], bad.tolist()) if flag)
+        for name, value in values.items():
+            self.val_metrics[name.replace("/", "_")].update(value)
 
     def on_validation_epoch_end(self) -> None:
+        results = {}
         for name in METRICS:
             metric = self.val_metrics[name.replace("/", "_")]
-            self.log(f"val/{name}", metric.compute(), prog_bar=name == "rewards/accuracies")
+            results[f"val/{name}"] = metric.compute()
+            self.log(f"val/{name}", results[f"val/{name}"], prog_bar=name == "rewards/accuracies")
             metric.reset()
+        pair_ids, self._nonfinite_val_pairs = self._nonfinite_val_pairs, []
+        bad = nonfinite_metrics(results)
+        if bad:
+            raise FloatingPointError(
+                f"non-finite validation metrics at global step {self.global_step}: {bad}; validation pairs with a "
+                f"non-finite loss: {pair_ids[:20] if pair_ids else 'none on this process'}. Stopping: no policy and "
+                "no metrics.json are written"
+            )
         if not self.trainer.sanity_checking:
             self.validated_at_step = self.global_step
 

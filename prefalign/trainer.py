@@ -21,7 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from prefalign.distributed import local_device
 from prefalign.losses import PreferenceLoss
-from prefalign.module import PreferenceModule, precision_options
+from prefalign.module import PreferenceModule, nonfinite_metrics, precision_options
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,20 @@ def run_module(cfg: DictConfig, model: torch.nn.Module, loss: PreferenceLoss) ->
 
 
 def final_metrics(trainer: L.Trainer) -> dict[str, float]:
-    return {key: float(value) for key, value in sorted(trainer.callback_metrics.items())}
+    """The last logged value of every metric, by name.
+
+    Raises:
+        FloatingPointError: a metric is NaN or infinite. Such a run is no result (a table would read its NaN as
+            one), so its caller writes neither a policy nor ``metrics.json``.
+    """
+    metrics = {key: float(value) for key, value in sorted(trainer.callback_metrics.items())}
+    bad = nonfinite_metrics(metrics)
+    if bad:
+        raise FloatingPointError(
+            f"non-finite final metrics at global step {trainer.global_step}: {bad}; no policy and no metrics.json "
+            "are written"
+        )
+    return metrics
 
 
 @contextmanager

@@ -237,19 +237,50 @@ def read_score_column(spec: str, pair_ids: list[str], data_fingerprint: str, opt
     return values, where
 
 
+def check_weights(weights: torch.Tensor, pair_ids: list[str], dtype: torch.dtype, where: str) -> None:
+    """Refuse per-pair loss weights that are negative, or not finite or all zero once cast to ``dtype``.
+
+    A weight the dtype cannot hold (1e300 in float32) becomes infinite and would reach every parameter through
+    the gradient; weights that all round to zero (1e-320 in float32) would train nothing.
+
+    Args:
+        weights: the weights, aligned with ``pair_ids``.
+        pair_ids: the pairs, named in the messages.
+        dtype: the dtype the loss is weighted in.
+        where: the weights' origin (``column 'w' of scores.parquet``), named in the messages.
+
+    Raises:
+        DataError: naming the pairs and ``where``.
+    """
+    cast = weights.to(dtype)
+    name = str(dtype).removeprefix("torch.")
+    bad = (cast < 0) | ~torch.isfinite(cast)
+    if bad.any():
+        ids = [pid for pid, flag in zip(pair_ids, bad.tolist()) if flag]
+        values = [float(value) for value in weights[bad][:5]]
+        raise DataError(
+            f"data.weights: {where} is negative or not finite for {len(ids)} pairs (as {name}): pair ids {ids[:5]}, "
+            f"values {values}"
+        )
+    if not cast.any():
+        raise DataError(
+            f"data.weights: {where} is zero in {name} for every training pair ({len(pair_ids)}; largest value "
+            f"{float(weights.abs().max()) if len(weights) else 0.0:g}): nothing would be trained"
+        )
+
+
 def read_weights(spec: str, pair_ids: list[str], data_fingerprint: str) -> torch.Tensor:
     """Per-pair loss weights from a scores file column, ``<scores.parquet>:<column>``, in the order of ``pair_ids``.
 
     Raises:
-        DataError: the errors of :func:`read_score_column`, or weights that are negative or all zero.
+        DataError: the errors of :func:`read_score_column`, or weights refused by :func:`check_weights` in float32
+            (the dtype they are kept in; the module checks them again in its training dtype).
     """
-    weights, where = read_score_column(spec, pair_ids, data_fingerprint, "data.weights")
-    bad = [pid for pid, weight in zip(pair_ids, weights) if weight < 0]
-    if bad:
-        raise DataError(f"data.weights: {where} is negative or not finite for {len(bad)} pairs, e.g. {bad[:5]}")
-    if sum(weights) == 0:
-        raise DataError(f"data.weights: {where} is zero for every training pair")
-    return torch.tensor(weights, dtype=torch.float32)
+    values, where = read_score_column(spec, pair_ids, data_fingerprint, "data.weights")
+    # float64 first, so that a value float32 cannot hold is named with its own value
+    weights = torch.tensor(values, dtype=torch.float64)
+    check_weights(weights, pair_ids, torch.float32, where)
+    return weights.to(torch.float32)
 
 
 def curriculum_order(scores: torch.Tensor, order: str) -> list[int]:
@@ -403,6 +434,14 @@ class PreferenceDataModule(L.LightningDataModule):
             self.datasets["train"].order_scores = torch.tensor(scores, dtype=torch.float64)
             grouped = "; data.group_by_length=true groups validation and scoring batches only" if self.group_by_length else ""
             log.info("train: batches in %s order of %s, the same every epoch (no shuffle%s)", self.order, where, grouped)
+
+    def check_weights(self, dtype: torch.dtype) -> None:
+        """Refuse the training pairs' weights (``data.weights``) if they are not finite or all zero in ``dtype``,
+        the dtype the training loss is weighted in (:func:`check_weights`)."""
+        weights = self.datasets["train"].weights if "train" in self.datasets else None
+        if weights is not None:
+            ids = [pair.pair_id for pair in self.pairs["train"]]
+            check_weights(weights, ids, dtype, str(self.weights_spec))
 
     def restrict(self, split: str, pair_ids: list[str] | set[str]) -> None:
         """Keep only the given pairs of a split (data selection); order is preserved.
