@@ -12,11 +12,14 @@ import hydra
 from omegaconf import DictConfig
 
 from prefalign.evaluation.sweep import run_evaluation
+from prefalign.folder_lock import hold_folder
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate ``cfg.policy`` or every run of ``cfg.sweep``; returns the results."""
-    return run_evaluation(cfg)
+    """Evaluate ``cfg.policy`` or every run of ``cfg.sweep``; returns the results. Each result folder is held
+    while it is written (:mod:`prefalign.folder_lock`), and a sweep's folder while its tables are."""
+    with hold_folder(cfg.sweep if cfg.get("sweep") else None):
+        return run_evaluation(cfg)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")

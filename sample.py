@@ -13,12 +13,15 @@ import hydra
 from omegaconf import DictConfig
 
 from prefalign.config import log_from_rank_zero
+from prefalign.folder_lock import hold_folder
 from prefalign.online.run import run_sampling
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Sample, reward and pair; returns the report (``sample_report.json``)."""
-    return run_sampling(cfg)
+    """Sample, reward and pair; returns the report (``sample_report.json``). Holds the run folder's lock
+    (:mod:`prefalign.folder_lock`)."""
+    with hold_folder(cfg.paths.output_dir):
+        return run_sampling(cfg)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")

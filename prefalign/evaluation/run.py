@@ -61,6 +61,7 @@ from prefalign.evaluation.benchmarks import Benchmark
 from prefalign.evaluation.generation import generate_answers
 from prefalign.evaluation.judges import EvalItem, Judge, battle_outcomes
 from prefalign.evaluation.metrics import JudgedAnswers, bootstrap, mean_of_known, reported_length_control
+from prefalign.folder_lock import hold_folder
 from prefalign.keys import content_key, judge_inputs, plain
 from prefalign.models import (
     ModelSource,
@@ -69,14 +70,25 @@ from prefalign.models import (
     resolve_checkpoint_dir,
 )
 from prefalign.models import load_checkpoint as load_model_checkpoint
+from prefalign.safe_config import load_config
 
 log = logging.getLogger(__name__)
 
 
+# the parts of a run's config.yaml the evaluation builds objects from (the model, and the run's setup for the
+# held-out metrics: model, loss and data); only these are checked, and nothing else of it is ever built
+RUN_CONFIG_BUILT = ("model", "loss", "data")
+
+
 def run_config(path: str | Path) -> DictConfig | None:
-    """The resolved config of a prefalign run directory, or ``None`` for a plain checkpoint."""
+    """The resolved config of a prefalign run directory, or ``None`` for a plain checkpoint.
+
+    Raises:
+        prefalign.safe_config.UnsafeConfigError: the parts built from it name a ``_target_`` that prefalign's config
+            groups do not (a file read back is data, never code).
+    """
     config = Path(path) / "config.yaml"
-    return OmegaConf.load(config) if config.exists() else None
+    return load_config(config, keys=RUN_CONFIG_BUILT) if config.exists() else None
 
 
 def generation_label(settings: DictConfig | dict[str, Any]) -> str:
@@ -271,20 +283,36 @@ def evaluate_policy(
             checkpoint).
         baseline: a checkpoint to compare with instead of the run's reference model.
         folder_name: the result folder's name; default :func:`result_folder` of the settings.
+
+    The evaluation holds the result folder's lock while it writes there (:mod:`prefalign.folder_lock`).
     """
+    policy_path = Path(policy_path)
+    folder_name = folder_name or result_folder(bench_cfg, judge_cfg, settings)
+    if output_dir is None:
+        root = policy_path if (policy_path / "config.yaml").exists() else Path.cwd()
+        output_dir = root / "eval" / folder_name
+    with hold_folder(output_dir):
+        return _evaluate_policy(policy_path, bench_cfg, judge_cfg, settings, cache_dir, Path(output_dir), baseline, folder_name)
+
+
+def _evaluate_policy(
+    policy_path: Path,
+    bench_cfg: DictConfig,
+    judge_cfg: DictConfig,
+    settings: DictConfig,
+    cache_dir: Path,
+    output_dir: Path,
+    baseline: str | None,
+    folder_name: str,
+) -> dict[str, Any]:
     start = time.perf_counter()
     samples = check_samples(settings)
-    policy_path = Path(policy_path)
     run_cfg = run_config(policy_path)
     benchmark: Benchmark = instantiate(bench_cfg)
     judge: Judge = instantiate(judge_cfg)
     items = benchmark.load()
     judge.check_inputs(items)  # a missing prompts file or reference fails here, before any generation
     temperatures, temperature_record = prompt_temperatures(settings, items)
-    folder_name = folder_name or result_folder(bench_cfg, judge_cfg, settings)
-    if output_dir is None:
-        root = policy_path if run_cfg is not None else Path.cwd()
-        output_dir = root / "eval" / folder_name
     output_dir.mkdir(parents=True, exist_ok=True)
     log.info("evaluating %s on %s (%d prompts) with the %s judge", policy_path, benchmark.name, len(items), judge.name)
     benchmark.length_control.prepare()  # fails now, not after generating, if AlpacaEval's difficulty table is missing

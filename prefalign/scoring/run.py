@@ -33,6 +33,7 @@ from omegaconf import DictConfig
 
 from prefalign import distributed
 from prefalign.atomic import atomic_write, lock_path, produce_once, write_json
+from prefalign.folder_lock import hold_folder
 from prefalign.keys import config_inputs, content_key, plain
 from prefalign.models import directory_fingerprint, resolve_checkpoint_dir
 from prefalign.run_setup import RunSetup, setup_run
@@ -67,8 +68,13 @@ def run_scoring(cfg: DictConfig) -> dict[str, Any]:
 
     The reference (for IRM and the reference-based losses) is the model config's initial weights. Writes the
     stage's files (module docstring) and returns the summary. Under a launcher every rank calls this and gets
-    the summary; rank 0 writes the files.
+    the summary; rank 0 writes the files, and holds the stage folder's lock (:mod:`prefalign.folder_lock`).
     """
+    with hold_folder(cfg.paths.output_dir):
+        return _run_scoring(cfg)
+
+
+def _run_scoring(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     if int(cfg.shard_size) <= 0:
         raise ValueError(f"shard_size must be a positive number of pairs, got {cfg.shard_size}")

@@ -19,6 +19,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from prefalign.atomic import write_json
+from prefalign.folder_lock import hold_folder
+from prefalign.safe_config import checked_config
 from prefalign.scoring.base import read_scores
 from prefalign.selection.analysis import (
     correlation_table,
@@ -80,7 +82,13 @@ def write_selection(
 
 
 def run_selection(cfg: DictConfig) -> dict[str, Any]:
-    """Apply ``cfg.select`` to ``cfg.scores``; writes ``selection.json``."""
+    """Apply ``cfg.select`` to ``cfg.scores``; writes ``selection.json`` (holding the folder's lock:
+    :mod:`prefalign.folder_lock`)."""
+    with hold_folder(cfg.paths.output_dir):
+        return _run_selection(cfg)
+
+
+def _run_selection(cfg: DictConfig) -> dict[str, Any]:
     rule = select_rule(cfg.select)
     scores, provenance = read_scores(cfg.scores)
     selection = rule.select(scores)
@@ -129,20 +137,33 @@ def analysis_rule(name: str, seed: int, keep_fraction: float | None) -> Selectio
 
 
 def analysis_data(provenance: dict[str, Any], scores_file: Any) -> list[Any]:
-    """The training pairs the scores were computed on, loaded from the data config their provenance records."""
+    """The training pairs the scores were computed on, loaded from the data config their provenance records.
+
+    Raises:
+        prefalign.safe_config.UnsafeConfigError: that config names a ``_target_`` prefalign's config groups do not.
+    """
     data = (provenance.get("config") or {}).get("data")
     if not data or "source" not in data:
         raise ValueError(
             f"{scores_file}: the scores file records no data config (written by an older prefalign?); score again"
         )
     from prefalign.data.datamodule import data_split_pairs
+    from prefalign.data.scores_file import scores_path
 
+    # the recorded config is data, never code: its data source is built only if conf/ names its target
+    checked = checked_config({"data": data}, f"{scores_path(scores_file)} (provenance config)", keys=["data"])
     # the pairs as the scored run loaded them (limit and load-time flips), so that added noise is in the truth
-    return data_split_pairs(OmegaConf.create(data), "train")
+    return data_split_pairs(checked.data, "train")
 
 
 def run_analysis(cfg: DictConfig) -> dict[str, Any]:
-    """Overlap, correlation and noise tables plus plots for the rules in ``cfg.analysis``."""
+    """Overlap, correlation and noise tables plus plots for the rules in ``cfg.analysis`` (holding the folder's
+    lock: :mod:`prefalign.folder_lock`)."""
+    with hold_folder(cfg.paths.output_dir):
+        return _run_analysis(cfg)
+
+
+def _run_analysis(cfg: DictConfig) -> dict[str, Any]:
     scores, provenance = read_scores(cfg.scores)
     folder = output_dir(cfg)
     analysis = cfg.analysis
