@@ -16,7 +16,13 @@ from hydra.utils import get_method
 from omegaconf import DictConfig
 
 from prefalign.checkpointing import TrainingInterrupted
-from prefalign.config import log_from_rank_zero, refuse_multirun_with_process_launch, refuse_sweep_without_multirun
+from prefalign.config import (
+    hydra_quoted,
+    log_from_rank_zero,
+    refuse_multirun_with_process_launch,
+    refuse_sweep_without_multirun,
+)
+from prefalign.folder_lock import hold_folder
 from prefalign.pipeline import run_train_command
 
 log = logging.getLogger(__name__)
@@ -24,25 +30,30 @@ log = logging.getLogger(__name__)
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job (or the selection pipeline, or with ``online=<option>`` its rounds); returns its final
-    metrics (also in ``metrics.json``)."""
-    if cfg.get("online"):
-        return get_method(cfg.online.runner)(cfg)
-    return run_train_command(cfg)
+    metrics (also in ``metrics.json``); holds the run folder's lock throughout (:mod:`prefalign.folder_lock`)."""
+    with hold_folder(cfg.paths.output_dir):
+        if cfg.get("online"):
+            return get_method(cfg.online.runner)(cfg)
+        return run_train_command(cfg)
 
 
 def resume_command(cfg: DictConfig) -> str:
-    """The command that resumes this run in its own directory (the selection pipeline: its warm-up resumes from
-    its own checkpoint, the final run from ``<run>/checkpoints/last.ckpt``)."""
+    """The command that resumes this run in its own directory, to paste into a shell as printed (the selection
+    pipeline: its warm-up resumes from its own checkpoint, the final run from ``<run>/checkpoints/last.ckpt``).
+
+    A job of a ``-m`` sweep resumes as one run: its own overrides (the swept values of this job), its folder as a
+    quoted Hydra value (``0_loss=dpo,model=...`` holds ``=`` and ``,``) and no ``-m``.
+    """
     from hydra.core.hydra_config import HydraConfig
 
     overrides = [item for item in HydraConfig.get().overrides.task if not item.startswith(("hydra.run.dir=", "ckpt_path="))]
-    pieces = [*overrides, f"hydra.run.dir={cfg.paths.output_dir}", "ckpt_path=last"]
+    pieces = [*overrides, f"hydra.run.dir={hydra_quoted(str(cfg.paths.output_dir))}", "ckpt_path=last"]
     return " ".join(["python", "train.py", *(shlex.quote(piece) for piece in pieces)])
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    refuse_sweep_without_multirun()
+    refuse_sweep_without_multirun(cfg)
     refuse_multirun_with_process_launch(cfg)
     log_from_rank_zero()
     try:

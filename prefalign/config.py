@@ -6,11 +6,26 @@ from pathlib import Path
 from typing import Any
 
 
-def refuse_sweep_without_multirun() -> None:
+def resumes_a_checkpoint(cfg: Any) -> bool:
+    """Whether ``cfg.ckpt_path`` names a checkpoint that is there (``last``: ``<output dir>/checkpoints/last.ckpt``)."""
+    path = cfg.get("ckpt_path") if cfg is not None else None
+    if path is None:
+        return False
+    if str(path) == "last":
+        return (Path(str(cfg.paths.output_dir)) / "checkpoints" / "last.ckpt").exists()
+    return Path(str(path)).exists()
+
+
+def refuse_sweep_without_multirun(cfg: Any = None) -> None:
     """Fail when a sweep config (an ``experiment=`` with ``hydra.sweeper.params``) runs without ``-m``.
 
     Without ``-m`` Hydra ignores the sweeper and runs the config once, with every swept key at its default:
-    ``python train.py experiment=main_comparison`` would silently train plain full-data DPO.
+    ``python train.py experiment=main_comparison`` would silently train plain full-data DPO. The resume of one job
+    of such a sweep (its command names the job's swept values, its folder and a checkpoint that is there, as
+    ``train.py`` prints it) is one run, and goes on: the resume itself refuses any setting the job did not have.
+
+    Args:
+        cfg: the run's config (its ``ckpt_path``); ``None``: no resume considered.
 
     Raises:
         ValueError: the run is not a multirun but its config defines sweeper parameters.
@@ -20,13 +35,24 @@ def refuse_sweep_without_multirun() -> None:
 
     hydra_cfg = HydraConfig.get()
     params = hydra_cfg.sweeper.get("params") if hydra_cfg.sweeper is not None else None
-    if hydra_cfg.mode == RunMode.RUN and params:
+    if hydra_cfg.mode == RunMode.RUN and params and not resumes_a_checkpoint(cfg):
         experiment = hydra_cfg.runtime.choices.get("experiment")
         swept = ", ".join(f"{key}={value}" for key, value in params.items())
         name = f"experiment={experiment}" if experiment else "this config"
         raise ValueError(
             f"{name} is a sweep ({swept}) and runs only with -m: python {hydra_cfg.job.name}.py -m {name} ..."
         )
+
+
+def hydra_quoted(value: str) -> str:
+    """``value`` as a quoted value of Hydra's override grammar: ``"..."``, with each double quote and the backslashes
+    that precede one (or the closing quote) escaped, and ``${`` escaped so that it is not an interpolation.
+    ``hydra.run.dir="multirun/x/0_loss=dpo,model=tiny"`` is one value; unquoted, ``=`` and ``,`` break the parse."""
+    import re
+
+    escaped = re.sub(r'(\\*)"', lambda match: match.group(1) * 2 + '\\"', value)
+    escaped = re.sub(r"(\\+)$", lambda match: match.group(1) * 2, escaped)
+    return '"' + escaped.replace("${", "\\${") + '"'
 
 
 def launched_rank() -> int:

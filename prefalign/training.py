@@ -10,12 +10,15 @@ Output directory layout (the run's Hydra directory)::
 
     config.yaml          the resolved config
     data_report.json     dropped and truncated pairs per split (nothing is dropped silently)
-    checkpoints/         last.ckpt: at the end, during training (every 10 min by default), on SIGINT/SIGTERM and
-                         on exceptions (prefalign/checkpointing.py); resume with ckpt_path=<run>/checkpoints/last.ckpt
-                         (or hydra.run.dir=<run> ckpt_path=last)
+    checkpoints/         last.ckpt: during training (every 10 min by default), on SIGINT/SIGTERM and on exceptions
+                         (prefalign/checkpointing.py); resume with ckpt_path=<run>/checkpoints/last.ckpt (or
+                         hydra.run.dir=<run> ckpt_path=last). Once the run is finished it keeps the run's progress
+                         and settings only, unless callbacks.checkpoint.keep_training_state=true
     tensorboard/         TensorBoard logs (train/*, val/* with TRL's metric names)
     policy/              the final policy in Hugging Face format (save_pretrained + tokenizer)
-    metrics.json         final metrics, sizes, timings, and the selection trained on (rule, thresholds, kept)
+    metrics.json         final metrics, sizes, timings, and the selection trained on (rule, thresholds, kept);
+                         after a resume that extended the run, ``resumed_with`` ({setting: [first, now]})
+    .lock                held while the run writes here (prefalign/folder_lock.py): one run per folder
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from prefalign.atomic import write_json
-from prefalign.checkpointing import checkpoint_progress, training_complete
+from prefalign.checkpointing import ResumableCheckpoint, read_checkpoint, resume_changes, run_record, training_complete
+from prefalign.folder_lock import hold_folder
 from prefalign.models import save_policy
 from prefalign.run_setup import setup_run
 from prefalign.trainer import GatherFullPolicy, build_trainer, compiled_decoder, final_metrics, run_module
@@ -40,15 +44,34 @@ log = logging.getLogger(__name__)
 def run_training(cfg: DictConfig) -> dict[str, Any]:
     """Train a policy as configured and write the run's outputs (layout in the module docstring).
 
+    One run per folder: the run holds its output folder's lock throughout (:mod:`prefalign.folder_lock`). A resume
+    (``ckpt_path``) is checked against the checkpoint's recorded settings before anything is loaded
+    (:func:`prefalign.checkpointing.resume_changes`).
+
     Returns:
         The final metrics (``train/*`` of the last step, ``val/*`` of the last validation) and run facts.
     """
+    with hold_folder(cfg.paths.output_dir):
+        return _run_training(cfg)
+
+
+def _run_training(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     checkpoint = resume_checkpoint(cfg)
+    resumed_with: dict[str, list[Any]] = {}
     if checkpoint is not None:
-        progress = checkpoint_progress(checkpoint)
-        if training_complete(progress, cfg.trainer):
-            return completed_run(checkpoint, progress, cfg)
+        saved = read_checkpoint(checkpoint)  # as data (weights_only); a truncated file is named
+        resumed_with = resume_changes(saved, cfg)  # another run's settings are refused here, before any model loads
+        if training_complete(saved.progress, cfg.trainer):
+            return completed_run(checkpoint, saved.progress, cfg)
+        if not saved.training_state:
+            raise ValueError(
+                f"ckpt_path={checkpoint}: the run finished at step {saved.progress['global_step']} and its checkpoint "
+                "keeps its progress and settings only, not the optimiser's state that extending it needs "
+                f"({', '.join(f'{key}={new}' for key, (_, new) in resumed_with.items()) or 'nothing left to train'}). "
+                "Start a new run from its policy (model.init_from=<run>, another folder), or keep the whole state "
+                "in the runs you mean to extend (callbacks.checkpoint.keep_training_state=true)"
+            )
     setup = setup_run(cfg)
     model = setup.load_model()
     if getattr(model, "peft_config", None):
@@ -58,6 +81,9 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     module = run_module(cfg, model, setup.loss)
     gathered = GatherFullPolicy()
     trainer = build_trainer(cfg, setup.output_dir, extra_callbacks=[gathered])
+    checkpointing = [callback for callback in trainer.callbacks if isinstance(callback, ResumableCheckpoint)]
+    for callback in checkpointing:  # every checkpoint records the settings a resume must keep
+        callback.run_record = run_record(cfg, resumed_with)
     global_batch = setup.datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
     log.info(
         "%s on %d process(es): global batch %d = %d per device x %d device(s) x %d accumulated",
@@ -70,7 +96,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     )
     with compiled_decoder(model, bool(cfg.get("compile", False))):
         fit_start = time.perf_counter()
-        trainer.fit(module, datamodule=setup.datamodule, ckpt_path=checkpoint)
+        trainer.fit(module, datamodule=setup.datamodule, ckpt_path=checkpoint, weights_only=True)
         throughput = module.pairs_trained / max(time.perf_counter() - fit_start, 1e-9)
         has_val = len(setup.datamodule.datasets["val"]) > 0 and trainer.limit_val_batches != 0
         if has_val and module.validated_at_step != trainer.global_step:
@@ -111,9 +137,13 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     }
     if datamodule.selection is not None:
         result["selection"] = dict(datamodule.selection)
+    if resumed_with:
+        result["resumed_with"] = resumed_with
     if not trainer.is_global_zero:
         return result
     write_json(result, setup.output_dir / "metrics.json")
+    for callback in checkpointing:  # the run is complete: its checkpoint keeps what keep_training_state says
+        callback.run_finished()
     summary = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("train/loss", "val/loss", "val/rewards/accuracies") if k in metrics)
     summary += f" ({throughput:.1f} pairs/s per device, {trainer.world_size} device(s))"
     log.info(
@@ -140,11 +170,11 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
         return None
     if str(path) == "last":
         last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-        if not last.is_file():
+        if not last.exists():  # a file, or the folder of a sharded (FSDP) checkpoint
             log.info("ckpt_path=last: no %s yet, starting from the beginning", last)
             return None
         return str(last)
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint")
     return str(path)
 

@@ -16,6 +16,10 @@ class SignalAtStep(L.Callback):
         self.signum = signal.Signals[signum]
         self.sent = False
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        # a run resumed at or past the step (the printed resume command repeats this callback) is not signalled again
+        self.sent = trainer.global_step >= self.step
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not self.sent and trainer.global_step >= self.step:
             self.sent = True

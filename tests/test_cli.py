@@ -106,7 +106,7 @@ def test_single_run_outputs_resume_and_reference_cache(tmp_path):
     run = tmp_path / "run"
     cache = tmp_path / "cache"
     common = ["model=tiny_qwen3", *QUICK, f"paths.cache_dir={cache}"]
-    result = train(*common, f"hydra.run.dir={run}", "logger=tensorboard")
+    result = train(*common, f"hydra.run.dir={run}", "logger=tensorboard", "callbacks.checkpoint.keep_training_state=true")
     check(result)
     for name in ("config.yaml", "data_report.json", "metrics.json", "policy/config.json", "policy/tokenizer.json"):
         assert (run / name).exists(), name
@@ -119,7 +119,8 @@ def test_single_run_outputs_resume_and_reference_cache(tmp_path):
 
     AutoModelForCausalLM.from_pretrained(run / "policy")
     AutoTokenizer.from_pretrained(run / "policy")
-    # resume from the last checkpoint for a second epoch; reference log-probs now come from the cache
+    # resume from the last checkpoint for a second epoch (the finished run kept its training state for it);
+    # reference log-probs now come from the cache
     resumed = tmp_path / "resumed"
     check(train(*common, f"hydra.run.dir={resumed}", f"ckpt_path={run}/checkpoints/last.ckpt", "trainer.max_epochs=2"))
     second = json.loads((resumed / "metrics.json").read_text())
