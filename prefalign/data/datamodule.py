@@ -4,7 +4,9 @@ Nothing is dropped silently. Each split goes through :func:`prepare_split`, whic
 prompt or completion, pairs whose chosen and rejected are identical (as text, or as token ids), pairs whose
 chosen and rejected token ids become identical once truncated, and repeated ``pair_id``\\ s, and counts
 truncations (policy in :mod:`prefalign.data.tokenization`). The counts and the dropped pair ids are logged
-and written to ``data_report.json``; with ``strict=true`` any drop or truncation raises instead.
+and written to ``data_report.json``; with ``strict=true`` any drop or truncation raises instead. Training pairs
+with the content of a validation pair are counted and warned about (:func:`same_content`), and refused with
+``strict=true``.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from prefalign import distributed
 from prefalign.data.collate import collate_pairs
-from prefalign.data.noise import check_fraction, flip_pairs
+from prefalign.data.noise import check_count, check_fraction, flip_pairs
 from prefalign.data.sampling import LengthGroupedBatchSampler, OrderedBatchSampler, RandomBatchSampler, ResumableLoader
-from prefalign.data.records import DataError, PreferencePair, pairs_fingerprint, text_of
+from prefalign.data.records import DataError, PreferencePair, content_id, pairs_fingerprint, text_of
 from prefalign.data.scores_file import read_scores_table, scores_path
 from prefalign.data.sources import PreferenceSource
 from prefalign.data.tokenization import PairTokenizer, TokenizedPair
@@ -107,6 +109,37 @@ def prepare_split(
     return kept_pairs, kept_tokens, report
 
 
+def same_content(train: list[PreferencePair], val: list[PreferencePair], strict: bool = False) -> dict[str, Any]:
+    """The training pairs whose prompt, chosen and rejected are those of a validation pair (by content, whatever
+    their ids): validation on them measures memory, not generalisation.
+
+    Returns:
+        ``{"count", "train_pair_ids", "val_pair_ids"}`` (the ``same_content_in_train_and_val`` of ``data_report.json``).
+
+    Raises:
+        DataError: with ``strict``, when there is any such pair.
+    """
+    val_ids: dict[str, list[str]] = {}
+    for pair in val:
+        val_ids.setdefault(content_id(pair.prompt, pair.chosen, pair.rejected), []).append(pair.pair_id)
+    train_ids, matched = [], []
+    for pair in train:
+        found = val_ids.get(content_id(pair.prompt, pair.chosen, pair.rejected))
+        if found:
+            train_ids.append(pair.pair_id)
+            matched.extend(found)
+    report = {"count": len(train_ids), "train_pair_ids": train_ids, "val_pair_ids": sorted(set(matched))}
+    if train_ids:
+        message = (
+            f"{len(train_ids)} of {len(train)} training pairs have the content (prompt, chosen, rejected) of a "
+            f"validation pair, e.g. train {train_ids[:5]} = val {report['val_pair_ids'][:5]}"
+        )
+        if strict:
+            raise DataError(f"data.strict=true and {message}")
+        log.warning("%s; the validation metrics are partly measured on training pairs", message)
+    return report
+
+
 def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{key}={value}" for key, value in counts.items() if value) or "none"
 
@@ -181,9 +214,25 @@ def read_selection(path: str, data_fingerprint: str) -> dict[str, Any]:
         record = json.loads(file.read_text())
     except json.JSONDecodeError as error:
         raise DataError(f"data.selection: {file} is not valid JSON ({error})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"data.selection: {file} holds a JSON {type(record).__name__}, not a selection.json object")
     for key in ("kept", "rule", "data_fingerprint"):
         if key not in record:
             raise DataError(f"data.selection: {file} has no '{key}' (is it a selection.json written by select.py?)")
+    kept = record["kept"]
+    if not isinstance(kept, list):
+        raise DataError(f"data.selection: {file}: 'kept' must be a list of pair ids, got {type(kept).__name__}")
+    odd = [pair_id for pair_id in kept if not isinstance(pair_id, str)]
+    if odd:
+        raise DataError(f"data.selection: {file}: 'kept' holds {len(odd)} ids that are not strings, e.g. {odd[:5]}")
+    repeated = sorted(pair_id for pair_id, count in Counter(kept).items() if count > 1)
+    if repeated:
+        # a pair is trained on once whatever the count, so the file's counts would not be what was trained on
+        raise DataError(f"data.selection: {file}: 'kept' repeats {len(repeated)} pair ids, e.g. {repeated[:5]}")
+    if record.get("kept_count") is not None and record["kept_count"] != len(kept):
+        raise DataError(
+            f"data.selection: {file}: 'kept_count' is {record['kept_count']!r} but 'kept' lists {len(kept)} pair ids"
+        )
     if record["data_fingerprint"] != data_fingerprint:
         raise DataError(
             f"data.selection: {file} was made on other data (data fingerprint {record['data_fingerprint']}, the "
@@ -291,7 +340,13 @@ def curriculum_order(scores: torch.Tensor, order: str) -> list[int]:
 
 def split_pairs(source: PreferenceSource, split: str, limit: int | None, flip_fraction: float = 0.0, flip_seed: int = 0) -> list[PreferencePair]:
     """A split's pairs as a run sees them: the source's, the first ``limit`` of them, then ``flip_fraction`` of
-    them flipped (:func:`prefalign.data.noise.flip_pairs`; the validation split draws with ``flip_seed + 1``)."""
+    them flipped (:func:`prefalign.data.noise.flip_pairs`; the validation split draws with ``flip_seed + 1``).
+
+    Raises:
+        ValueError: ``limit`` is not a count of at least 1 (:func:`check_count`), or ``flip_fraction`` is not a
+            fraction.
+    """
+    limit = check_count(f"data.max_{split}_pairs", limit, optional=True)
     pairs = source.load(split)
     if limit is not None:
         pairs = pairs[:limit]
@@ -325,7 +380,8 @@ class PreferenceDataModule(L.LightningDataModule):
         eval_batch_size: pairs per batch for validation, reference log-probs and scoring.
         max_train_pairs, max_val_pairs: keep only the first N pairs of a split (files are shuffled, so this is a
             random subset); ``None`` keeps all.
-        strict: raise on any dropped or truncated pair instead of counting it.
+        strict: raise on any dropped or truncated pair, or training pair with a validation pair's content
+            (:func:`same_content`), instead of counting it.
         group_by_length: batch pairs of similar length (:class:`LengthGroupedBatchSampler`).
         mismatched: also batch mismatched completions (needed by KTO).
         seed: seed of the training shuffle.
@@ -375,6 +431,17 @@ class PreferenceDataModule(L.LightningDataModule):
             "train": check_fraction("data.flip_fraction", flip_fraction),
             "val": check_fraction("data.val_flip_fraction", val_flip_fraction),
         }
+        # sizes are checked here, before any model loads: a negative one would slice from the end
+        for key, value, minimum, optional in (
+            ("max_train_pairs", max_train_pairs, 1, True),
+            ("max_val_pairs", max_val_pairs, 1, True),
+            ("batch_size", batch_size, 1, False),
+            ("eval_batch_size", eval_batch_size, 1, False),
+            ("max_length", max_length, 1, False),
+            ("max_prompt_length", max_prompt_length, 1, False),
+            ("num_workers", num_workers, 0, False),
+        ):
+            check_count(f"data.{key}", value, minimum, optional)
         self.flip_seed = flip_seed
         if order not in ORDERS:
             raise ValueError(f"data.order={order!r}: expected {' or '.join(ORDERS)} (which end of data.order_by is easy)")
@@ -416,6 +483,7 @@ class PreferenceDataModule(L.LightningDataModule):
             self.report[split] = report
             self.fingerprints[split] = pairs_fingerprint(kept)
             log.info("%s: %d pairs (%d loaded)", split, report["kept"], report["loaded"])
+        self.report["same_content_in_train_and_val"] = same_content(self.pairs["train"], self.pairs["val"], self.strict)
         if self.selection_path:
             record = read_selection(self.selection_path, self.fingerprints["train"])
             total = len(self.pairs["train"])

@@ -11,11 +11,15 @@ the ground-truth score (``select=oracle``) and the analysis see the new noise. A
 The validation flips serve the TIF paper's analysis of noise in the validation set: the scorers that read the
 validation pairs (influence, LossDiff, IRM) see the noisy ones. The held-out metrics of ``evaluate.py`` and
 ``bench.paired`` are always taken on the clean validation pairs.
+
+The checks of the fractions and counts that cut a split (:func:`check_fraction`, :func:`check_count`) live here too,
+below every stage that reads them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +31,22 @@ def check_fraction(key: str, fraction: float) -> float:
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
         raise ValueError(f"{key} must be a fraction in [0, 1), got {fraction!r}")
     return float(fraction)
+
+
+def check_count(key: str, value: Any, minimum: int = 1, optional: bool = False) -> int | None:
+    """``value`` as a count of at least ``minimum`` (``None`` allowed when ``optional``).
+
+    A negative count would otherwise slice from the end: ``max_train_pairs=-5`` would keep all pairs but the last 5.
+
+    Raises:
+        ValueError: naming ``key`` and the value.
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        expected = f"a whole number >= {minimum}" + (" or null" if optional else "")
+        raise ValueError(f"{key} must be {expected}, got {value!r}")
+    return value
 
 
 def flipped(pair: PreferencePair) -> PreferencePair:

@@ -45,8 +45,54 @@ def decode_utf8(raw: bytes, where: str, first_line: int = 1) -> str:
         ) from None
 
 
+def _unencodable(value: Any, key: str) -> tuple[str, str, UnicodeEncodeError] | None:
+    """The first string under ``value`` (a key or a value) that is not valid Unicode: its key path, the string and
+    the error; ``None`` when all are."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            return key, value, error
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for name, item in items:
+        path = f"{key}[{name}]" if isinstance(name, int) else f"{key}.{name}" if key else str(name)
+        found = _unencodable(name, path) if isinstance(name, str) else None
+        found = found or _unencodable(item, path)
+        if found:
+            return found
+    return None
+
+
+def check_unicode(row: dict[str, Any], where: str) -> None:
+    """Refuse a JSON row holding text that is not valid Unicode: a lone surrogate such as ``"\\ud800"``, which
+    JSON can escape but UTF-8 cannot encode (tokenizers, hashes and every file written later would fail on it).
+
+    Raises:
+        DataError: naming ``where`` (file and line), the key and the character.
+    """
+    try:
+        json.dumps(row, ensure_ascii=False).encode("utf-8")  # one pass in C for the usual, valid row
+    except UnicodeEncodeError:
+        found = _unencodable(row, "")
+        if found is None:  # pragma: no cover - json.dumps failed on a string the walk found valid
+            raise
+        key, text, error = found
+        key = key.encode("utf-8", "backslashreplace").decode("utf-8")  # a key may hold the surrogate itself
+        raise DataError(
+            f"{where}: key '{key}' holds text that is not valid Unicode ({error.reason}: "
+            f"{text[error.start:error.end]!r} at character {error.start}); a lone surrogate comes from a JSON escape "
+            "of broken UTF-16: fix or drop that text"
+        ) from None
+
+
 def read_rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Rows of a ``.jsonl`` / ``.json`` / ``.parquet`` file, each with a location such as ``data.jsonl:12``."""
+    """Rows of a ``.jsonl`` / ``.json`` / ``.parquet`` file, each with a location such as ``data.jsonl:12``.
+
+    Raises:
+        DataError: bytes that are not UTF-8, malformed JSON, a row that is not an object, or text that is not
+            valid Unicode (:func:`check_unicode`), each named by file, line or row, and key.
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"data file {path} does not exist")
@@ -67,6 +113,7 @@ def read_rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
                     raise DataError(f"{path}:{line_number}: malformed JSON ({error.msg} at column {error.colno})") from None
                 if not isinstance(row, dict):
                     raise DataError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}")
+                check_unicode(row, f"{path}:{line_number}")
                 yield f"{path}:{line_number}", row
     elif suffixes == ".json":
         try:
@@ -79,6 +126,7 @@ def read_rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
         for index, row in enumerate(rows):
             if not isinstance(row, dict):
                 raise DataError(f"{path}: row {index}: expected a JSON object, got {type(row).__name__}")
+            check_unicode(row, f"{path}: row {index}")
             yield f"{path}: row {index}", row
     elif suffixes == ".parquet":
         import pyarrow.parquet as pq
@@ -153,6 +201,8 @@ class LocalSource(PreferenceSource):
         self.train_path = train_path
         self.val_path = val_path
         self.columns = dict(columns or {})
+        if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction <= 1:
+            raise ValueError(f"data.source.val_fraction must be a fraction in [0, 1], got {val_fraction!r}")
         self.val_fraction = val_fraction
         self.name = name
 

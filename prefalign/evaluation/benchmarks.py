@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from prefalign.data.noise import check_count
 from prefalign.data.records import DataError, Text
 from prefalign.data.sources import parse_hh_transcript, read_rows
 from prefalign.evaluation.judges import EvalItem
@@ -31,8 +32,9 @@ class Benchmark:
         self, name: str, max_new_tokens: int = 512, limit: int | None = None, length_control: LengthControl | None = None
     ) -> None:
         self.name = name
-        self.max_new_tokens = max_new_tokens
-        self.limit = limit
+        self.max_new_tokens = check_count("bench.max_new_tokens", max_new_tokens)
+        # a negative limit would slice from the end (all prompts but the last N)
+        self.limit = check_count("bench.limit", limit, optional=True)
         self.length_control = length_control if length_control is not None else ApproximateLengthControl()
 
     def _items(self) -> list[EvalItem]:
