@@ -332,15 +332,32 @@ def checkpoint_progress(path: str | os.PathLike) -> dict[str, int]:
     return read_checkpoint(path).progress
 
 
-def run_record(cfg: Any, resumed_with: dict[str, list[Any]] | None = None) -> dict[str, Any]:
+def run_record(cfg: Any, resumed_with: dict[str, list[Any]] | None = None, data_fingerprint: str | None = None) -> dict[str, Any]:
     """What a checkpoint records of its run: the resolved training inputs (:data:`prefalign.keys.TRAINING_INPUTS`),
-    the logger and the checkpoint settings, as plain data; and the extensions of earlier resumes."""
+    the logger and the checkpoint settings, as plain data; the extensions of earlier resumes; and the content
+    fingerprint of the training pairs (a data file rewritten under the same name is other data)."""
     settings = {name: plain(cfg.get(name)) for name in TRAINING_INPUTS}
     settings["logger"] = plain(cfg.get("logger"))
     checkpoint = plain((cfg.get("callbacks") or {}).get("checkpoint")) or {}
     # where the checkpoints go is the run folder's business (a run may be resumed into another folder)
     settings["callbacks"] = {"checkpoint": {key: value for key, value in checkpoint.items() if key != "dirpath"}}
-    return {"settings": settings, "resumed_with": dict(resumed_with or {})}
+    return {"settings": settings, "resumed_with": dict(resumed_with or {}), "data_fingerprint": data_fingerprint}
+
+
+def check_resumed_data(saved: SavedCheckpoint, data_fingerprint: str) -> None:
+    """Refuse a resume whose training pairs are not the ones the checkpoint's run trained on (same settings, but a
+    data file with other content).
+
+    Raises:
+        ValueError: the fingerprints differ (both named).
+    """
+    recorded = (saved.record or {}).get("data_fingerprint")
+    if recorded is not None and recorded != data_fingerprint:
+        raise ValueError(
+            f"ckpt_path={saved.path}: a resume continues the same run, but the training pairs are not the run's "
+            f"(content fingerprint {recorded} in the checkpoint, {data_fingerprint} now: the data files changed). "
+            "Resume with the run's data, or start a new run in another folder"
+        )
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:

@@ -32,7 +32,14 @@ from typing import Any
 from omegaconf import DictConfig
 
 from prefalign.atomic import write_json
-from prefalign.checkpointing import ResumableCheckpoint, read_checkpoint, resume_changes, run_record, training_complete
+from prefalign.checkpointing import (
+    ResumableCheckpoint,
+    check_resumed_data,
+    read_checkpoint,
+    resume_changes,
+    run_record,
+    training_complete,
+)
 from prefalign.folder_lock import hold_folder
 from prefalign.models import save_policy
 from prefalign.run_setup import setup_run
@@ -58,7 +65,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
 def _run_training(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     checkpoint = resume_checkpoint(cfg)
-    resumed_with: dict[str, list[Any]] = {}
+    saved, resumed_with = None, {}
     if checkpoint is not None:
         saved = read_checkpoint(checkpoint)  # as data (weights_only); a truncated file is named
         resumed_with = resume_changes(saved, cfg)  # another run's settings are refused here, before any model loads
@@ -73,6 +80,8 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
                 "in the runs you mean to extend (callbacks.checkpoint.keep_training_state=true)"
             )
     setup = setup_run(cfg)
+    if saved is not None:  # the same settings, and the same pairs too (checked before the model loads)
+        check_resumed_data(saved, setup.datamodule.fingerprints["train"])
     model = setup.load_model()
     if getattr(model, "peft_config", None):
         model.print_trainable_parameters()
@@ -83,7 +92,7 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
     trainer = build_trainer(cfg, setup.output_dir, extra_callbacks=[gathered])
     checkpointing = [callback for callback in trainer.callbacks if isinstance(callback, ResumableCheckpoint)]
     for callback in checkpointing:  # every checkpoint records the settings a resume must keep
-        callback.run_record = run_record(cfg, resumed_with)
+        callback.run_record = run_record(cfg, resumed_with, setup.datamodule.fingerprints["train"])
     global_batch = setup.datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
     log.info(
         "%s on %d process(es): global batch %d = %d per device x %d device(s) x %d accumulated",

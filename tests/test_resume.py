@@ -39,7 +39,7 @@ def assert_same_metrics(first: dict, second: dict) -> None:
 
 
 def saved_step(run: Path) -> int:
-    return int(torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"])
+    return int(torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"])
 
 
 @pytest.fixture(scope="module")
