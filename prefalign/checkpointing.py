@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import shutil
 import signal
 import threading
@@ -281,17 +280,19 @@ def _load_safely(path: Path) -> dict[str, Any]:
     """``torch.load(weights_only=True)`` of a checkpoint file, with errors that name it."""
     try:
         checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except Exception as error:  # torch raises an UnpicklingError, a RuntimeError, an EOFError, ... by cause
+        text = str(error)
+        if "Weights only load failed" in text:
+            # the line that says what the file holds; not torch's advice to load it unsafely
+            what = next((line.strip() for line in text.splitlines() if "GLOBAL" in line or "Unsupported" in line), "")
+            raise ValueError(
+                f"checkpoint {path}: refused, it holds objects that a safe load (torch.load weights_only=True) does "
+                f"not read, which a prefalign checkpoint never holds; nothing of it was run. {what}"
+            ) from None
+        first = text.strip().splitlines()[0] if text.strip() else ""
         raise ValueError(
-            f"checkpoint {path}: refused, it holds objects that a safe load (torch.load weights_only=True) does not "
-            f"read, which a prefalign checkpoint never holds; nothing of it was run ({first})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise ValueError(
-            f"checkpoint {path} cannot be read (truncated or not a checkpoint: {type(error).__name__}: "
-            f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); resume from another checkpoint, or "
-            "start the run again without ckpt_path"
+            f"checkpoint {path} cannot be read (truncated or not a checkpoint: {type(error).__name__}: {first}); "
+            "resume from another checkpoint, or start the run again without ckpt_path"
         ) from None
     if not isinstance(checkpoint, dict) or "global_step" not in checkpoint:
         raise ValueError(f"checkpoint {path}: not a Lightning checkpoint (no global_step)")
