@@ -19,15 +19,18 @@ existence is the lock.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
+import re
 import secrets
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from filelock import FileLock, Timeout
@@ -52,13 +55,37 @@ def _create_file(name: str) -> None:
     os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
 
 
+def _restore_mode(path: str | os.PathLike, mode: int) -> None:
+    """Give ``path`` the permission bits of ``mode`` again when a library replaced it with a file of its own.
+
+    safetensors (and so ``save_pretrained``) writes a private temporary (``0o600``) and renames it over the target,
+    so that a model folder written under ``umask 002`` would be unreadable by the group that shares the cache.
+    """
+    if os.stat(path).st_mode & 0o7777 != mode & 0o7777:
+        os.chmod(path, mode & 0o7777)
+
+
+def _follow_umask(folder: Path) -> None:
+    """Give every file under ``folder`` the mode a plain ``open()`` gives here (:func:`_restore_mode`)."""
+    probe = _fresh_sibling(folder / "mode", _create_file)
+    try:
+        mode = os.stat(probe).st_mode
+    finally:
+        os.unlink(probe)
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            _restore_mode(path, mode)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` and rename the result to ``path`` (mode as ``open()`` gives under the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _fresh_sibling(path, _create_file)
+    mode = os.stat(tmp).st_mode
     try:
         write(tmp)
+        _restore_mode(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -116,7 +143,8 @@ def write_jsonl(rows: Any, path: str | os.PathLike) -> Path:
 def atomic_directory(target: str | os.PathLike, save: Callable[[Path], Any]) -> Path:
     """Run ``save(tmp_dir)`` and move the folder to ``target`` in one rename.
 
-    The folder gets the mode ``mkdir`` gives under the umask. When ``target`` already exists (another process
+    The folder gets the mode ``mkdir`` gives under the umask, and every file in it the mode ``open()`` gives (even
+    those a library wrote privately, :func:`_restore_mode`). When ``target`` already exists (another process
     finished first), its copy is kept and ours dropped.
     """
     target = Path(target)
@@ -124,6 +152,7 @@ def atomic_directory(target: str | os.PathLike, save: Callable[[Path], Any]) -> 
     tmp = Path(_fresh_sibling(target, os.mkdir))
     try:
         save(tmp)
+        _follow_umask(tmp)
         if target.exists():
             shutil.rmtree(tmp)
         else:
@@ -202,3 +231,217 @@ def produce_once(path: str | os.PathLike, done: Callable[[], bool], produce: Cal
             return True
         produce()
     return False
+
+
+# -- verified entries ------------------------------------------------------------------------------------------
+# Every cache entry records the sha256 of the files it holds when it is written, and the record, written last,
+# marks it finished. A read checks the files against it first, so that a truncated, garbled or partial entry is
+# named, moved aside to <cache>/corrupt/<kind>/ and computed again: never trusted, and never fatal to later runs.
+
+CHECKSUMS = "SHA256SUMS"  # a folder entry's checksum record, in sha256sum's format (``sha256sum -c SHA256SUMS``)
+_CHECKSUM_LINE = re.compile(r"([0-9a-f]{64}) [ *](.+)")
+
+
+class CorruptEntryError(RuntimeError):
+    """A file of a cache entry (or a file a run reads back) that is partial, garbled or changed since it was written.
+
+    Attributes:
+        path: the file at fault.
+        problem: what is wrong with it.
+    """
+
+    def __init__(self, path: str | os.PathLike, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks (a policy of several GB never sits in memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_record(path: str | os.PathLike) -> Path:
+    """The checksum record of a single-file entry: ``<file>.sha256`` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def entry_files(folder: str | os.PathLike) -> list[Path]:
+    """Every file under ``folder`` but its own checksum record (:data:`CHECKSUMS`)."""
+    folder = Path(folder)
+    return sorted(path for path in folder.rglob("*") if path.is_file() and path != folder / CHECKSUMS)
+
+
+def write_checksums(record: str | os.PathLike, files: Iterable[str | os.PathLike]) -> Path:
+    """Write the checksum record ``record`` of ``files`` (under its folder, named relative to it), atomically.
+
+    Written after the files, it is what marks an entry finished.
+    """
+    record = Path(record)
+    paths = sorted(map(Path, files))
+    lines = [f"{file_sha256(path)}  {path.relative_to(record.parent).as_posix()}\n" for path in paths]
+    return atomic_write(record, lambda tmp: Path(tmp).write_text("".join(lines)))
+
+
+def read_checksums(record: str | os.PathLike) -> dict[str, str]:
+    """A checksum record as ``{file name relative to its folder: sha256}``.
+
+    Raises:
+        CorruptEntryError: the record is unreadable, malformed, empty or names a file outside its folder.
+    """
+    record = Path(record)
+    try:
+        text = record.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise CorruptEntryError(record, f"the checksum record cannot be read ({error})") from error
+    sums: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        match = _CHECKSUM_LINE.fullmatch(line)
+        if match is None:
+            raise CorruptEntryError(record, f"line {number} of the checksum record is not '<sha256>  <file>': {line[:80]!r}")
+        name = match.group(2)
+        if name.startswith("/") or ".." in PurePosixPath(name).parts:
+            raise CorruptEntryError(record, f"line {number} of the checksum record names a file outside its folder: {name!r}")
+        sums[name] = match.group(1)
+    if not sums:
+        raise CorruptEntryError(record, "the checksum record lists no file")
+    return sums
+
+
+def check_checksums(record: str | os.PathLike, required: Iterable[str] = ()) -> None:
+    """Check the files a checksum record lists against it.
+
+    Args:
+        record: the checksum record (:data:`CHECKSUMS` in a folder entry, :func:`file_record` beside a file).
+        required: files (relative to the record's folder) the record must list.
+
+    Raises:
+        CorruptEntryError: naming the file that is missing, unlisted or of other content than recorded.
+    """
+    record = Path(record)
+    sums = read_checksums(record)
+    for name in required:
+        if name not in sums:
+            raise CorruptEntryError(record.parent / name, f"is not listed in the checksum record {record}")
+    for name, expected in sums.items():
+        path = record.parent / name
+        if not path.is_file():
+            raise CorruptEntryError(path, f"is missing (listed in the checksum record {record})")
+        if file_sha256(path) != expected:
+            raise CorruptEntryError(
+                path,
+                f"its sha256 differs from the one {record} recorded when it was written: truncated, garbled or changed since",
+            )
+
+
+def set_aside(
+    entry: str | os.PathLike, cache_dir: str | os.PathLike, kind: str, also: Iterable[str | os.PathLike] = ()
+) -> Path:
+    """Move a corrupt entry out of every later run's way, kept for a look: into ``<cache_dir>/corrupt/<kind>/<name>-<time>/``.
+
+    Args:
+        entry: the entry's folder or file.
+        cache_dir: the cache root.
+        kind: the entry's kind (``reference_logps``, ``scores``, ``warmup``, ``auxiliary``).
+        also: other files of the entry (a single file's checksum record).
+
+    Returns:
+        The folder the entry was moved into.
+    """
+    entry = Path(entry)
+    name = entry.name
+    try:  # named by its place under <cache>/<kind>/, so that a shard says which scores it belonged to
+        name = "_".join(entry.resolve().relative_to((Path(cache_dir).expanduser() / kind).resolve()).parts)
+    except ValueError:
+        pass
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"  # two in one second stay apart
+    target = Path(cache_dir).expanduser() / "corrupt" / kind / f"{name}-{stamp}"
+    target.mkdir(parents=True)
+    for path in (entry, *map(Path, also)):
+        if path.exists() or path.is_symlink():
+            shutil.move(str(path), str(target / path.name))
+    return target
+
+
+def discard(
+    entry: str | os.PathLike,
+    cache_dir: str | os.PathLike,
+    kind: str,
+    error: CorruptEntryError,
+    also: Iterable[str | os.PathLike] = (),
+    label: str = "corrupt cache entry",
+) -> Path:
+    """Warn that ``entry`` cannot be used (naming the file and what is wrong) and :func:`set_aside` it.
+
+    Raises:
+        CorruptEntryError: the entry cannot be moved (a read-only cache): it is named and never used.
+    """
+    try:
+        moved = set_aside(entry, cache_dir, kind, also)
+    except OSError as move_error:
+        raise CorruptEntryError(
+            error.path,
+            f"{error.problem}; the cache entry {entry} cannot be moved aside ({move_error}): delete it, or use a cache "
+            "folder you can write to",
+        ) from move_error
+    where = error.problem if error.path == Path(entry) else f"{error.path}: {error.problem}"
+    log.warning("%s %s: %s; moved to %s and computed again", label, entry, where, moved)
+    return moved
+
+
+def verified(
+    entry: str | os.PathLike,
+    cache_dir: str | os.PathLike,
+    kind: str,
+    *,
+    record: str | os.PathLike | None = None,
+    required: Iterable[str] = (),
+    written_in_place: bool = False,
+) -> bool:
+    """Whether ``entry`` is finished and holds what its checksum record says; a corrupt one is :func:`discard`-ed.
+
+    Args:
+        entry: the entry's folder (its record is ``<entry>/SHA256SUMS``) or file (give ``record``).
+        cache_dir: the cache root (corrupt entries go to ``<cache_dir>/corrupt/<kind>/``).
+        kind: the entry's kind.
+        record: the checksum record of a file entry (:func:`file_record`).
+        required: files (relative to the record's folder) the record must list.
+        written_in_place: the entry is filled file by file (a training run's folder) and has no record until it is
+            finished, so that a record missing means "unfinished" (to resume, not to move). An entry that appears in
+            one rename (:func:`atomic_entry`) holds its record from the start: one without is partial or was written
+            by an older prefalign, and is moved aside.
+
+    Returns:
+        ``True`` for a finished, intact entry; ``False`` for none (absent, unfinished, or found corrupt and moved).
+    """
+    entry = Path(entry)
+    record = Path(record) if record is not None else entry / CHECKSUMS
+    separate = [record] if record.parent != entry else []
+    if not entry.exists():
+        return False
+    if not record.exists():
+        if not written_in_place:
+            problem = CorruptEntryError(record, "no checksum record: the entry is partial, or an older prefalign wrote it")
+            discard(entry, cache_dir, kind, problem, label="unverifiable cache entry")
+        return False
+    try:
+        check_checksums(record, required)
+    except CorruptEntryError as error:
+        discard(entry, cache_dir, kind, error, also=separate)
+        return False
+    return True
+
+
+def atomic_entry(target: str | os.PathLike, save: Callable[[Path], Any]) -> Path:
+    """:func:`atomic_directory` for a cache entry: ``save(tmp_dir)``, then its checksum record, then the rename."""
+
+    def save_and_record(folder: Path) -> None:
+        save(folder)
+        write_checksums(folder / CHECKSUMS, entry_files(folder))
+
+    return atomic_directory(target, save_and_record)
