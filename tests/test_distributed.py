@@ -20,7 +20,7 @@ from prefalign.atomic import lock_path
 from prefalign.data.datamodule import PreferenceDataModule
 from prefalign.data.sources import LocalSource
 from prefalign.models import TinyModel, default_cache_dir, embedded_tokenizer_dir
-from prefalign.reference import atomic_torch_save, cache_key, cached_reference_logps, compute_pair_logps
+from prefalign.reference import cache_key, cached_reference_logps, compute_pair_logps, write_entry
 from prefalign.scoring.base import read_scores
 from tests.conftest import tiny_model
 from tests.test_cli import ROOT
@@ -94,15 +94,14 @@ def test_a_run_waits_for_the_reference_log_probs_another_run_is_computing(tokeni
     # another run holds the entry's lock: this one waits, then finds the entry it wrote and computes nothing
     cache = tmp_path / "second"
     key = cache_key("tiny", dataset.fingerprint())
-    other_run = FileLock(str(lock_path(cache, "reference_logps", f"{key}.pt")))
+    other_run = FileLock(str(lock_path(cache, "reference_logps", key)))
     other_run.acquire()
     outcome: dict = {}
     waiting = threading.Thread(target=lambda: outcome.update(result=reference(cache)))
     waiting.start()
     time.sleep(1.5)
     assert waiting.is_alive() and loads == [1]
-    entry = {"pair_ids": [item.pair_id for item in dataset.items], "logps": expected, "reference": "tiny"}
-    atomic_torch_save(entry, cache / "reference_logps" / f"{key}.pt")  # as the other run would
+    write_entry(cache / "reference_logps" / key, [item.pair_id for item in dataset.items], expected, "tiny")  # as the other run would
     other_run.release()
     waiting.join(timeout=60)
     logps, hit = outcome["result"]
