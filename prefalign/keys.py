@@ -3,7 +3,9 @@
 A key is a hash of *everything that can change a result*, taken from the fully resolved config, plus the
 fingerprints of the inputs a config only points to (the bytes of a checkpoint folder, the pairs of a data
 file). Nothing else goes in: the logger, the progress bar, the output and cache directories cannot change a
-number, so two runs that differ only there share their caches.
+number, so two runs that differ only there share their caches. A setting that names a checkpoint folder
+(:data:`CHECKPOINT_PATHS`, e.g. ``model.init_from=<cache>/warmup/<key>``) stands in a key for the folder's
+content, never for its path, so that a cache copied, moved or mounted elsewhere keeps every key.
 
 Each stage names the top-level config entries its result depends on (:data:`TRAINING_INPUTS` for a training
 run); the whole resolved node of each entry goes into the key, less the few settings in :data:`NO_EFFECT`. A
@@ -60,6 +62,11 @@ def content_key(*parts: Any) -> str:
     return hashlib.sha1(payload.encode()).hexdigest()[:20]
 
 
+# settings that name a checkpoint folder (a run directory or a Hugging Face folder): a key holds the content
+# fingerprint of the folder instead of its path (:func:`prefalign.models.checkpoint_fingerprint`)
+CHECKPOINT_PATHS = ("model.path", "model.init_from", "model.reference_path")
+
+
 # options added after caches existed, at the value that gives the results from before they existed: left out of
 # keys at that value (so that those caches stay valid), part of them at any other
 UNCHANGED_AT = {"data.flip_fraction": 0.0, "data.val_flip_fraction": 0.0, "data.source.val": "val"}
@@ -92,7 +99,26 @@ def config_inputs(cfg: DictConfig, names: tuple[str, ...] | list[str], drop: tup
         node, key = _node(inputs, path)
         if node is not None:
             node.pop(key, None)
+    for path in CHECKPOINT_PATHS:
+        node, key = _node(inputs, path)
+        if node is not None and node.get(key):
+            node[key] = checkpoint_content(path, node[key])
     return inputs
+
+
+def checkpoint_content(setting: str, folder: str) -> str:
+    """What a key holds for the checkpoint folder a setting names: the fingerprint of its content.
+
+    Raises:
+        FileNotFoundError: no checkpoint there (the setting is named).
+    """
+    # imported here: the models (torch, transformers) load only where a key names a checkpoint
+    from prefalign.models import checkpoint_fingerprint
+
+    try:
+        return f"content:{checkpoint_fingerprint(folder)}"
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{setting}={folder}: {error}") from error
 
 
 def training_key(cfg: DictConfig, policy_fingerprint: str, data_fingerprint: str) -> str:

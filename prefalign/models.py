@@ -45,7 +45,17 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from prefalign.atomic import atomic_directory
+from prefalign.atomic import (
+    CHECKSUMS,
+    CorruptEntryError,
+    atomic_directory,
+    atomic_entry,
+    entry_files,
+    file_sha256,
+    read_checksums,
+    verified,
+    write_checksums,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +83,46 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
     )
 
 
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The files of a checkpoint folder that its fingerprint covers: all of them (weights, config, tokenizer, a LoRA
+    adapter's), but hidden ones and the folder's own checksum record."""
+    return [
+        path for path in entry_files(folder) if not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    ]
+
+
 def directory_fingerprint(path: Path) -> str:
-    """Fingerprint of a checkpoint folder: its config and the names, sizes and mtimes of its weight files."""
-    digest = hashlib.sha1()
-    digest.update(str(path.resolve()).encode())
-    for file in sorted(path.iterdir()):
-        if file.suffix in {".json", ".safetensors", ".bin"}:
-            stat = file.stat()
-            digest.update(f"{file.name}:{stat.st_size}:{int(stat.st_mtime)}".encode())
-    return digest.hexdigest()[:16]
+    """Fingerprint of a checkpoint folder's content: the sha256 of each of its files (:func:`checkpoint_files`).
+
+    Neither the folder's path nor any file's time is part of it: a folder copied or moved (with the cache it lives in)
+    keeps its fingerprint, and other weights copied over a policy with their times kept (``cp -p``, ``rsync -a``)
+    change it. A policy written by :func:`save_policy` records its checksums beside it (``SHA256SUMS``); a folder
+    whose files no longer match that record was changed after it was written, which is said loudly, and the
+    fingerprint is that of what it holds now, so that no result cached for its old content is used.
+    """
+    path = Path(path)
+    sums = {file.relative_to(path).as_posix(): file_sha256(file) for file in checkpoint_files(path)}
+    if (path / CHECKSUMS).exists():
+        try:
+            recorded = read_checksums(path / CHECKSUMS)
+        except CorruptEntryError as error:
+            log.warning("policy folder %s: %s; fingerprinted by its present content", path, error)
+        else:
+            changed = sorted(name for name in recorded.keys() | sums.keys() if recorded.get(name) != sums.get(name))
+            if changed:
+                log.warning(
+                    "policy folder %s was changed after it was written (not as its checksum record %s says: %s). It "
+                    "is fingerprinted by what it holds now, so that nothing cached for the weights it was written "
+                    "with is used; if the change is a mistake, restore the folder",
+                    path, path / CHECKSUMS, ", ".join(changed),
+                )
+    payload = json.dumps(sorted(sums.items()))
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def checkpoint_fingerprint(path: str | os.PathLike) -> str:
+    """:func:`directory_fingerprint` of the checkpoint ``path`` names (a run directory or a checkpoint folder)."""
+    return directory_fingerprint(resolve_checkpoint_dir(path))
 
 
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -105,22 +146,25 @@ def embedded_gguf_dir() -> Path:
 
 
 def embedded_tokenizer_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The embedded model's tokenizer, converted from GGUF once (about 6 s) and cached."""
-    target = Path(cache_dir or default_cache_dir()) / "tokenizers" / EMBEDDED_NAME
-    if not (target / "tokenizer_config.json").exists():
+    """The embedded model's tokenizer, converted from GGUF once (about 6 s) and cached (a verified entry)."""
+    cache = Path(cache_dir or default_cache_dir())
+    target = cache / "tokenizers" / EMBEDDED_NAME
+    if not verified(target, cache, "tokenizers", required=("tokenizer_config.json",)):
         log.info("converting the embedded tokenizer from GGUF into %s", target)
         tokenizer = AutoTokenizer.from_pretrained(embedded_gguf_dir(), gguf_file=EMBEDDED_GGUF)
-        atomic_directory(target, tokenizer.save_pretrained)
+        atomic_entry(target, tokenizer.save_pretrained)
     return target
 
 
 def embedded_checkpoint_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """The embedded model as a Hugging Face checkpoint, converted from GGUF once (about 25 s) and cached.
 
-    The GGUF file is Q4_1-quantised; conversion de-quantises it to float32 weights, which are what we train.
+    The GGUF file is Q4_1-quantised; conversion de-quantises it to float32 weights, which are what we train. The
+    copy is a verified cache entry: one found truncated or garbled is moved aside and converted again.
     """
-    target = Path(cache_dir or default_cache_dir()) / "models" / EMBEDDED_NAME
-    if not (target / "config.json").exists():
+    cache = Path(cache_dir or default_cache_dir())
+    target = cache / "models" / EMBEDDED_NAME
+    if not verified(target, cache, "models", required=("config.json",)):
         log.info("converting the embedded model (SmolLM2-135M-Instruct, GGUF) into %s, once (~25 s)", target)
         gguf_dir = embedded_gguf_dir()
         quantised = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=EMBEDDED_GGUF, dtype=torch.float32)
@@ -136,8 +180,23 @@ def embedded_checkpoint_dir(cache_dir: str | os.PathLike | None = None) -> Path:
             model.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
 
-        atomic_directory(target, save)
+        atomic_entry(target, save)
     return target
+
+
+def from_folder(folder: Path, **options: Any) -> PreTrainedModel:
+    """``AutoModelForCausalLM.from_pretrained`` of a checkpoint folder, whose unreadable weights are named by the folder
+    (safetensors' own error names no file).
+
+    Raises:
+        CorruptEntryError: the weights cannot be read (a truncated or garbled file).
+    """
+    from safetensors import SafetensorError
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(folder, **options)
+    except SafetensorError as error:
+        raise CorruptEntryError(folder, f"its weights cannot be read ({error})") from error
 
 
 def load_checkpoint(
@@ -169,7 +228,7 @@ def load_checkpoint(
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
         raise FileNotFoundError(f"policy directory {folder} has a config.json but no weights (*.safetensors or *.bin)")
     options = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype] if isinstance(dtype, str) else dtype, **options)
+    model = from_folder(folder, dtype=DTYPES[dtype] if isinstance(dtype, str) else dtype, **options)
     return release_padding_row(model)
 
 
@@ -251,7 +310,7 @@ class ModelSource:
     def load_base_model(self) -> PreTrainedModel:
         """The initial weights, without LoRA adapters (see :func:`release_padding_row`)."""
         if self.path:
-            model = AutoModelForCausalLM.from_pretrained(
+            model = from_folder(
                 resolve_checkpoint_dir(self.path),
                 dtype=DTYPES[self.dtype],
                 attn_implementation=self.attn_implementation,
@@ -285,7 +344,7 @@ class ModelSource:
     def load_reference_model(self) -> PreTrainedModel:
         """The reference model: ``reference_path`` if given, else the initial policy weights."""
         if self.reference_path:
-            return AutoModelForCausalLM.from_pretrained(
+            return from_folder(
                 resolve_checkpoint_dir(self.reference_path),
                 dtype=DTYPES[self.dtype],
                 attn_implementation=self.attn_implementation,
@@ -467,7 +526,9 @@ def save_policy(
     """Write the policy in Hugging Face format (``save_pretrained`` + tokenizer), loadable by any HF tool.
 
     Under LoRA the adapter is saved in ``adapter/`` and the merged full model next to it, so the folder works
-    both as a plain checkpoint and as a peft adapter. Written atomically: a crash leaves no half-written folder.
+    both as a plain checkpoint and as a peft adapter. Written atomically: a crash leaves no half-written folder. The
+    sha256 of every file is recorded in ``SHA256SUMS`` (sha256sum's format), so that a later change of the folder
+    is seen when it is used (:func:`directory_fingerprint`). Files get the mode the umask gives, weights included.
 
     Args:
         state_dict: the weights to write instead of the model's own (an FSDP run's gathered full weights, whose
@@ -487,6 +548,7 @@ def save_policy(
         else:
             model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        write_checksums(tmp / CHECKSUMS, checkpoint_files(tmp))
 
     if folder.exists():
         shutil.rmtree(folder)
