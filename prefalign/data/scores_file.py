@@ -33,12 +33,20 @@ def read_scores_table(path: str | os.PathLike) -> tuple[pa.Table, dict[str, Any]
 
     Raises:
         FileNotFoundError: no scores file there.
+        ValueError: the file is not Parquet (truncated, garbled) or its provenance is not JSON; the file is named.
     """
     file = scores_path(path)
     if not file.exists():
         raise FileNotFoundError(f"scores file {file} does not exist")
-    table = pq.read_table(file)
-    return table, json.loads((table.schema.metadata or {}).get(PROVENANCE_KEY, b"{}"))
+    try:
+        table = pq.read_table(file)
+    except (OSError, pa.ArrowException) as error:
+        raise ValueError(f"scores file {file} cannot be read as Parquet (truncated or garbled?): {error}") from error
+    try:
+        provenance = json.loads((table.schema.metadata or {}).get(PROVENANCE_KEY, b"{}"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"scores file {file}: its provenance record is not JSON ({error})") from error
+    return table, provenance
 
 
 def read_scores(path: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, Any]]:

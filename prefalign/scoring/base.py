@@ -16,6 +16,11 @@ only the others, whatever the shard size of either run. At the end the shards ar
 ``scores.parquet`` (``pair_id`` + one column per score) whose schema metadata holds the provenance: the
 resolved model, data and loss configs, the policy scored, the data fingerprint and the scorers' configs.
 
+Each shard and ``scores.parquet`` has its checksum record beside it (``<file>.sha256``, sha256sum's format),
+written after it: a shard counts as finished, and the scores as done (:func:`scores_done`), only while the file
+matches it. A truncated or garbled shard, or one that holds other pairs or columns, is named in a warning, moved to
+``<cache_dir>/corrupt/scores/`` and scored again.
+
 Under a launcher (``torchrun --nproc_per_node N score.py ...``; :mod:`prefalign.distributed`) every rank runs
 the same shards: each scores every ``N``-th batch of a shard (the batches one process would make, so the same
 numbers), the scores are gathered in pair order and rank 0 writes the shard, and at the end ``scores.parquet``;
@@ -41,7 +46,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from prefalign import distributed
-from prefalign.atomic import atomic_write
+from prefalign.atomic import CorruptEntryError, atomic_write, discard, file_record, verified, write_checksums
 from prefalign.data.datamodule import PreferenceDataModule
 from prefalign.data.scores_file import PROVENANCE_KEY, read_scores  # noqa: F401 (read_scores: re-exported)
 from prefalign.keys import config_inputs, content_key
@@ -146,8 +151,27 @@ class Scorer:
         """Free models and tensors built by :meth:`prepare`."""
 
 
+SCORES_FILE = "scores.parquet"
+
+
 def atomic_write_parquet(table: pa.Table, path: Path) -> None:
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def write_verified_parquet(table: pa.Table, path: Path) -> None:
+    """A Parquet file of a cache entry, then its checksum record (:func:`prefalign.atomic.file_record`)."""
+    atomic_write_parquet(table, path)
+    write_checksums(file_record(path), [path])
+
+
+def scores_done(work_dir: Path, cache_dir: Path) -> bool:
+    """Whether the scores entry ``work_dir`` holds its finished ``scores.parquet``, as its checksum record says.
+
+    A ``scores.parquet`` without a record is unfinished (the runner writes it again from the shards); one that does not
+    match its record is named, moved aside and written again (:func:`prefalign.atomic.verified`).
+    """
+    path = Path(work_dir) / SCORES_FILE
+    return verified(path, cache_dir, "scores", record=file_record(path), written_in_place=True)
 
 
 class ScoreRunner:
@@ -182,7 +206,7 @@ class ScoreRunner:
         position = {pair_id: index for index, pair_id in enumerate(pair_ids)}
 
         def plan() -> list[list[int]]:
-            finished, covered = self._finished_shards(shard_dir, position)
+            finished, covered = self._finished_shards(shard_dir, position, Path(context.cache_dir))
             todo = self._new_shards([index for index in range(len(pair_ids)) if index not in covered])
             if finished:
                 log.info(
@@ -203,7 +227,7 @@ class ScoreRunner:
             finally:
                 for scorer in self.scorers:
                     scorer.release()
-        path = work_dir / "scores.parquet"
+        path = work_dir / SCORES_FILE
         distributed.on_main(lambda: self._write_scores(context, shard_dir, position, path, timings, provenance))
         return path
 
@@ -227,7 +251,15 @@ class ScoreRunner:
         provenance: dict[str, Any] | None,
     ) -> None:
         """Concatenate the shards into ``path`` in data order, with the provenance in its metadata."""
-        table = pa.concat_tables([pq.read_table(shard) for shard in sorted(shard_dir.glob("shard-*.parquet"))])
+        names = self.columns()
+        schema = pa.schema([("pair_id", pa.string()), *((name, pa.float64()) for name in names[1:])])
+        tables = []
+        for shard in sorted(shard_dir.glob("shard-*.parquet")):
+            try:
+                tables.append(pq.read_table(shard, columns=names).cast(schema))
+            except (OSError, pa.ArrowException) as error:  # checked in plan(): changed since
+                raise CorruptEntryError(shard, f"this score shard cannot be read ({error})") from error
+        table = pa.concat_tables(tables)
         # data order; a pair held by two shards (two runs of different shard sizes at once) is taken once
         indices = np.array([position.get(pair_id, -1) for pair_id in table.column("pair_id").to_pylist()])
         _, first = np.unique(indices, return_index=True)
@@ -243,23 +275,64 @@ class ScoreRunner:
             "timings_s": timings,
         }
         table = table.replace_schema_metadata({PROVENANCE_KEY: json.dumps(record, default=str).encode()})
-        atomic_write_parquet(table, path)
+        write_verified_parquet(table, path)
 
-    @staticmethod
-    def _finished_shards(shard_dir: Path, position: dict[str, int]) -> tuple[list[Path], set[int]]:
-        """The shard files in ``shard_dir`` and the data indices (``position``: pair_id -> index) of the pairs
-        they hold, read from their ``pair_id`` column, so that shards of any earlier shard size count."""
-        finished = sorted(shard_dir.glob("shard-*.parquet"))
+    def columns(self) -> list[str]:
+        """The columns of every shard and of ``scores.parquet``: ``pair_id``, then one per scorer."""
+        return ["pair_id", *(scorer.name for scorer in self.scorers)]
+
+    def _finished_shards(
+        self, shard_dir: Path, position: dict[str, int], cache_dir: Path
+    ) -> tuple[list[Path], set[int]]:
+        """The finished shard files in ``shard_dir`` and the data indices (``position``: pair_id -> index) of the
+        pairs they hold, read from their ``pair_id`` column, so that shards of any earlier shard size count.
+
+        A shard that does not match its checksum record, has none (written by an older prefalign, or killed between
+        the two), cannot be read, or holds other columns or pairs than this run's is named in a warning and moved to
+        ``<cache_dir>/corrupt/scores/``; its pairs are scored again.
+        """
+        finished: list[Path] = []
         covered: set[int] = set()
-        for path in finished:
-            held = pq.read_table(path, columns=["pair_id"]).column("pair_id").to_pylist()
-            unknown = [pair_id for pair_id in held if pair_id not in position]
-            if unknown:
-                raise RuntimeError(
-                    f"shard {path} holds pairs that are not in the data ({unknown[:3]}); delete {shard_dir} and score again"
-                )
+        for path in sorted(shard_dir.glob("shard-*.parquet")):
+            record = file_record(path)
+            if not verified(path, cache_dir, "scores", record=record):
+                continue
+            try:
+                held = self._shard_pairs(path, position)
+            except CorruptEntryError as error:
+                discard(path, cache_dir, "scores", error, also=[record])
+                continue
+            finished.append(path)
             covered.update(position[pair_id] for pair_id in held)
         return finished, covered
+
+    def _shard_pairs(self, path: Path, position: dict[str, int]) -> list[str]:
+        """The pair ids a shard holds, once its columns are this run's.
+
+        Raises:
+            CorruptEntryError: naming the shard: unreadable, other columns or types, or pairs not in the data.
+        """
+        names = self.columns()
+        try:
+            schema = pq.read_schema(path)
+            held = pq.read_table(path, columns=["pair_id"]).column("pair_id").to_pylist()
+        except (OSError, pa.ArrowException) as error:
+            raise CorruptEntryError(path, f"this score shard cannot be read ({error})") from error
+        if sorted(schema.names) != sorted(names):
+            raise CorruptEntryError(path, f"this score shard has the columns {schema.names}, not {names}")
+        def fits(name: str) -> bool:
+            kind = schema.field(name).type
+            if name == "pair_id":
+                return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+            return pa.types.is_floating(kind)
+
+        wrong = [f"{name}: {schema.field(name).type}" for name in names if not fits(name)]
+        if wrong:
+            raise CorruptEntryError(path, f"this score shard has columns of the wrong type ({', '.join(wrong)})")
+        unknown = [pair_id for pair_id in held if pair_id not in position]
+        if unknown:
+            raise CorruptEntryError(path, f"this score shard holds pairs that are not in the data ({unknown[:3]})")
+        return held
 
     def _new_shards(self, missing: list[int]) -> list[list[int]]:
         """The data indices ``missing`` (ascending) cut into shards of consecutive pairs, at most ``shard_size`` each."""
@@ -309,7 +382,7 @@ class ScoreRunner:
                     columns[name][[position[i] for i in chunk]] = column
             table = pa.table({"pair_id": [dataset.items[i].pair_id for i in indices], **columns})
             # named by the range of data indices it holds: unique across shard sizes, and in data order when sorted
-            atomic_write_parquet(table, shard_dir / f"shard-{indices[0]:07d}-{indices[-1] + 1:07d}.parquet")
+            write_verified_parquet(table, shard_dir / f"shard-{indices[0]:07d}-{indices[-1] + 1:07d}.parquet")
         progress.close()
         elapsed = time.perf_counter() - start
         log.info("scoring: %d pairs in %.1f s (%.2f pairs/s)", done, elapsed, done / max(elapsed, 1e-9))

@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
 from prefalign import distributed
-from prefalign.atomic import atomic_directory, write_json
+from prefalign.atomic import atomic_entry, verified, write_json
 from prefalign.data.records import DataError, PreferencePair
 from prefalign.logprobs import pair_logps
 from prefalign.losses import DPOLoss
@@ -264,7 +264,7 @@ class BeesImplicitScorer(Scorer):
                 raise FileNotFoundError(f"scorers.bees_implicit.proxy={self.proxy}: no model there (no config.json)")
             log.info("bees_implicit: the proxy model given, %s", folder)
             proxy = load_checkpoint(folder, next(context.policy.parameters()).dtype)
-        elif (folder / "config.json").exists():
+        elif verified(folder, context.cache_dir, "auxiliary", required=("config.json",)):  # a corrupt one is moved aside
             log.info("bees_implicit: proxy model from cache %s", folder)
             proxy = load_checkpoint(folder, next(context.policy.parameters()).dtype)
         else:
@@ -281,7 +281,7 @@ class BeesImplicitScorer(Scorer):
             if self.model:  # DPO against the proxy's own initial weights
                 loader = WithReference(loader, self.load_proxy_model(context).to(context.device).eval(), context)
             proxy = context.fit(proxy.to(context.device), loader, self.train, self.epochs, "BeeS proxy model", DPOLoss(self.beta))
-            atomic_directory(folder, proxy.save_pretrained)
+            atomic_entry(folder, proxy.save_pretrained)
         if distributed.is_main():
             write_json({"proxy": str(folder)}, Path(context.work_dir) / "bees_implicit_proxy.json")
         self._proxy = proxy.to(context.device).eval()

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from prefalign.atomic import atomic_directory
+from prefalign.atomic import atomic_entry, verified
 from prefalign.models import load_checkpoint
 from prefalign.scoring.base import Scorer, ScoringContext
 
@@ -85,7 +85,7 @@ class LossDiffScorer(Scorer):
     accumulation, clipping), each overridable in ``train``, through the one trainer builder
     (:func:`prefalign.trainer.fit_auxiliary`). It is cached by content (the policy, the validation data and
     the resolved configs of the run and of this scorer) in ``<cache_dir>/auxiliary/<key>``, so a sweep over
-    selection thresholds trains it once.
+    selection thresholds trains it once; the entry holds its checksums (``SHA256SUMS``), checked before it is used.
 
     Args:
         epochs: epochs of alignment on the validation set (the paper: 1).
@@ -115,7 +115,8 @@ class LossDiffScorer(Scorer):
         if self.train is None:
             raise ValueError("lossdiff needs its training settings (build it with prefalign.scoring.config.build_scorers)")
         folder = Path(context.cache_dir) / "auxiliary" / self.auxiliary_key(context)
-        if (folder / "config.json").exists():
+        # a cache entry with its checksums: a truncated or garbled one is named, moved aside and trained again
+        if verified(folder, context.cache_dir, "auxiliary", required=("config.json",)):
             log.info("lossdiff: auxiliary model from cache %s", folder)
             model = load_checkpoint(folder, next(context.policy.parameters()).dtype)
             self._auxiliary = model.to(context.device).eval()
@@ -128,7 +129,7 @@ class LossDiffScorer(Scorer):
             parameter.requires_grad_(True)
         model.train()
         model = context.fit(model, context.datamodule.fit_loader("val"), self.train, self.epochs, "lossdiff auxiliary model")
-        atomic_directory(folder, model.save_pretrained)
+        atomic_entry(folder, model.save_pretrained)
         self._auxiliary = model.to(context.device).eval()
 
     def score_batch(self, context: ScoringContext, batch: dict[str, Any], shared: dict[str, Tensor]) -> Tensor:

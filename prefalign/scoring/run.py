@@ -37,7 +37,7 @@ from prefalign.folder_lock import hold_folder
 from prefalign.keys import config_inputs, content_key, plain
 from prefalign.models import directory_fingerprint, resolve_checkpoint_dir
 from prefalign.run_setup import RunSetup, setup_run
-from prefalign.scoring.base import Scorer, ScoreRunner, ScoringContext, read_scores
+from prefalign.scoring.base import Scorer, ScoreRunner, ScoringContext, read_scores, scores_done
 from prefalign.scoring.config import build_scorers
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,10 @@ def _run_scoring(cfg: DictConfig) -> dict[str, Any]:
     # runs that want these scores at the same time (the jobs of a threshold sweep) compute them once: the others
     # wait, then read them (two runners in one folder would each redo the shards the other is computing)
     lock = lock_path(setup.cache_dir, "scores", key)
-    hit = produce_once(lock, (work_dir / "scores.parquet").exists, compute, what=f"the scores {names} in {work_dir}")
+    def done() -> bool:  # scores.parquet matches its checksum record; a corrupt one is named, moved aside, merged again
+        return scores_done(work_dir, setup.cache_dir)
+
+    hit = produce_once(lock, done, compute, what=f"the scores {names} in {work_dir}")
     if hit:
         log.info("scores %s from cache %s", names, work_dir)
     return distributed.on_main(lambda: write_outputs(setup, work_dir, names, hit, start))
@@ -138,8 +141,8 @@ def write_outputs(setup: RunSetup, work_dir: Any, names: list[str], hit: bool, s
     """Copy the cached ``scores.parquet`` into the stage's directory and write ``scores_summary.json``."""
     assert setup.output_dir is not None
     target = setup.output_dir / "scores.parquet"
+    scores, provenance = read_scores(work_dir / "scores.parquet")  # errors name the cache entry, not the copy
     atomic_write(target, lambda tmp: shutil.copyfile(work_dir / "scores.parquet", tmp))
-    scores, provenance = read_scores(target)
     pair_ids = [pair.pair_id for pair in setup.datamodule.pairs["train"]]
     if scores["pair_id"].tolist() != pair_ids:
         raise RuntimeError(f"cached scores in {work_dir} do not match the training pairs; delete the folder")

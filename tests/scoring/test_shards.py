@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from prefalign.atomic import file_record, write_checksums
 from prefalign.data.datamodule import PreferenceDataModule
 from prefalign.data.sources import LocalSource
 from prefalign.losses import DPOLoss
@@ -84,15 +85,18 @@ def test_a_run_resumed_with_another_shard_size_reuses_the_finished_pairs(datamod
         assert again.scored == []
 
 
-def test_shards_of_other_data_fail_before_any_pair_is_scored(datamodule, tmp_path):
+def test_a_shard_of_other_data_is_named_moved_aside_and_scored_again(datamodule, tmp_path, caplog):
     work_dir = tmp_path / "run"
-    score(datamodule, work_dir, 4, CountingScorer())
+    whole = score(datamodule, work_dir, 4, CountingScorer())
     (work_dir / "scores.parquet").unlink()
     shard = sorted((work_dir / "shards").glob("shard-*.parquet"))[0]
     table = pd.read_parquet(shard)
+    pairs = table["pair_id"].tolist()
     table.loc[0, "pair_id"] = "not-in-the-data"
     table.to_parquet(shard)
+    write_checksums(file_record(shard), [shard])  # with a checksum record that matches: only the pairs are wrong
     scorer = CountingScorer()
-    with pytest.raises(RuntimeError, match="holds pairs that are not in the data"):
-        score(datamodule, work_dir, 4, scorer)
-    assert scorer.scored == []
+    pd.testing.assert_frame_equal(score(datamodule, work_dir, 4, scorer), whole)
+    assert sorted(scorer.scored) == sorted(pairs)  # that shard's pairs only
+    assert f"{shard}: this score shard holds pairs that are not in the data" in caplog.text
+    assert len(list((work_dir / "corrupt" / "scores").iterdir())) == 1
