@@ -11,7 +11,9 @@ same files::
 
 The warm-up is an ordinary training run on all pairs, cached under a key of its resolved config
 (:func:`prefalign.keys.training_key`), so a sweep over thresholds, kept fractions or final-training seeds warms up
-once; the scores are cached by the scoring stage likewise. ``pipeline.restart_from=reference`` trains the final
+once; the scores are cached by the scoring stage likewise. The warm-up entry counts as finished once its checksum
+record (``SHA256SUMS`` of its ``metrics.json`` and policy, written last) matches (:func:`warmup_done`); a truncated or
+garbled one is named, moved aside and trained again. ``pipeline.restart_from=reference`` trains the final
 run from the initial weights instead of the warm-up policy. ``<run>/pipeline.json`` lists every stage's
 directory and the commands that repeat the stages by hand (into ``<run>/by_hand/``), which give the same numbers.
 
@@ -30,7 +32,16 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from prefalign.atomic import lock_path, produce_once, write_json
+from prefalign.atomic import (
+    CHECKSUMS,
+    entry_files,
+    lock_path,
+    produce_once,
+    set_aside,
+    verified,
+    write_checksums,
+    write_json,
+)
 from prefalign.config import launched_rank
 from prefalign.data.datamodule import data_split_pairs
 from prefalign.data.records import pairs_fingerprint
@@ -112,6 +123,47 @@ def warmup_config(cfg: DictConfig) -> tuple[DictConfig, Path]:
     return warm, folder
 
 
+def warmup_done(folder: Path, cache_dir: Path) -> bool:
+    """Whether the warm-up entry ``folder`` is finished and intact: its checksum record, written when the run has
+    finished, matches its ``metrics.json`` and policy. A corrupt one is named and moved aside
+    (:func:`prefalign.atomic.verified`); one without a record is unfinished (it resumes from its checkpoint)."""
+    return verified(folder, cache_dir, "warmup", required=("metrics.json", "policy/config.json"), written_in_place=True)
+
+
+def cached_warmup(cfg: DictConfig) -> tuple[Path, bool]:
+    """The warm-up run of the pipeline (:func:`warmup_config`), from the cache or trained into it.
+
+    Returns:
+        Its folder and whether it came from the cache.
+    """
+    warm_cfg, warm_dir = warmup_config(cfg)
+    cache_dir = Path(str(cfg.paths.cache_dir)).expanduser()
+
+    def warm_up() -> None:
+        # an interrupted warm-up resumes from its checkpoint; once done, the cache keeps its policy only
+        last = warm_dir / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            log.info("warm-up: resuming %s", last)
+            warm_cfg.ckpt_path = str(last)
+        else:
+            if warm_dir.exists():  # what a run killed before its first checkpoint (or an older prefalign) left
+                moved = set_aside(warm_dir, cache_dir, "warmup")
+                log.info("warm-up: %s holds no finished run and no checkpoint to resume; moved to %s", warm_dir, moved)
+            log.info("warm-up: %d epoch(s) on all training pairs -> %s", int(cfg.pipeline.warmup_epochs), warm_dir)
+        run_training(warm_cfg)
+        shutil.rmtree(warm_dir / "checkpoints", ignore_errors=True)
+        if launched_rank() == 0:  # the checksums of what later runs read, last: they mark the entry finished
+            write_checksums(warm_dir / CHECKSUMS, [warm_dir / "metrics.json", *entry_files(warm_dir / "policy")])
+
+    # the jobs of a sweep that run at the same time share this warm-up: one trains it, the others wait for it
+    # (two trainings into one folder would mix their checkpoints) and then read it from the cache
+    lock = lock_path(cache_dir, "warmup", warm_dir.name)
+    hit = produce_once(lock, lambda: warmup_done(warm_dir, cache_dir), warm_up, what=f"the warm-up run {warm_dir}")
+    if hit:
+        log.info("warm-up run from cache %s", warm_dir)
+    return warm_dir, hit
+
+
 def command(script: str, overrides: dict[str, Any], base: list[str]) -> str:
     """The shell command that repeats a stage by hand: the run's own overrides, then the stage's."""
     pieces = [*base, *(f"{key}={value}" for key, value in overrides.items())]
@@ -149,28 +201,7 @@ def run_selection_pipeline(cfg: DictConfig) -> dict[str, Any]:
         log.warning("pipeline.warmup_epochs=0: scoring the initial model (IRM is then zero for every pair)")
         warm_dir, warm_hit = None, False
     else:
-        warm_cfg, warm_dir = warmup_config(cfg)
-
-        def warmed_up() -> bool:
-            return (warm_dir / "metrics.json").exists() and (warm_dir / "policy" / "config.json").exists()
-
-        def warm_up() -> None:
-            # an interrupted warm-up resumes from its checkpoint; once done, the cache keeps its policy only
-            last = warm_dir / "checkpoints" / "last.ckpt"
-            if last.is_file():
-                log.info("warm-up: resuming %s", last)
-                warm_cfg.ckpt_path = str(last)
-            else:
-                log.info("warm-up: %d epoch(s) on all training pairs -> %s", epochs, warm_dir)
-            run_training(warm_cfg)
-            shutil.rmtree(warm_dir / "checkpoints", ignore_errors=True)
-
-        # the jobs of a sweep that run at the same time share this warm-up: one trains it, the others wait for it
-        # (two trainings into one folder would mix their checkpoints) and then read it from the cache
-        lock = lock_path(cfg.paths.cache_dir, "warmup", warm_dir.name)
-        warm_hit = produce_once(lock, warmed_up, warm_up, what=f"the warm-up run {warm_dir}")
-        if warm_hit:
-            log.info("warm-up run from cache %s", warm_dir)
+        warm_dir, warm_hit = cached_warmup(cfg)
 
     # 2. the scores the rule reads (and the extra ones), against the warm-up policy
     score_dir = run_dir / "score"
