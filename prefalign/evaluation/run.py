@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -55,7 +54,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
 
 from prefalign import distributed
-from prefalign.atomic import atomic_write, lock_path, produce_once, write_json
+from prefalign.atomic import atomic_write, lock_path, produce_once, strict_json, write_json
 from prefalign.data.tokenization import PairTokenizer
 from prefalign.evaluation.benchmarks import Benchmark
 from prefalign.evaluation.generation import generate_answers
@@ -121,18 +120,6 @@ def result_folder(bench_cfg: DictConfig, judge_cfg: DictConfig, settings: DictCo
     bench = bench_cfg.get("name") or "bench"
     judge_name = judge_cfg.get("name") or str(judge_cfg.get("_target_", "judge")).rsplit(".", 1)[-1]
     return f"{bench}-{judge_name}-{generation_label(settings)}-{key[:8]}"
-
-
-def strict_json(value: Any) -> Any:
-    """``value`` with every NaN or infinite float (a metric with nothing to average) as ``None``, so that it is
-    written as strict JSON (``null``, never ``NaN``)."""
-    if isinstance(value, dict):
-        return {key: strict_json(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(item) for item in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
 
 
 def load_checkpoint(path: str | Path, dtype: str = "float32") -> tuple[torch.nn.Module, Any]:
@@ -444,7 +431,7 @@ def _evaluate_policy(
     if not distributed.is_main():  # the other ranks of a launcher: rank 0 writes the results
         return result
 
-    write_json(strict_json(result), output_dir / "eval.json")
+    write_json(result, output_dir / "eval.json")  # strict JSON: null, never NaN
     (output_dir / "eval.md").write_text(eval_markdown(result))
     log.info(
         "%s / %s: Single %.2f (baseline %.2f), WinRate %.1f%% [%.1f, %.1f], n=%d -> %s",
