@@ -7,8 +7,10 @@
   run stops with :class:`TrainingInterrupted` (exit code 130 / 143 from ``train.py``); a second Ctrl-C stops at
   once, without a new checkpoint;
 - on any other exception, unless it came in the middle of a gradient accumulation (the accumulated gradients are
-  not part of a checkpoint) or on one of several processes (a save is a collective the others cannot join):
-  the last step checkpoint is kept then.
+  not part of a checkpoint), on one of several processes (a save is a collective the others cannot join), before
+  the first optimiser step, or with non-finite numbers (a ``FloatingPointError`` or non-finite weights: every
+  resume would fail the same way): the last step checkpoint is kept then, and it has finite weights, since the
+  module checks them after every step, before any checkpoint of it (``PreferenceModule.optimizer_step``).
 
 Every checkpoint is written to a temporary file and renamed, so a kill during a save leaves the previous one. The
 position in the epoch travels in the checkpoint through the training loader
