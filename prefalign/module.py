@@ -219,6 +219,10 @@ class PreferenceModule(L.LightningModule):
             for what, bad in found.items()
             if bad.any()
         ]
+        if self._trainer is not None and self.trainer.world_size > 1:
+            # every rank stops at the same step: one that went on alone would wait for the others in its backward
+            if self.trainer.strategy.reduce_boolean_decision(bool(parts), all=False) and not parts:
+                parts = ["values on another process"]
         if parts:
             raise FloatingPointError(f"non-finite {'; '.join(parts)} at global step {self.global_step}; stopping")
 
