@@ -114,7 +114,9 @@ def write_entry(folder: Path, pair_ids: list[str], logps: dict[str, Tensor], ref
 
     def save(tmp: Path) -> None:
         tensors = {name: value.detach().float().contiguous().cpu() for name, value in logps.items()}
-        save_file(tensors, tmp / LOGPS_FILE, metadata={"reference": reference_fingerprint, "version": CACHE_VERSION})
+        # one metadata key: safetensors writes several in an arbitrary order, and the file is the same for the same numbers
+        about = json.dumps({"reference": reference_fingerprint, "version": CACHE_VERSION}, sort_keys=True)
+        save_file(tensors, tmp / LOGPS_FILE, metadata={"prefalign": about})
         (tmp / PAIR_IDS_FILE).write_text(json.dumps(pair_ids, ensure_ascii=False), encoding="utf-8")
 
     return atomic_entry(folder, save)
