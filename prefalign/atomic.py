@@ -363,8 +363,10 @@ def set_aside(
     target = Path(cache_dir).expanduser() / "corrupt" / kind / f"{name}-{stamp}"
     target.mkdir(parents=True)
     for path in (entry, *map(Path, also)):
-        if path.exists() or path.is_symlink():
+        try:
             shutil.move(str(path), str(target / path.name))
+        except FileNotFoundError:  # not there, or another run that found it corrupt too moved it first
+            pass
     return target
 
 

@@ -84,10 +84,14 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
 
 
 def checkpoint_files(folder: Path) -> list[Path]:
-    """The files of a checkpoint folder that its fingerprint covers: all of them (weights, config, tokenizer, a LoRA
-    adapter's), but hidden ones and the folder's own checksum record."""
+    """The files of a checkpoint folder that its fingerprint covers: those a load reads (weights, config, tokenizer)
+    and the LoRA adapter's in ``adapter/``, but hidden ones and the folder's own checksum record. Other subfolders
+    (a trainer's ``checkpoint-500/`` with its optimizer state) are never loaded, so never hashed."""
     return [
-        path for path in entry_files(folder) if not any(part.startswith(".") for part in path.relative_to(folder).parts)
+        path
+        for path in entry_files(folder)
+        if not any(part.startswith(".") for part in path.relative_to(folder).parts)
+        and (path.parent == folder or path.relative_to(folder).parts[0] == "adapter")
     ]
 
 
