@@ -3,13 +3,15 @@
 Two runs into one folder would mix their files (``config.yaml`` of one, ``metrics.json`` of the other). Each stage
 (``train.py``, ``score.py``, ``select.py``, ``evaluate.py``, ``sample.py``) therefore holds ``<folder>/.lock``, an
 ``flock`` lock that the system drops when its process ends (a killed run leaves none held), for as long as it
-writes into the folder, and removes when it ends. The lock file holds the holder's pid, host, command and start time, so that a second run
-into the folder fails at once naming them (:class:`FolderInUse`).
+writes into the folder, and removes the file when it ends. The file holds the holder's pid, host, command and
+start time, so that a second run into the folder fails at once naming them (:class:`FolderInUse`).
 
 Only the process that owns a run takes the lock: the other processes of a multi-device run (torchrun's ranks > 0,
 the processes Lightning's DDP starts, SLURM's tasks > 0; :func:`prefalign.config.launched_rank`) write nothing of
-their own and take none. A process that holds a folder may enter it again (the selection pipeline's final training
-writes into the pipeline's own folder); its stages' sub-folders are other folders with locks of their own.
+their own and take none. A job that SLURM requeued waits up to :data:`REQUEUE_WAIT_S` for the lock of its killed
+predecessor, which a network file system may keep until its lease runs out. A process that holds a folder may
+enter it again (the selection pipeline's final training writes into the pipeline's own folder); its stages'
+sub-folders are other folders, with locks of their own.
 """
 
 from __future__ import annotations
@@ -65,8 +67,8 @@ class FolderLock:
         self.path = self.folder / LOCK_NAME
         self._fd: int | None = None
 
-    def acquire(self) -> None:
-        """Take the lock at once, or fail.
+    def acquire(self, wait_s: float = 0.0) -> None:
+        """Take the lock at once (or within ``wait_s`` seconds), or fail.
 
         Raises:
             FolderInUse: another run holds it.
@@ -74,11 +76,19 @@ class FolderLock:
         if fcntl is None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + wait_s
         for _ in range(100):
             # no O_TRUNC: the holder's record must survive a contender's open; the mode follows the umask
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except OSError:
+                        if time.monotonic() >= deadline:
+                            raise
+                        time.sleep(min(1.0, max(0.01, deadline - time.monotonic())))
             except OSError:
                 os.close(fd)
                 raise FolderInUse(self.folder, self.holder()) from None
@@ -130,6 +140,14 @@ class FolderLock:
 
 _HELD: dict[str, list[Any]] = {}  # resolved folder -> [its FolderLock, how many holds of this process]
 
+# a job SLURM requeued (after a time limit or a preemption) may find its killed predecessor's lock still held for a
+# while: a network file system keeps a dead client's locks until its lease runs out (NFSv4: 90 s by default)
+REQUEUE_WAIT_S = 180.0
+
+
+def _wait_s() -> float:
+    return REQUEUE_WAIT_S if os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0") else 0.0
+
 
 @contextmanager
 def hold_folder(folder: str | os.PathLike | None) -> Iterator[None]:
@@ -147,7 +165,7 @@ def hold_folder(folder: str | os.PathLike | None) -> Iterator[None]:
     entry = _HELD.get(key)
     if entry is None:
         lock = FolderLock(key)
-        lock.acquire()
+        lock.acquire(wait_s=_wait_s())
         entry = _HELD[key] = [lock, 0]
     entry[1] += 1
     try:

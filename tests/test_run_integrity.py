@@ -293,6 +293,26 @@ def test_only_the_process_that_owns_a_run_takes_its_folder(tmp_path, monkeypatch
     assert not (folder / ".lock").exists()
 
 
+def test_a_requeued_slurm_job_waits_for_its_predecessors_lock(tmp_path, monkeypatch):
+    import threading
+
+    folder = tmp_path / "run"
+    predecessor = FolderLock(folder)
+    predecessor.acquire()  # a killed job's lock that the file system has not dropped yet
+    monkeypatch.setattr("prefalign.folder_lock.REQUEUE_WAIT_S", 5.0)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    threading.Timer(0.3, predecessor.release).start()
+    with hold_folder(folder):
+        assert json.loads((folder / ".lock").read_text())["pid"] == os.getpid()
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")  # a first start does not wait
+    predecessor.acquire()
+    try:
+        with pytest.raises(FolderInUse), hold_folder(folder):
+            pass
+    finally:
+        predecessor.release()
+
+
 # -- the resume command a sweep job prints runs as printed -------------------------------------------------------------
 
 
