@@ -14,7 +14,13 @@ it computes an entry, and a run that wants the same entry waits for it and then 
 ``flock`` locks (:mod:`filelock`): the system drops them when their process dies, so a killed run leaves none
 held behind. A cache shared by several machines belongs on a file system where ``flock`` works across them
 (NFSv4; Lustre mounted with ``-o flock``); where it is missing, :mod:`filelock` falls back to lock files whose
-existence is the lock.
+existence is the lock. A run that finds an entry finished takes no lock and writes nothing, so that a cache
+copied elsewhere or mounted read-only serves every finished entry.
+
+Every entry is *verified* (:func:`verified`): it records the sha256 of its files when it is written, in
+sha256sum's format (``SHA256SUMS`` in a folder, ``<file>.sha256`` beside a file), and that record, written last,
+marks it finished. A read checks the files against it first; a partial, truncated or garbled entry is named in a
+warning, moved to ``<cache>/corrupt/<kind>/<name>-<time>/`` (:func:`set_aside`) and computed again.
 """
 
 from __future__ import annotations
