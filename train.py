@@ -42,18 +42,23 @@ def resume_command(cfg: DictConfig) -> str:
     pipeline: its warm-up resumes from its own checkpoint, the final run from ``<run>/checkpoints/last.ckpt``).
 
     A job of a ``-m`` sweep resumes as one run: its own overrides (the swept values of this job), its folder as a
-    quoted Hydra value (``0_loss=dpo,model=...`` holds ``=`` and ``,``) and no ``-m``.
+    quoted Hydra value (``0_loss=dpo,model=...`` holds ``=`` and ``,``), no ``-m``, and, when an ``experiment=``
+    defines the sweep, ``hydra.sweeper.params=null``: this is one job of it, not the sweep run without ``-m``.
     """
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-    overrides = [item for item in HydraConfig.get().overrides.task if not item.startswith(("hydra.run.dir=", "ckpt_path="))]
+    hydra_cfg = HydraConfig.get()
+    overrides = [item for item in hydra_cfg.overrides.task if not item.startswith(("hydra.run.dir=", "ckpt_path="))]
     pieces = [*overrides, f"hydra.run.dir={hydra_quoted(str(cfg.paths.output_dir))}", "ckpt_path=last"]
+    if hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.sweeper is not None and hydra_cfg.sweeper.get("params"):
+        pieces.append("hydra.sweeper.params=null")
     return " ".join(["python", "train.py", *(shlex.quote(piece) for piece in pieces)])
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    refuse_sweep_without_multirun(cfg)
+    refuse_sweep_without_multirun()
     refuse_multirun_with_process_launch(cfg)
     log_from_rank_zero()
     try:

@@ -6,26 +6,13 @@ from pathlib import Path
 from typing import Any
 
 
-def resumes_a_checkpoint(cfg: Any) -> bool:
-    """Whether ``cfg.ckpt_path`` names a checkpoint that is there (``last``: ``<output dir>/checkpoints/last.ckpt``)."""
-    path = cfg.get("ckpt_path") if cfg is not None else None
-    if path is None:
-        return False
-    if str(path) == "last":
-        return (Path(str(cfg.paths.output_dir)) / "checkpoints" / "last.ckpt").exists()
-    return Path(str(path)).exists()
-
-
-def refuse_sweep_without_multirun(cfg: Any = None) -> None:
+def refuse_sweep_without_multirun() -> None:
     """Fail when a sweep config (an ``experiment=`` with ``hydra.sweeper.params``) runs without ``-m``.
 
     Without ``-m`` Hydra ignores the sweeper and runs the config once, with every swept key at its default:
-    ``python train.py experiment=main_comparison`` would silently train plain full-data DPO. The resume of one job
-    of such a sweep (its command names the job's swept values, its folder and a checkpoint that is there, as
-    ``train.py`` prints it) is one run, and goes on: the resume itself refuses any setting the job did not have.
-
-    Args:
-        cfg: the run's config (its ``ckpt_path``); ``None``: no resume considered.
+    ``python train.py experiment=main_comparison`` would silently train plain full-data DPO. One job of such a
+    sweep runs alone with its swept values given and ``hydra.sweeper.params=null``, as the resume command a job
+    prints does (``train.py``'s ``resume_command``).
 
     Raises:
         ValueError: the run is not a multirun but its config defines sweeper parameters.
@@ -35,12 +22,13 @@ def refuse_sweep_without_multirun(cfg: Any = None) -> None:
 
     hydra_cfg = HydraConfig.get()
     params = hydra_cfg.sweeper.get("params") if hydra_cfg.sweeper is not None else None
-    if hydra_cfg.mode == RunMode.RUN and params and not resumes_a_checkpoint(cfg):
+    if hydra_cfg.mode == RunMode.RUN and params:
         experiment = hydra_cfg.runtime.choices.get("experiment")
         swept = ", ".join(f"{key}={value}" for key, value in params.items())
         name = f"experiment={experiment}" if experiment else "this config"
         raise ValueError(
-            f"{name} is a sweep ({swept}) and runs only with -m: python {hydra_cfg.job.name}.py -m {name} ..."
+            f"{name} is a sweep ({swept}) and runs only with -m: python {hydra_cfg.job.name}.py -m {name} ... "
+            "(one job of it alone: its swept values and hydra.sweeper.params=null, as a job's resume command has them)"
         )
 
 

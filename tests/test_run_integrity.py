@@ -182,24 +182,31 @@ def test_a_resume_on_data_files_with_other_content_is_refused_before_the_model_l
     assert not loaded
 
 
-def test_the_resume_of_one_job_of_a_sweep_experiment_is_not_refused_as_a_sweep(tmp_path):
+def test_the_resume_command_of_a_sweep_experiments_job_runs_that_job_alone(tmp_path):
     from hydra.core.hydra_config import HydraConfig
 
     from prefalign.config import refuse_sweep_without_multirun
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=keep_fraction_sweep", f"paths.output_dir={tmp_path}"], return_hydra_config=True)
-    cfg.hydra.mode = "RUN"
-    HydraConfig.instance().set_config(cfg)
+    def composed(overrides: list[str], mode: str):
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        cfg.hydra.mode = mode
+        cfg.hydra.overrides.task = overrides
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+
+    # job 1 of `python train.py -m experiment=keep_fraction_sweep`: the sweeper gave it its swept values
+    job = ["experiment=keep_fraction_sweep", "select=random", "select.keep_fraction=0.64", f"paths.output_dir={tmp_path}"]
     try:
-        with pytest.raises(ValueError, match="runs only with -m"):  # a sweep run once with its defaults
-            refuse_sweep_without_multirun(cfg)
-        cfg.ckpt_path = "last"
-        with pytest.raises(ValueError, match="runs only with -m"):  # nothing to resume: still a sweep without -m
-            refuse_sweep_without_multirun(cfg)
-        (tmp_path / "checkpoints").mkdir()
-        (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
-        refuse_sweep_without_multirun(cfg)  # one job, resumed in its folder
+        command = entry_point("train").resume_command(composed(job, "MULTIRUN"))
+        pasted = shlex.split(command)[2:]
+        assert "hydra.sweeper.params=null" in pasted and "select.keep_fraction=0.64" in pasted
+        resumed = composed(pasted, "RUN")
+        refuse_sweep_without_multirun()  # one job, run alone
+        assert resumed.select.keep_fraction == 0.64 and resumed.ckpt_path == "last"
+        composed([item for item in pasted if item != "hydra.sweeper.params=null"], "RUN")
+        with pytest.raises(ValueError, match="runs only with -m"):  # the sweep without -m is still refused
+            refuse_sweep_without_multirun()
     finally:
         HydraConfig.instance().cfg = None
 
