@@ -77,8 +77,8 @@ def header_comment(path: Path) -> str:
     for line in path.read_text().splitlines():
         if not line.startswith("#"):
             break
-        if line.lstrip("# ").startswith("the scorers this rule reads"):
-            continue  # the same note in every rule's YAML, about its defaults list
+        if line.lstrip("# ").startswith(("the scorers this rule reads", "@package")):
+            continue  # the same note in every rule's YAML, about its defaults list; Hydra's package directive
         out.append(line.lstrip("#").strip())
     return " ".join(out)
 
