@@ -56,6 +56,7 @@ def cell(text: str) -> str:
     escaped; a docstring's double-backtick literal becomes a Markdown code span.
     """
     text = " ".join(text.split()).replace("``", "`")
+    text = re.sub(r":(?:func|class|meth|mod|attr):(?=`)", "", text)  # Sphinx roles read as plain code here
     parts = re.split(r"(`[^`]*`)", text)
     for i, part in enumerate(parts):
         if not i % 2:  # a code span keeps its pipes: the table reader does not split inside one
@@ -114,14 +115,14 @@ def class_docstring(target: str) -> str:
 
 
 def settings(option: dict[str, Any]) -> str:
-    """The option's keys other than ``_target_``, as ``key=value`` (nested keys dotted)."""
+    """The option's keys other than ``_target_``, as ``key=value`` (nested keys dotted, those left null omitted)."""
     pairs = []
 
     def walk(prefix: str, value: Any) -> None:
         if isinstance(value, dict) and value:
             for key, inner in value.items():
                 walk(f"{prefix}.{key}" if prefix else str(key), inner)
-        else:
+        elif "." not in prefix or value is not None:  # nested overrides left null mean "as the run's"
             pairs.append(f"{prefix}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}")
 
     values = {k: v for k, v in option.items() if not str(k).startswith("_")}
