@@ -1,0 +1,61 @@
+"""What a newcomer meets first: progress lines in a redirected log, a short ``--help``, fast failures."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+
+from prefalign.trainer import build_trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def config(primary: str, *overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(primary, overrides=list(overrides))
+
+
+class PairsModule(L.LightningModule):
+    """A one-weight module fed batches shaped like prefalign's (``pair_ids`` and a tensor), logging ``train/loss``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(1))
+
+    def training_step(self, batch, batch_idx):
+        loss = (self.weight * batch["x"]).pow(2).mean()
+        self.log("train/loss", loss, batch_size=len(batch["pair_ids"]))
+        return loss
+
+    def train_dataloader(self):
+        batches = [{"pair_ids": [f"p{index}", f"q{index}"], "x": torch.full((2,), float(index))} for index in range(6)]
+        return torch.utils.data.DataLoader(batches, batch_size=None)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_progress_lines_reach_the_log_when_the_output_is_not_a_terminal(tmp_path, caplog):
+    cfg = config("train", "trainer.max_epochs=1", "trainer.accelerator=cpu", "logger=csv",
+                 "callbacks.progress_log.every_n_steps=2", "callbacks.progress_log.enabled=true")
+    trainer = build_trainer(cfg, tmp_path, checkpoints=False, enable_progress_bar=False, enable_model_summary=False)
+    with caplog.at_level(logging.INFO, logger="prefalign"):
+        trainer.fit(PairsModule())
+    lines = [record.getMessage() for record in caplog.records if record.name.startswith("prefalign")]
+    progress = [line for line in lines if line.startswith("step ")]
+    assert [line.split(" | ")[0] for line in progress] == [
+        "step 2/6 (33%)", "step 4/6 (67%)", "step 6/6 (100%)", "step 6/6 (100%)"
+    ], lines
+    assert "loss " in progress[0] and "pairs/s" in progress[0] and "left" in progress[0], progress[0]
+    assert progress[-1].endswith("(done)")
+
+
+def test_progress_lines_are_on_by_default_when_the_output_is_redirected(tmp_path):
+    # pytest captures both streams (not terminals), as nohup or "> train.log" would
+    trainer = build_trainer(config("train", "trainer.accelerator=cpu"), tmp_path, checkpoints=False)
+    (progress,) = [callback for callback in trainer.callbacks if type(callback).__name__ == "ProgressLog"]
+    assert progress.active and progress.every_n_seconds == 30
