@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from prefalign.atomic import write_json
 from prefalign.folder_lock import hold_folder
 from prefalign.safe_config import checked_config
-from prefalign.scoring.base import read_scores
+from prefalign.data.scores_file import read_scores
 from prefalign.selection.analysis import (
     correlation_table,
     ground_truth,
