@@ -14,12 +14,14 @@ from omegaconf import DictConfig
 
 from prefalign.config import log_from_rank_zero
 from prefalign.folder_lock import hold_folder
-from prefalign.online.run import run_sampling
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Sample, reward and pair; returns the report (``sample_report.json``). Holds the run folder's lock
     (:mod:`prefalign.folder_lock`)."""
+    # imported once Hydra has composed the config: a typo or --help is answered before torch loads
+    from prefalign.online.run import run_sampling
+
     with hold_folder(cfg.paths.output_dir):
         return run_sampling(cfg)
 

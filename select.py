@@ -30,11 +30,11 @@ else:
     import hydra
     from omegaconf import DictConfig
 
-    from prefalign.selection.run import run_analysis, run_selection
-
-
     def run(cfg: DictConfig) -> dict[str, Any]:
         """Write a selection (or, with ``analyze=true``, the analysis) into the run directory."""
+        # imported once Hydra has composed the config: a typo or --help is answered before the selection code loads
+        from prefalign.selection.run import run_analysis, run_selection
+
         return run_analysis(cfg) if cfg.analyze else run_selection(cfg)
 
 

@@ -15,7 +15,8 @@ import hydra
 from hydra.utils import get_method
 from omegaconf import DictConfig
 
-from prefalign.checkpointing import TrainingInterrupted
+# torch, Lightning and transformers load inside run() and main(), once Hydra has composed the config: a typo or
+# --help is answered in about a second instead of after the heavy imports
 from prefalign.config import (
     hydra_quoted,
     log_from_rank_zero,
@@ -23,7 +24,6 @@ from prefalign.config import (
     refuse_sweep_without_multirun,
 )
 from prefalign.folder_lock import hold_folder
-from prefalign.pipeline import run_train_command
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job (or the selection pipeline, or with ``online=<option>`` its rounds); returns its final
     metrics (also in ``metrics.json``); holds the run folder's lock throughout (:mod:`prefalign.folder_lock`)."""
+    from prefalign.pipeline import run_train_command
+
     with hold_folder(cfg.paths.output_dir):
         if cfg.get("online"):
             return get_method(cfg.online.runner)(cfg)
@@ -61,6 +63,8 @@ def main(cfg: DictConfig) -> float | None:
     refuse_sweep_without_multirun()
     refuse_multirun_with_process_launch(cfg)
     log_from_rank_zero()
+    from prefalign.checkpointing import TrainingInterrupted
+
     try:
         metrics = run(cfg)
     except TrainingInterrupted as stop:
