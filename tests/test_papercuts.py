@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -59,3 +61,14 @@ def test_progress_lines_are_on_by_default_when_the_output_is_redirected(tmp_path
     trainer = build_trainer(config("train", "trainer.accelerator=cpu"), tmp_path, checkpoints=False)
     (progress,) = [callback for callback in trainer.callbacks if type(callback).__name__ == "ProgressLog"]
     assert progress.active and progress.every_n_seconds == 30
+
+
+def test_help_shows_usage_examples_and_the_groups_not_the_whole_config():
+    result = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "Usage:" in lines and any(line.startswith("  python train.py debug=fast") for line in lines), result.stdout
+    assert any(line.startswith("loss: ") and "dpo" in line for line in lines), result.stdout
+    assert "--cfg job" in result.stdout
+    # the composed config (its _target_ lines) is one flag away, not printed
+    assert "_target_" not in result.stdout and len(lines) < 60, result.stdout
