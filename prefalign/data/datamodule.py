@@ -489,7 +489,8 @@ class PreferenceDataModule(L.LightningDataModule):
             total = len(self.pairs["train"])
             self.restrict("train", record["kept"])
             self.selection = {
-                key: record.get(key) for key in ("file", "rule", "thresholds", "kept_count", "total", "kept_fraction", "scores")
+                key: record.get(key)
+                for key in ("file", "rule", "label", "thresholds", "kept_count", "total", "kept_fraction", "scores")
             }
             self.report["train"]["selection"] = {"file": record["file"], "kept": len(self.pairs["train"])}
             log.info("train: %d of %d pairs kept by %s (%s)", len(self.pairs["train"]), total, record["rule"], record["file"])

@@ -17,6 +17,7 @@ sampling seeds tied across policies). That interval is what tells two rules apar
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -25,25 +26,16 @@ from typing import Any
 import pandas as pd
 
 from prefalign.evaluation.metrics import bootstrap, mean_of_known, paired_difference
+from prefalign.selection.rules import FullSelection
 
 log = logging.getLogger(__name__)
 
-# display names, in the papers' row order (other rules follow, by name)
-METHOD_NAMES = {
-    "full": "Full Data",
-    "oracle": "Oracle (upper bound)",
-    "random": "Random",
-    "topk": "Top-k",
-    "pzn_P": "P region",
-    "pzn_Z": "Z region",
-    "pzn_N": "N region",
-    "tif": "TIF",
-    "lossdiff": "LossDiff",
-    "irm": "IRM",
-    "bees": "BeeS",
-    "lossdiff_irm": "LossDiff-IRM",
-    "map": "M_AP",
-}
+# the papers' row order, by the rules' labels (their first word: "Top-k annotator" ranks as "Top-k"); the rows of
+# other rules follow, by label
+ROW_ORDER = (
+    "Full Data", "Oracle (upper bound)", "Random", "Top-k", "P region", "Z region", "N region",
+    "TIF", "LossDiff", "IRM", "BeeS", "LossDiff-IRM", "M_AP",
+)
 
 
 def run_directories(sweep: str | Path) -> list[Path]:
@@ -62,25 +54,41 @@ def run_directories(sweep: str | Path) -> list[Path]:
     return sorted(runs, key=job_number)
 
 
+@functools.cache
+def recorded_rule_label(rule: str, scores: tuple[str, ...]) -> str:
+    """The label of a selection recorded without one (by an older prefalign): the ``conf/select/`` option that
+    makes a rule of that name, given the recorded score (the option named like the rule first); else the name."""
+    from prefalign.selection.run import rule_config, select_rule
+
+    options = sorted((Path(__file__).resolve().parents[2] / "conf" / "select").glob("*.yaml"))
+    for path in sorted(options, key=lambda path: (path.stem != rule.lower(), path.stem)):
+        node = rule_config(path.stem)
+        if "seed" in node:
+            node.seed = 0  # an interpolation of the run's seed in the option; the seed does not change a label
+        if scores and "score" in node:
+            node.score = scores[0]
+        if "group" in node:  # select=if_group names its rule <score>_<group>
+            node.group = rule.rpartition("_")[2]
+        try:
+            candidate = select_rule(node)
+        except ValueError:  # the option cannot make that rule (a group it does not have)
+            continue
+        if candidate.name == rule:
+            return candidate.display_label()
+    return rule
+
+
 def method_label(metrics: dict[str, Any]) -> str:
+    """A run's row name: the label its selection records (the rule's own), ``Full Data`` without a selection."""
     selection = metrics.get("selection")
     if not selection:
-        return METHOD_NAMES["full"]
+        return FullSelection.label
+    if selection.get("label"):
+        return selection["label"]
     rule = selection["rule"]
     if rule.endswith("_dropped"):  # select.invert=true: the paper's "w/ Dropped Data" rows
-        inner = method_label({"selection": {**selection, "rule": rule[: -len("_dropped")]}})
-        return f"{inner} (dropped data)"
-    scores = selection.get("scores") or []
-    if rule == "topk" and scores:
-        return f"Top-k {scores[0]}"
-    for group in ("small", "medium", "large"):  # select=if_group
-        if rule == f"influence_{group}":
-            return f"{group} IF third"
-    if rule == "pzn_Z" and scores and scores[0] == "ifd":
-        return "Low-Gap (IFD, Z region)"
-    if rule.startswith("pzn_") and scores and scores[0] != "annotator":
-        return f"{METHOD_NAMES.get(rule, rule)} of {scores[0]}"
-    return METHOD_NAMES.get(rule, rule)
+        return method_label({"selection": {**selection, "rule": rule[: -len("_dropped")]}}) + " (dropped data)"
+    return recorded_rule_label(rule, tuple(selection.get("scores") or ()))
 
 
 def collect(sweep: str | Path) -> pd.DataFrame:
@@ -146,7 +154,7 @@ def paper_table(results: pd.DataFrame) -> tuple[str, pd.DataFrame]:
         sft = results[(results["model"] == model) & (results["loss"] == loss)].groupby("benchmark")["baseline_single"].mean()
         lines.append("| SFT | | " + " | ".join(f"{sft.get(b, float('nan')):.2f} | -" for b in benchmarks) + " |")
         best = {column: block[column].max() for column in block.columns}
-        order = {label: rank for rank, label in enumerate(METHOD_NAMES.values())}
+        order = {label: rank for rank, label in enumerate(ROW_ORDER)}
         def rank(method: str) -> int:
             return order.get(method, order.get(method.split(" ")[0], len(order)))
 
@@ -227,7 +235,7 @@ def paired_table(results: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     for (model, loss, benchmark), block in results.groupby(["model", "loss", "benchmark"], sort=True):
         judge = block["judge"].iloc[0]
         metric = "success %" if judge == "verifier" else "Single"
-        full = block[block["method"] == METHOD_NAMES["full"]]
+        full = block[block["method"] == FullSelection.label]
         base = full.iloc[0] if len(full) else None
         base_items = item_values(base["eval_dir"], judge) if base is not None else None
         base_heldout = heldout_accuracy(base["eval_dir"]) if base is not None else None
@@ -238,7 +246,7 @@ def paired_table(results: pd.DataFrame) -> tuple[str, pd.DataFrame]:
             "val accuracy % [95% CI] | vs Full Data, pts [95% CI] | better / worse pairs | run wall s |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
-        order = {label: rank for rank, label in enumerate(METHOD_NAMES.values())}
+        order = {label: rank for rank, label in enumerate(ROW_ORDER)}
         ordered = sorted(block.itertuples(), key=lambda row: (order.get(row.method, len(order)), row.method, row.ratio))
         for row in ordered:
             is_base = base is not None and row.eval_dir == base["eval_dir"]

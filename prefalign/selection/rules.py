@@ -13,7 +13,6 @@ percentile bands ``(q, 100 - q)`` that keep that fraction (:func:`solve_symmetri
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -35,6 +34,8 @@ class Selection:
     thresholds: dict[str, Any]
     total: int
     details: dict[str, Any] = field(default_factory=dict)
+    # the rule's name in result tables (:meth:`SelectionRule.display_label`)
+    label: str = ""
 
     @property
     def kept_fraction(self) -> float:
@@ -43,12 +44,11 @@ class Selection:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "kept_fraction": self.kept_fraction, "kept_count": len(self.kept)}
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, default=float)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Selection":
-        return cls(data["kept"], data["rule"], data["thresholds"], data["total"], data.get("details", {}))
+        return cls(
+            data["kept"], data["rule"], data["thresholds"], data["total"], data.get("details", {}), data.get("label", "")
+        )
 
 
 def column(scores: pd.DataFrame, name: str) -> np.ndarray:
@@ -105,6 +105,12 @@ class SelectionRule:
     """Base class. ``scores`` lists the score columns the rule reads (the pipeline computes those)."""
 
     name = "rule"
+    # the rule's name in result tables; an option of conf/select/ may set its own (``label: TIF``)
+    label = ""
+
+    def display_label(self) -> str:
+        """The rule's name in result tables: its ``label``, or else its ``name``."""
+        return self.label or self.name
 
     @property
     def scores(self) -> list[str]:
@@ -115,7 +121,7 @@ class SelectionRule:
 
     def _result(self, scores: pd.DataFrame, mask: np.ndarray, thresholds: dict[str, Any], **details: Any) -> Selection:
         kept = scores["pair_id"].to_numpy()[mask].tolist()
-        return Selection(kept, self.name, thresholds, len(scores), details)
+        return Selection(kept, self.name, thresholds, len(scores), details, self.display_label())
 
 
 class FullSelection(SelectionRule):
@@ -127,6 +133,7 @@ class FullSelection(SelectionRule):
     """
 
     name = "full"
+    label = "Full Data"
 
     def __init__(self, keep_fraction: float | None = None) -> None:
         if keep_fraction not in (None, 1.0):
@@ -179,6 +186,7 @@ class RandomSelection(SelectionRule):
     """``random``: a uniformly random subset of ``keep_fraction`` (or ``k``) pairs, from ``seed``."""
 
     name = "random"
+    label = "Random"
 
     def __init__(self, keep_fraction: float | None = 0.64, k: int | None = None, seed: int = 0) -> None:
         check_budget(self.name, keep_fraction, k)
@@ -201,6 +209,10 @@ class RankSelection(SelectionRule):
         self.score, self.keep_fraction, self.k, self.largest = score, keep_fraction, k, largest
         self.name = "topk" if largest else "bottomk"
         check_budget(self.name, keep_fraction, k)
+
+    def display_label(self) -> str:
+        """``Top-k <score>`` for ``topk`` (the score decides what "top" means), else the label or the name."""
+        return self.label or (f"Top-k {self.score}" if self.largest else self.name)
 
     @property
     def scores(self) -> list[str]:
@@ -285,6 +297,12 @@ class GroupSelection(SelectionRule):
         self.score, self.group, self.groups, self.index = score, group, groups, index
         self.name = f"{score}_{group}"
 
+    def display_label(self) -> str:
+        """``small IF third`` and the like for the paper's three groups of influence, else the label or the name."""
+        if self.label:
+            return self.label
+        return f"{self.group} IF third" if self.score == "influence" and isinstance(self.group, str) else self.name
+
     @property
     def scores(self) -> list[str]:
         return [self.score]
@@ -319,6 +337,7 @@ class LossDiffIRMSelection(SelectionRule):
     """
 
     name = "lossdiff_irm"
+    label = "LossDiff-IRM"
 
     def __init__(
         self,
@@ -435,6 +454,7 @@ class BeesSelection(SelectionRule):
     """
 
     name = "bees"
+    label = "BeeS"
 
     def __init__(
         self,
@@ -530,6 +550,15 @@ class PZNSelection(SelectionRule):
         self.name = f"pzn_{region}"
         check_budget(self.name, keep_fraction, k)
 
+    def display_label(self) -> str:
+        """``P region`` (of the annotator's margin), ``Z region of ifd`` for another score; the Z region of the
+        IFD margin is the BeeS paper's Low-Gap baseline (``select=low_gap``)."""
+        if self.label:
+            return self.label
+        if self.region == "Z" and self.score == "ifd":
+            return "Low-Gap (IFD, Z region)"
+        return f"{self.region} region" + ("" if self.score == "annotator" else f" of {self.score}")
+
     @property
     def scores(self) -> list[str]:
         return [self.score]
@@ -570,6 +599,7 @@ class OracleSelection(SelectionRule):
     """
 
     name = "oracle"
+    label = "Oracle (upper bound)"
 
     def __init__(
         self, keep_fraction: float | None = None, k: int | None = None, seed: int = 0, score: str = "ground_truth"
@@ -620,6 +650,10 @@ class InvertedSelection(SelectionRule):
         self.rule = rule
         self.name = f"{rule.name}_dropped"
 
+    def display_label(self) -> str:
+        """The wrapped rule's label, marked as the paper's "w/ Dropped Data" row."""
+        return self.label or f"{self.rule.display_label()} (dropped data)"
+
     @property
     def scores(self) -> list[str]:
         return self.rule.scores
@@ -656,6 +690,7 @@ class AlignmentPotentialSelection(SelectionRule):
     """
 
     name = "map"
+    label = "M_AP"
 
     def __init__(
         self,

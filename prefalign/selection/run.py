@@ -45,15 +45,21 @@ def select_rule(node: DictConfig) -> SelectionRule:
     """The rule of a ``select`` config, with its settings checked before any score is read.
 
     ``invert: true`` (every rule's config has the key) gives the complement of the rule
-    (:class:`~prefalign.selection.rules.InvertedSelection`).
+    (:class:`~prefalign.selection.rules.InvertedSelection`); ``label`` (optional) is the rule's name in result
+    tables (:meth:`~prefalign.selection.rules.SelectionRule.display_label`), for options that share a class.
     """
     settings = OmegaConf.to_container(node, resolve=True)
     invert = settings.pop("invert", False)
     if not isinstance(invert, bool):
         raise ValueError(f"select.invert must be true or false, got {invert!r}")
+    label = settings.pop("label", None)
+    if label is not None and not isinstance(label, str):
+        raise ValueError(f"select.label must be a string, got {label!r}")
     rule = instantiate(settings)
     if not isinstance(rule, SelectionRule):
         raise ValueError(f"select: {node.get('_target_')} is not a prefalign SelectionRule")
+    if label:
+        rule.label = label
     return InvertedSelection(rule) if invert else rule
 
 
