@@ -514,13 +514,6 @@ class TinyModel(ModelSource):
         return f"tiny:{hashlib.sha1(payload.encode()).hexdigest()[:16]}"
 
 
-def unwrap_lora(model: PreTrainedModel) -> PreTrainedModel:
-    """The plain transformers model with LoRA merged in (a copy-free merge), or ``model`` itself."""
-    if hasattr(model, "merge_and_unload"):
-        return model.merge_and_unload()
-    return model
-
-
 def save_policy(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
