@@ -373,15 +373,70 @@ class ModelSource:
         return self.fingerprint()
 
 
+class HubUnavailableError(RuntimeError):
+    """A hub model that is neither in the local Hugging Face cache nor reachable on the hub."""
+
+
+def hub_unreachable_reason(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached from here (``None``: it answered within ``timeout`` seconds).
+
+    One HEAD request to the endpoint (``HF_ENDPOINT``, honouring proxies): any HTTP answer counts as reachable.
+    ``HF_HUB_OFFLINE`` set means unreachable without asking. This stands in for transformers' own retries, which
+    on a machine without the hub take about a minute and a hundred lines before failing.
+    """
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return "HF_HUB_OFFLINE is set"
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None  # an answer, even an error status, means the hub is there
+    except (OSError, ValueError) as error:
+        return f"{endpoint}: {getattr(error, 'reason', error)}"
+    return None
+
+
 class HubModel(ModelSource):
-    """A causal LM by Hugging Face hub name (or local folder), e.g. ``EleutherAI/pythia-410m``."""
+    """A causal LM by Hugging Face hub name (or local folder), e.g. ``EleutherAI/pythia-410m``.
+
+    Before loading, a model that is not in the local Hugging Face cache is looked up on the hub with a quick
+    reachability check; without the hub, :class:`HubUnavailableError` says what to do within seconds.
+    """
 
     def __init__(self, name: str, hub_name: str, revision: str | None = None, **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         self.hub_name = hub_name
         self.revision = revision
+        self._available = False
+
+    def check_available(self) -> None:
+        """Raise :class:`HubUnavailableError` when the model is neither a local folder, nor in the local Hugging
+        Face cache, nor on a reachable hub (checked once per source)."""
+        if self._available or Path(self.hub_name).expanduser().is_dir():
+            self._available = True
+            return
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(self.hub_name, "config.json", revision=self.revision), str):
+            self._available = True
+            return
+        reason = hub_unreachable_reason()
+        if reason is not None:
+            raise HubUnavailableError(
+                f"model={self.name}: {self.hub_name} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) "
+                f"and the hub cannot be reached ({reason}). Download it on a machine with access "
+                f"(hf download {self.hub_name}) and point HF_HOME at a copy of its cache here, "
+                "or set model.path=<a local folder with the model>"
+            )
+        self._available = True
 
     def _load_own_model(self) -> PreTrainedModel:
+        self.check_available()
         return AutoModelForCausalLM.from_pretrained(
             self.hub_name,
             revision=self.revision,
@@ -390,6 +445,7 @@ class HubModel(ModelSource):
         )
 
     def _load_own_tokenizer(self) -> PreTrainedTokenizerBase:
+        self.check_available()
         return AutoTokenizer.from_pretrained(self.hub_name, revision=self.revision)
 
     def _own_fingerprint(self) -> str:

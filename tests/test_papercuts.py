@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from prefalign.models import HubModel, HubUnavailableError
 from prefalign.trainer import build_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,3 +75,31 @@ def test_help_shows_usage_examples_and_the_groups_not_the_whole_config():
     assert "--cfg job" in result.stdout
     # the composed config (its _target_ lines) is one flag away, not printed
     assert "_target_" not in result.stdout and len(lines) < 60, result.stdout
+
+
+def test_a_hub_model_without_the_hub_fails_within_seconds_saying_what_to_do(monkeypatch):
+    # an endpoint that refuses connections stands for a machine without the hub, whether or not this one has it
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    source = HubModel(name="not_cached", hub_name="prefalign-tests/not-a-model")
+    started = time.monotonic()
+    with pytest.raises(HubUnavailableError) as failure:
+        source.load_tokenizer()
+    assert time.monotonic() - started < 20
+    message = str(failure.value)
+    assert "model=not_cached" in message and "not in the local Hugging Face cache" in message, message
+    assert "hf download prefalign-tests/not-a-model" in message and "model.path=" in message, message
+
+
+def test_a_hub_model_in_the_local_cache_needs_no_hub(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    snapshot = tmp_path / "models--prefalign-tests--cached" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "models--prefalign-tests--cached" / "refs").mkdir()
+    (tmp_path / "models--prefalign-tests--cached" / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    HubModel(name="cached", hub_name="prefalign-tests/cached").check_available()  # no error: transformers loads it
+    with pytest.raises(HubUnavailableError, match="HF_HUB_OFFLINE"):
+        HubModel(name="missing", hub_name="prefalign-tests/missing").check_available()
