@@ -10,7 +10,7 @@ KTO, ``kl_chosen_logps`` / ``kl_rejected_logps`` (mismatched prompt/completion p
 ``None`` for reference-free losses (:attr:`PreferenceLoss.requires_reference` is ``False``), which then need
 no reference forward pass at all.
 
-Notation (``../shared/REFERENCE.md``): ``rho_w = s(y_w) - s_ref(y_w)``, ``rho_l = s(y_l) - s_ref(y_l)``,
+Notation: ``rho_w = s(y_w) - s_ref(y_w)``, ``rho_l = s(y_l) - s_ref(y_l)``,
 ``h = rho_w - rho_l``. The rewards every loss reports are TRL's: ``beta * rho`` from summed log-probs
 (``beta * s(y)`` for reference-free losses), detached.
 """

@@ -153,7 +153,7 @@ def compiled_decoder(model: torch.nn.Module, enabled: bool, **options: Any) -> I
     Only the decoder stack (where the time goes) is compiled, with dynamic shapes (packed rows and padded
     batches change width from batch to batch). It is undone on exit, so that the models scored, copied and
     saved afterwards are plain modules. ``python -m bench.compile`` measures whether it pays: on the 2-core CPU,
-    training steps of the embedded model ran 1.09x faster once compiled (1.16x in an earlier, unrecorded run),
+    training steps of the embedded model ran 1.09x faster once compiled,
     after a one-off compilation of 148 s; it pays only for runs much longer than the default.
     """
     if not enabled:

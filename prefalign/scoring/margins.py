@@ -50,10 +50,9 @@ class RandomScorer(Scorer):
 class ReferenceMarginScorer(Scorer):
     """``reference_margin``: ``s_ref(y_w) - s_ref(y_l)``, the reference (SFT) model's own log-prob margin.
 
-    The cached reference log-probs make it free (REFERENCE.md, "the cached reference margin is itself a
-    per-pair score"): a pair the SFT model already prefers the right way round has a positive margin. With
-    ``length_normalize`` each side is divided by its token count, as the length-normalised margins of SimPO and
-    M_AP are.
+    The cached reference log-probs make it free: a pair the SFT model already prefers the right way round has a
+    positive margin. With ``length_normalize`` each side is divided by its token count, as the length-normalised
+    margins of SimPO and M_AP are.
 
     Args:
         length_normalize: per-token averages instead of sums.

@@ -1,4 +1,4 @@
-"""Bad input (issue 13): each edge case either raises a DataError naming the file, row and key, or is dropped
+"""Bad input: each edge case either raises a DataError naming the file, row and key, or is dropped
 and counted in ``data_report.json``."""
 
 import gzip

@@ -78,7 +78,7 @@ def test_fastchat_constants_are_read_from_the_installed_source():
     constants = fastchat.fastchat_constants()
     assert constants.source.endswith("fastchat/llm_judge/common.py") and Path(constants.source).is_file()
     assert constants.version == importlib.metadata.version("fschat")
-    # what MT-Bench's eight categories get; FastChat's file is the authority, these are the facts REFERENCE.md cites
+    # which of MT-Bench's eight categories get a reference answer; FastChat's file is the authority
     assert {"math", "reasoning", "coding"} <= set(constants.need_ref_cats)
     assert not {"writing", "roleplay", "extraction", "stem", "humanities"} & set(constants.need_ref_cats)
     table = constants.temperature_config
