@@ -22,6 +22,7 @@ from prefalign.config import (
     log_from_rank_zero,
     refuse_multirun_with_process_launch,
     refuse_sweep_without_multirun,
+    warn_unread_selection_settings,
 )
 from prefalign.folder_lock import hold_folder
 
@@ -33,6 +34,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics (also in ``metrics.json``); holds the run folder's lock throughout (:mod:`prefalign.folder_lock`)."""
     from prefalign.pipeline import run_train_command
 
+    warn_unread_selection_settings(cfg)
     with hold_folder(cfg.paths.output_dir):
         if cfg.get("online"):
             return get_method(cfg.online.runner)(cfg)

@@ -136,3 +136,39 @@ def group_option(group: str, node: Any) -> Any:
         other_group, _, key = str(target).lstrip("/").partition("@")
         merged = OmegaConf.merge(merged, {key or other_group: group_option(other_group, str(option))})
     return OmegaConf.merge(merged, loaded)
+
+
+def unread_selection_settings(cfg: Any) -> list[str]:
+    """The selection settings a run sets that no stage reads: under ``select=full`` (training on every pair, no
+    pipeline), a budget or other rule setting (``select.keep_fraction=0.5``) and ``pipeline.extra_scores``.
+
+    Returns:
+        ``key=value`` for each, empty when the rule reads them all (or there is no ``select``).
+    """
+    select = cfg.get("select")
+    if not select or select.get("_target_") != "prefalign.selection.FullSelection":
+        return []
+    # full.yaml's own values (null budget, no inversion) are what "unset" means; anything else is ignored
+    unread = [
+        f"select.{key}={value}"
+        for key, value in select.items()
+        if key != "_target_" and value not in (None, False) and not (key == "keep_fraction" and value == 1.0)
+    ]
+    extra = (cfg.get("pipeline") or {}).get("extra_scores")
+    if extra:
+        unread.append(f"pipeline.extra_scores=[{','.join(str(name) for name in extra)}]")
+    return unread
+
+
+def warn_unread_selection_settings(cfg: Any) -> list[str]:
+    """Log a warning naming the settings of :func:`unread_selection_settings`; returns them."""
+    import logging
+
+    unread = unread_selection_settings(cfg)
+    if unread:
+        logging.getLogger("prefalign").warning(
+            "select=full trains on every pair and reads none of %s (a sweep may set them for its other rules; "
+            "choose a rule that reads them: select=topk, select=lossdiff_irm, ...; python train.py --help)",
+            ", ".join(unread),
+        )
+    return unread

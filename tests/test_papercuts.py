@@ -13,6 +13,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from prefalign.config import unread_selection_settings, warn_unread_selection_settings
 from prefalign.models import HubModel, HubUnavailableError
 from prefalign.trainer import build_trainer
 
@@ -103,3 +104,15 @@ def test_a_hub_model_in_the_local_cache_needs_no_hub(monkeypatch, tmp_path):
     HubModel(name="cached", hub_name="prefalign-tests/cached").check_available()  # no error: transformers loads it
     with pytest.raises(HubUnavailableError, match="HF_HUB_OFFLINE"):
         HubModel(name="missing", hub_name="prefalign-tests/missing").check_available()
+
+
+def test_selection_settings_that_select_full_does_not_read_are_named_in_a_warning(caplog):
+    ignored = config("train", "select.keep_fraction=0.5", "pipeline.extra_scores=[irm,random]")
+    with caplog.at_level(logging.WARNING, logger="prefalign"):
+        assert warn_unread_selection_settings(ignored) == ["select.keep_fraction=0.5", "pipeline.extra_scores=[irm,random]"]
+    (warning,) = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert "select=full" in warning and "select.keep_fraction=0.5" in warning and "pipeline.extra_scores" in warning
+    # read by the rule, or left at full's own values: nothing to say
+    assert unread_selection_settings(config("train")) == []
+    assert unread_selection_settings(config("train", "select=topk", "select.keep_fraction=0.5")) == []
+    assert unread_selection_settings(config("train", "select.keep_fraction=1.0")) == []
