@@ -12,6 +12,7 @@ import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
 from prefalign.config import unread_selection_settings, warn_unread_selection_settings
 from prefalign.models import HubModel, HubUnavailableError
@@ -116,3 +117,18 @@ def test_selection_settings_that_select_full_does_not_read_are_named_in_a_warnin
     assert unread_selection_settings(config("train")) == []
     assert unread_selection_settings(config("train", "select=topk", "select.keep_fraction=0.5")) == []
     assert unread_selection_settings(config("train", "select.keep_fraction=1.0")) == []
+
+
+def test_bench_limit_limits_the_held_out_pass_too(tmp_path):
+    from prefalign.evaluation.run import heldout_values
+
+    run_cfg = config("train", "model=tiny_llama", "data.max_train_pairs=8", "data.max_val_pairs=8", "data.eval_batch_size=4",
+                     f"paths.output_dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}")
+    policy = instantiate(run_cfg.model).load_model()
+    everything = heldout_values(run_cfg, policy, tmp_path / "cache")
+    limited = heldout_values(run_cfg, policy, tmp_path / "cache", limit=3)
+    assert len(everything["pair_id"]) == 8
+    # three of the pairs (the first of the split, as data.max_val_pairs keeps them), each with its value of the full pass
+    assert len(limited["pair_id"]) == 3
+    loss = dict(zip(everything["pair_id"], everything["loss"]))
+    assert limited["loss"] == pytest.approx([loss[pair_id] for pair_id in limited["pair_id"]], abs=1e-5)

@@ -147,12 +147,19 @@ HELDOUT_METRICS = ("rewards/accuracies", "rewards/margins", "loss")
 
 
 def heldout_metrics(
-    run_cfg: DictConfig, policy: torch.nn.Module, cache_dir: Path, resamples: int, seed: int, values_file: Path | None = None
+    run_cfg: DictConfig,
+    policy: torch.nn.Module,
+    cache_dir: Path,
+    resamples: int,
+    seed: int,
+    values_file: Path | None = None,
+    limit: int | None = None,
 ) -> dict[str, Any]:
     """Reward accuracy, margin and loss of the policy on the run's validation pairs, with bootstrap intervals
     (the means of :func:`heldout_values`); the per-pair values also go to ``values_file`` (CSV, one row per
-    pair), so that two policies can be compared pair by pair (:mod:`prefalign.evaluation.tables`)."""
-    values = heldout_values(run_cfg, policy, cache_dir)
+    pair), so that two policies can be compared pair by pair (:mod:`prefalign.evaluation.tables`). ``limit``:
+    the first this many validation pairs only (``bench.limit``)."""
+    values = heldout_values(run_cfg, policy, cache_dir, limit)
     if values_file is not None and distributed.is_main():
         import pandas as pd
 
@@ -161,12 +168,15 @@ def heldout_metrics(
     return {name: bootstrap(values[name], resamples=resamples, seed=seed) for name in HELDOUT_METRICS}
 
 
-def heldout_values(run_cfg: DictConfig, policy: torch.nn.Module, cache_dir: Path) -> dict[str, list[Any]]:
+def heldout_values(
+    run_cfg: DictConfig, policy: torch.nn.Module, cache_dir: Path, limit: int | None = None
+) -> dict[str, list[Any]]:
     """Per-pair reward accuracy, margin and loss of the policy on the run's validation pairs, and their ids.
 
     The run's own setup (:func:`prefalign.run_setup.setup_run`, nothing written) and the validation step's
     per-pair values (:meth:`~prefalign.module.PreferenceModule.pair_values`), so the means equal the run's
-    ``val/*`` metrics for the same weights.
+    ``val/*`` metrics for the same weights. ``limit``: the first this many validation pairs only (as the run's
+    ``data.max_val_pairs`` would keep them), reference log-probs included.
     """
     from prefalign.reference import move_to
     from prefalign.run_setup import setup_run
@@ -178,6 +188,9 @@ def heldout_values(run_cfg: DictConfig, policy: torch.nn.Module, cache_dir: Path
     run_cfg.data.weights = None
     run_cfg.data.order_by = None
     run_cfg.data.val_flip_fraction = 0.0  # held out on the clean validation pairs, whatever noise the scorers saw
+    if limit is not None:
+        kept = run_cfg.data.get("max_val_pairs")
+        run_cfg.data.max_val_pairs = int(limit) if kept is None else min(int(kept), int(limit))
     setup = setup_run(run_cfg, write_files=False)
     if setup.loss.requires_reference:
         setup.attach_reference(None, splits=("val",))
@@ -426,7 +439,10 @@ def _evaluate_policy(
         per_prompt = [mean_of_known([single_policy[i], *(scores[i] for scores in single_samples)]) for i in range(len(items))]
         result["single_of_n"] = {"samples": samples, "policy": single_summary(per_prompt)}
     if run_cfg is not None and settings.get("heldout", True):
-        result["heldout"] = heldout_metrics(run_cfg, policy, cache_dir, resamples, seed, output_dir / "heldout.csv")
+        # bench.limit (a quick look) limits the held-out pass too: on the built-in data it is 300 pairs otherwise
+        result["heldout"] = heldout_metrics(
+            run_cfg, policy, cache_dir, resamples, seed, output_dir / "heldout.csv", limit=bench_cfg.get("limit")
+        )
     result["elapsed_s"] = round(time.perf_counter() - start, 1)
     if not distributed.is_main():  # the other ranks of a launcher: rank 0 writes the results
         return result
