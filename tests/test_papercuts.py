@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 import subprocess
 import sys
@@ -13,9 +15,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from prefalign.config import unread_selection_settings, warn_unread_selection_settings
 from prefalign.models import HubModel, HubUnavailableError
+from prefalign.sweep_summary import SweepSummary
 from prefalign.trainer import build_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,3 +136,36 @@ def test_bench_limit_limits_the_held_out_pass_too(tmp_path):
     assert len(limited["pair_id"]) == 3
     loss = dict(zip(everything["pair_id"], everything["loss"]))
     assert limited["loss"] == pytest.approx([loss[pair_id] for pair_id in limited["pair_id"]], abs=1e-5)
+
+
+def fake_job(sweep: Path, name: str, overrides: list[str], metrics: dict | None) -> None:
+    (sweep / name / ".hydra").mkdir(parents=True)
+    (sweep / name / ".hydra" / "overrides.yaml").write_text("".join(f"- {item}\n" for item in overrides))
+    if metrics is not None:
+        (sweep / name / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_a_sweep_ends_with_a_summary_table_of_its_jobs(tmp_path, caplog):
+    sweep = tmp_path / "sweep"
+    common = ["model=tiny_llama", "data.max_train_pairs=24"]
+    fake_job(sweep, "0_loss=dpo,loss.beta=0.1", [*common, "loss=dpo", "loss.beta=0.1"],
+             {"train/loss": 0.61, "val/rewards/accuracies": 0.7, "val/loss": 0.65, "run": {"elapsed_s": 3.0}})
+    fake_job(sweep, "1_loss=ipo,loss.beta=0.1", [*common, "loss=ipo", "loss.beta=0.1"],
+             {"train/loss": 0.42, "val/rewards/accuracies": 0.625, "val/loss": 0.5})
+    fake_job(sweep, "10_loss=dpo,loss.beta=0.3", [*common, "loss=dpo", "loss.beta=0.3"], None)  # failed
+    with caplog.at_level(logging.INFO, logger="prefalign"):
+        SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+    markdown = (sweep / "summary.md").read_text()
+    assert "2 of 3 jobs done" in markdown
+    assert "| job | loss | loss.beta | train/loss | val/loss | val/rewards/accuracies | status |" in markdown, markdown
+    assert "| 0 | dpo | 0.1 | 0.6100 | 0.6500 | 0.7000 | done |" in markdown, markdown
+    assert "| 10 | dpo | 0.3 |  |  |  | no metrics.json |" in markdown, markdown
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert [row["job"] for row in rows] == ["0", "1", "10"] and rows[1]["val/rewards/accuracies"] == "0.625"
+    assert any("0.6100" in record.getMessage() for record in caplog.records)
+
+
+def test_a_sweep_without_metrics_writes_no_summary(tmp_path):
+    fake_job(tmp_path, "0_scores=[irm]", ["scores=[irm]"], None)
+    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert not (tmp_path / "summary.md").exists()
