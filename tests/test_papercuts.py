@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from prefalign.config import unread_selection_settings, warn_unread_selection_settings
 from prefalign.models import HubModel, HubUnavailableError
+from prefalign.stub_folders import RemoveStubFolder
 from prefalign.sweep_summary import SweepSummary
 from prefalign.trainer import build_trainer
 
@@ -169,3 +170,27 @@ def test_a_sweep_without_metrics_writes_no_summary(tmp_path):
     fake_job(tmp_path, "0_scores=[irm]", ["scores=[irm]"], None)
     SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     assert not (tmp_path / "summary.md").exists()
+
+
+def test_a_run_that_fails_at_once_leaves_no_folder(tmp_path):
+    run = tmp_path / "run"
+    result = subprocess.run([sys.executable, "select.py", f"hydra.run.dir={run}"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0 and "scores" in result.stderr, result.stderr
+    assert not run.exists(), sorted(path.name for path in run.iterdir())
+
+
+def test_a_failed_run_folder_with_results_is_kept(tmp_path):
+    from hydra.core.utils import JobReturn, JobStatus
+
+    config = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(tmp_path)}, "output_subdir": ".hydra", "job": {"name": "train"}}})
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / "train.log").write_text("")
+    (tmp_path / "checkpoints").mkdir()
+    RemoveStubFolder().on_job_end(config, JobReturn(status=JobStatus.FAILED))
+    assert (tmp_path / "checkpoints").is_dir()
+    (tmp_path / "checkpoints").rmdir()
+    RemoveStubFolder().on_job_end(config, JobReturn(status=JobStatus.COMPLETED))  # a finished run stays, stub or not
+    assert tmp_path.is_dir()
+    RemoveStubFolder().on_job_end(config, JobReturn(status=JobStatus.FAILED))
+    assert not tmp_path.exists()
