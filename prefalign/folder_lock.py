@@ -26,6 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
+
 try:
     import fcntl
 except ImportError:  # Windows: no flock; runs go unguarded there
@@ -175,3 +177,45 @@ def hold_folder(folder: str | os.PathLike | None) -> Iterator[None]:
         if entry[1] == 0:
             del _HELD[key]
             entry[0].release()
+
+
+def held_by_another(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The holder's record (possibly ``{}``) if another process holds ``folder``'s lock now, else ``None``.
+
+    Only looks: it takes the lock for an instant when it is free and creates no file when there is none.
+    """
+    path = Path(folder).expanduser() / LOCK_NAME
+    if fcntl is None or not path.is_file():
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return FolderLock(path.parent).holder()
+    finally:
+        os.close(fd)  # closing drops the lock, if taken
+    return None
+
+
+class RefuseHeldFolder(Callback):
+    """Hydra callback of every entry point: a run into a folder another run holds fails before Hydra writes into it.
+
+    Hydra writes ``.hydra/`` (the config and the command line's overrides) and opens the job's log in the run folder
+    before the entry point starts, so the stage's own lock (:func:`hold_folder`) would come after the holder's
+    ``.hydra/overrides.yaml`` had been overwritten. ``on_run_start`` comes first. A ``SystemExit`` (exit status 1),
+    since Hydra turns an ``Exception`` raised by a callback into a warning. The other processes of a multi-device
+    run share their rank 0's folder and are let through, as :func:`hold_folder` lets them.
+    """
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        from prefalign.config import launched_rank
+
+        if launched_rank() != 0 or _wait_s():
+            return  # a requeued SLURM job waits for its predecessor's lock in hold_folder instead
+        folder = Path(str(config.hydra.run.dir))
+        holder = held_by_another(folder)
+        if holder is not None:
+            raise SystemExit(f"Error: {FolderInUse(folder, holder)}")

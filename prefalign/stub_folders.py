@@ -30,7 +30,13 @@ def stub_entries(config: Any) -> set[str]:
 
 def is_stub(folder: Path, config: Any) -> bool:
     """Whether ``folder`` holds nothing but :func:`stub_entries`."""
+    from prefalign.folder_lock import LOCK_NAME
+
     allowed = stub_entries(config)
+    # a lock file left there belongs to another run (a run removes its own when it ends): that run's folder stays,
+    # whatever it holds yet
+    if (folder / LOCK_NAME).exists():
+        return False
     return folder.is_dir() and all(entry.name in allowed for entry in folder.iterdir())
 
 

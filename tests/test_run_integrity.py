@@ -323,6 +323,27 @@ def test_a_requeued_slurm_job_waits_for_its_predecessors_lock(tmp_path, monkeypa
 # -- the resume command a sweep job prints runs as printed -------------------------------------------------------------
 
 
+def test_a_second_process_into_a_held_folder_fails_before_hydra_writes_there(tmp_path):
+    """Hydra writes .hydra/ and opens the job's log before the stage takes its lock: the check comes before both,
+    and the failed run's stub-folder clean-up leaves the holder's folder alone."""
+    scores = tmp_path / "scores.parquet"
+    pq.write_table(pa.Table.from_pandas(pd.DataFrame({"pair_id": ["a", "b"], "random": [0.1, 0.4]})), scores)
+    folder = tmp_path / "select"
+    holder = FolderLock(folder)
+    holder.acquire()
+    try:
+        second = subprocess.run(
+            [sys.executable, "select.py", f"scores={scores}", "select=topk", "select.score=random", "select.keep_fraction=0.5",
+             f"hydra.run.dir={folder}"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )
+        assert second.returncode != 0
+        assert f"pid {os.getpid()} on host {socket.gethostname()}" in second.stderr, second.stderr[-2000:]
+        assert sorted(path.name for path in folder.iterdir()) == [".lock"]  # no .hydra/, no log, nothing removed
+    finally:
+        holder.release()
+
+
 @pytest.mark.parametrize("folder", ["multirun/s/0_loss=dpo,model=tiny_llama", 'a "quoted" name', "ends\\", "x ${y} [1,2]"])
 def test_a_folder_is_one_quoted_value_for_hydra(folder):
     from hydra.core.override_parser.overrides_parser import OverridesParser
