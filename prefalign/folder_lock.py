@@ -16,7 +16,9 @@ sub-folders are other folders, with locks of their own.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import socket
 import sys
@@ -34,6 +36,11 @@ except ImportError:  # Windows: no flock; runs go unguarded there
     fcntl = None
 
 LOCK_NAME = ".lock"
+# what flock answers when another process holds the lock; anything else (ENOLCK, EOPNOTSUPP: a file system without
+# flock, such as NFS without lockd or Lustre without -o flock) means the lock cannot guard this folder at all
+CONTENDED = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+
+log = logging.getLogger(__name__)
 
 
 class FolderInUse(RuntimeError):
@@ -87,12 +94,15 @@ class FolderLock:
                     try:
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                         break
-                    except OSError:
-                        if time.monotonic() >= deadline:
+                    except OSError as error:
+                        if error.errno not in CONTENDED or time.monotonic() >= deadline:
                             raise
                         time.sleep(min(1.0, max(0.01, deadline - time.monotonic())))
-            except OSError:
+            except OSError as error:
                 os.close(fd)
+                if error.errno not in CONTENDED:
+                    log.warning("%s: this file system cannot lock files (%s); the folder runs unguarded", self.path, error)
+                    return
                 raise FolderInUse(self.folder, self.holder()) from None
             try:
                 current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
@@ -193,8 +203,8 @@ def held_by_another(folder: str | os.PathLike) -> dict[str, Any] | None:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return FolderLock(path.parent).holder()
+    except OSError as error:
+        return FolderLock(path.parent).holder() if error.errno in CONTENDED else None
     finally:
         os.close(fd)  # closing drops the lock, if taken
     return None

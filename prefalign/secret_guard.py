@@ -29,6 +29,8 @@ from prefalign.atomic import atomic_write
 SECRET_KEY = re.compile(r"(^|_)(api_?key|secret|password|passwd|access_token|auth_token|hf_token)$", re.IGNORECASE)
 SECRET_VALUE = re.compile(r"^(sk-[A-Za-z0-9_-]{16,}|hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,})$")
 REDACTED = "<redacted>"
+# what an override writes to unset a key or leave it missing: no value, so no secret
+NO_VALUE = ("", "null", "???")
 # the files Hydra writes into a job's output subfolder
 HYDRA_FILES = ("config.yaml", "overrides.yaml", "hydra.yaml")
 
@@ -50,6 +52,8 @@ def _walk(value: Any, key: str, found: dict[str, str]) -> None:
             _walk(item, f"{key}[{index}]", found)
     elif value is not None:
         text = str(value)
+        if text in NO_VALUE:  # an unset or missing key holds nothing
+            return
         if text.startswith("${"):  # an interpolation (${oc.env:...}) names where the value is, it is not the value
             return
         if SECRET_KEY.search(key.rsplit(".", 1)[-1]) or SECRET_VALUE.match(text):

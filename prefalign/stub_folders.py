@@ -20,12 +20,10 @@ log = logging.getLogger(__name__)
 
 
 def stub_entries(config: Any) -> set[str]:
-    """The names a run folder holds before its run has done anything: Hydra's ``.hydra/`` and ``<job>.log``, the
-    resolved ``config.yaml`` a run writes first, and the folder lock (:mod:`prefalign.folder_lock`)."""
-    from prefalign.folder_lock import LOCK_NAME
-
+    """The names a run folder holds before its run has done anything: Hydra's ``.hydra/`` and ``<job>.log`` and the
+    resolved ``config.yaml`` a run writes first (a run removes its folder lock when it ends)."""
     hydra = config.hydra
-    return {str(hydra.output_subdir or ".hydra"), f"{hydra.job.name}.log", "config.yaml", LOCK_NAME}
+    return {str(hydra.output_subdir or ".hydra"), f"{hydra.job.name}.log", "config.yaml"}
 
 
 def is_stub(folder: Path, config: Any) -> bool:

@@ -129,7 +129,17 @@ def write_summary(sweep_dir: Path) -> Path | None:
 
 
 class SweepSummary(Callback):
-    """Hydra callback: when a ``-m`` sweep ends, the table of its jobs (:func:`write_summary`)."""
+    """Hydra callback: when a ``-m`` sweep ends, the table of its jobs (:func:`write_summary`).
+
+    The table is also brought up to date after each job of a sweep: Hydra's basic sweeper raises a failed job's
+    error before it calls ``on_multirun_end``, and the table of a sweep with a failed job matters most.
+    """
+
+    def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
+        from hydra.types import RunMode
+
+        if config.hydra.get("mode") == RunMode.MULTIRUN:
+            self.on_multirun_end(config)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))

@@ -166,6 +166,20 @@ def test_a_sweep_ends_with_a_summary_table_of_its_jobs(tmp_path, caplog):
     assert any("0.6100" in record.getMessage() for record in caplog.records)
 
 
+def test_a_sweep_with_a_failed_job_has_its_summary_after_each_job(tmp_path):
+    """Hydra's basic sweeper re-raises a failed job's error before on_multirun_end: the jobs' own ends write it."""
+    from hydra.types import RunMode
+
+    fake_job(tmp_path, "0_loss=dpo", ["loss=dpo"], {"train/loss": 0.61, "val/loss": 0.65})
+    fake_job(tmp_path, "1_loss=ipo", ["loss=ipo"], None)  # failed
+    single = OmegaConf.create({"hydra": {"mode": RunMode.RUN, "sweep": {"dir": str(tmp_path)}}})
+    SweepSummary().on_job_end(single, job_return=None)
+    assert not (tmp_path / "summary.md").exists()  # a single run is no sweep
+    sweep = OmegaConf.create({"hydra": {"mode": RunMode.MULTIRUN, "sweep": {"dir": str(tmp_path)}}})
+    SweepSummary().on_job_end(sweep, job_return=None)
+    assert "1 of 2 jobs done" in (tmp_path / "summary.md").read_text()
+
+
 def test_a_sweep_without_metrics_writes_no_summary(tmp_path):
     fake_job(tmp_path, "0_scores=[irm]", ["scores=[irm]"], None)
     SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))

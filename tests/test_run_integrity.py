@@ -323,6 +323,25 @@ def test_a_requeued_slurm_job_waits_for_its_predecessors_lock(tmp_path, monkeypa
 # -- the resume command a sweep job prints runs as printed -------------------------------------------------------------
 
 
+def test_a_file_system_without_flock_runs_unguarded_instead_of_in_use(tmp_path, monkeypatch, caplog):
+    """Only contention means another run: ENOLCK (NFS without lockd, Lustre without -o flock) is no holder."""
+    import errno
+    import fcntl
+
+    from prefalign import folder_lock
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    (tmp_path / folder_lock.LOCK_NAME).write_text("")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert folder_lock.held_by_another(tmp_path) is None
+    lock = FolderLock(tmp_path)
+    lock.acquire()  # no FolderInUse
+    lock.release()
+    assert "cannot lock files" in caplog.text
+
+
 def test_a_second_process_into_a_held_folder_fails_before_hydra_writes_there(tmp_path):
     """Hydra writes .hydra/ and opens the job's log before the stage takes its lock: the check comes before both,
     and the failed run's stub-folder clean-up leaves the holder's folder alone."""

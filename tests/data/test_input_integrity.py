@@ -123,6 +123,16 @@ def test_a_secret_override_is_refused_before_hydra_writes_anything(tmp_path):
     assert not run.exists()
 
 
+def test_an_override_that_unsets_a_key_holds_no_secret():
+    from prefalign.secret_guard import find_secrets
+
+    for value in ("null", "", "???"):
+        overrides = [f"+judge.client.api_key={value}", "scores=x"]
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("select", overrides=overrides, return_hydra_config=True)
+        assert find_secrets(cfg) == {}, value
+
+
 def test_a_secret_that_reached_a_run_folder_is_redacted(tmp_path):
     job = tmp_path / "sweep" / "0_x"
     (job / ".hydra").mkdir(parents=True)
