@@ -18,7 +18,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.policy`` or every run of ``cfg.sweep``; returns the results. Each result folder is held
     while it is written (:mod:`prefalign.folder_lock`), and a sweep's folder while its tables are."""
     # imported once Hydra has composed the config: a typo or --help is answered before torch loads
-    from prefalign.evaluation.sweep import run_evaluation
+    from prefalign.stages.evaluate import run_evaluation
 
     with hold_folder(cfg.sweep if cfg.get("sweep") else None):
         return run_evaluation(cfg)

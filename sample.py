@@ -1,7 +1,7 @@
 """Sample responses, reward them and build pairs: ``python sample.py [policy=<run dir>] reward=verifier pairs=best_worst``.
 
 Writes ``responses.jsonl``, ``pairs.jsonl`` and ``sample_report.json`` into the run directory
-(:mod:`prefalign.online.run`). Sampling is sharded and cached by content, so re-running an interrupted command
+(:mod:`prefalign.stages.sample`). Sampling is sharded and cached by content, so re-running an interrupted command
 resumes it; ``responses=<run dir> pairs=rs_dpo`` builds other pairs from the same responses.
 """
 
@@ -20,7 +20,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Sample, reward and pair; returns the report (``sample_report.json``). Holds the run folder's lock
     (:mod:`prefalign.folder_lock`)."""
     # imported once Hydra has composed the config: a typo or --help is answered before torch loads
-    from prefalign.online.run import run_sampling
+    from prefalign.stages.sample import run_sampling
 
     with hold_folder(cfg.paths.output_dir):
         return run_sampling(cfg)

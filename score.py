@@ -19,7 +19,7 @@ from prefalign.config import log_from_rank_zero
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Compute the configured scores; returns a summary (path, per-score statistics, timings)."""
     # imported once Hydra has composed the config: a typo or --help is answered before torch loads
-    from prefalign.scoring.run import run_scoring
+    from prefalign.stages.score import run_scoring
 
     return run_scoring(cfg)
 

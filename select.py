@@ -33,7 +33,7 @@ else:
     def run(cfg: DictConfig) -> dict[str, Any]:
         """Write a selection (or, with ``analyze=true``, the analysis) into the run directory."""
         # imported once Hydra has composed the config: a typo or --help is answered before the selection code loads
-        from prefalign.selection.run import run_analysis, run_selection
+        from prefalign.stages.select import run_analysis, run_selection
 
         return run_analysis(cfg) if cfg.analyze else run_selection(cfg)
 

@@ -1,8 +1,8 @@
 """Train a policy with a preference loss: ``python train.py [loss=dpo] [model=smollm2_135m] [data=builtin]``.
 
 With ``select=<rule>`` it runs the selection pipeline (warm-up, scores, selection, training), a sequence of the
-stages ``train.py``, ``score.py`` and ``select.py`` (:mod:`prefalign.pipeline`). With ``online=iterative`` it runs
-rounds of iterative DPO, each a sequence of ``sample.py`` and the training above (:mod:`prefalign.online.iterative`).
+stages ``train.py``, ``score.py`` and ``select.py`` (:mod:`prefalign.stages.pipeline`). With ``online=iterative`` it runs
+rounds of iterative DPO, each a sequence of ``sample.py`` and the training above (:mod:`prefalign.stages.iterative`).
 """
 
 from __future__ import annotations
@@ -29,16 +29,46 @@ from prefalign.folder_lock import hold_folder
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run one training job (or the selection pipeline, or with ``online=<option>`` its rounds); returns its final
-    metrics (also in ``metrics.json``); holds the run folder's lock throughout (:mod:`prefalign.folder_lock`)."""
-    from prefalign.pipeline import run_train_command
+# the target of ``select=full`` (as conf/select/full.yaml names it, or by its module): a plain training run,
+# which needs none of the scoring and selection code
+FULL_DATA = ("prefalign.selection.FullSelection", "prefalign.selection.rules.FullSelection")
 
+
+def trains_all_pairs(cfg: DictConfig) -> bool:
+    """Whether ``cfg`` asks for a plain training run (``select=full`` or no ``select``), decided from the config
+    alone for the default, so that a plain ``python train.py`` imports no scoring or selection code."""
+    node = cfg.get("select")
+    if node is None or (node.get("_target_") in FULL_DATA and not node.get("invert", False)):
+        return True
+    from prefalign.stages.pipeline import needs_selection
+
+    return not needs_selection(cfg)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run one training job, or the selection pipeline, or with ``online=<option>`` its rounds; then, with
+    ``evaluate_after_training=true``, the evaluation. Returns the final metrics (also in ``metrics.json``).
+
+    The run holds its folder's lock throughout (:mod:`prefalign.folder_lock`). Each branch is a stage of
+    :mod:`prefalign.stages`, imported only when it runs.
+    """
     warn_unread_selection_settings(cfg)
     with hold_folder(cfg.paths.output_dir):
         if cfg.get("online"):
-            return get_method(cfg.online.runner)(cfg)
-        return run_train_command(cfg)
+            return get_method(cfg.online.runner)(cfg)  # prefalign.stages.iterative / curriculum
+        if trains_all_pairs(cfg):
+            from prefalign.stages.train import run_training
+
+            result = run_training(cfg)
+        else:
+            from prefalign.stages.pipeline import run_selection_pipeline
+
+            result = run_selection_pipeline(cfg)
+        if cfg.get("evaluate_after_training") and not result.get("complete"):
+            from prefalign.stages.evaluate import evaluate_trained_run
+
+            result = evaluate_trained_run(cfg, result)
+        return result
 
 
 def resume_command(cfg: DictConfig) -> str:

@@ -35,14 +35,14 @@ import pandas as pd
 import torch
 
 from bench.common import append_result, machine, markdown, sync, train_config
-from prefalign.pipeline import warmup_config
+from prefalign.stages.pipeline import warmup_config
 from prefalign.reference import move_to
 from prefalign.run_setup import setup_run
 from prefalign.scoring.base import ScoreRunner, ScoringContext, read_scores
 from prefalign.scoring.config import build_scorers
 from prefalign.scoring.influence import InfluenceScorer, per_pair_influence
 from prefalign.selection.analysis import spearman as rank_correlation
-from prefalign.training import run_training
+from prefalign.stages.train import run_training
 
 
 class KeptInfluence(InfluenceScorer):

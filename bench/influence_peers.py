@@ -82,13 +82,13 @@ from bench.influence_precision import TIF_BAND, run_influence, tif_kept
 from prefalign.logprobs import completion_logps
 from prefalign.losses import DPOLoss, PreferenceLoss
 from prefalign.module import reference_logps
-from prefalign.pipeline import warmup_config
+from prefalign.stages.pipeline import warmup_config
 from prefalign.reference import move_to
 from prefalign.run_setup import setup_run
 from prefalign.scoring.config import build_scorers
 from prefalign.scoring.influence import PairLosses
 from prefalign.selection.analysis import overlap_coefficient, spearman
-from prefalign.training import run_training
+from prefalign.stages.train import run_training
 
 PEERS = ("kronfluence", "ekfac", "less")
 

@@ -25,7 +25,7 @@ from bench.common import append_result, machine
 from prefalign.scoring.base import read_scores
 from prefalign.selection.analysis import overlap_coefficient
 from prefalign.selection.rules import Selection
-from prefalign.selection.run import analysis_rule
+from prefalign.stages.select import analysis_rule
 
 
 def selections(scores_dir: Path, rules: list[str], keep_fraction: float | None, seed: int) -> dict[str, Selection]:

@@ -4,7 +4,7 @@ interval that resolves small differences.
     python -m bench.paired --baseline outputs/full outputs/oracle outputs/random [--resamples 2000]
 
 Every run's policy is scored on its validation pairs (the built-in set: 300 clean pairs) with the validation
-step's own per-pair values (:func:`prefalign.evaluation.run.heldout_values`): reward accuracy
+step's own per-pair values (:func:`prefalign.evaluation.policy.heldout_values`): reward accuracy
 (``beta * h > 0``) and reward margin. Each run gets its own bootstrap interval, and each run against the
 baseline the paired difference (:func:`prefalign.evaluation.metrics.paired_difference`: the pairs resampled
 jointly), which removes the variance the two policies share through the pairs. The block goes to
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench.common import append_result, machine, markdown
 from prefalign.evaluation.metrics import bootstrap, paired_difference
-from prefalign.evaluation.run import heldout_values, load_checkpoint, run_config
+from prefalign.evaluation.policy import heldout_values, load_checkpoint, run_config
 
 
 def values_of(run: Path, cache_dir: Path, val: str) -> dict[str, list]:

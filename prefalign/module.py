@@ -228,7 +228,7 @@ class PreferenceModule(L.LightningModule):
 
     def pair_values(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Per-pair values of every logged metric for one batch: what validation averages, and what held-out
-        evaluation (:func:`prefalign.evaluation.run.heldout_metrics`) bootstraps."""
+        evaluation (:func:`prefalign.evaluation.policy.heldout_metrics`) bootstraps."""
         out, policy = self(batch)
         return pair_metrics(out, policy)
 

@@ -102,7 +102,7 @@ PIPELINE = ["model=tiny_llama", "data.max_train_pairs=24", "data.max_val_pairs=8
 
 def warmup_lock(cache: Path) -> Path:
     """The lock of the two pipelines' warm-up (its key comes from their config, as the pipeline makes it)."""
-    from prefalign.pipeline import warmup_config
+    from prefalign.stages.pipeline import warmup_config
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[*PIPELINE, f"paths.cache_dir={cache}", f"paths.output_dir={cache.parent}/x"])

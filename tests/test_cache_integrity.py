@@ -66,10 +66,10 @@ CORRUPTIONS = {"truncated": truncate, "garbled": garble}
 
 
 def test_a_read_only_copy_of_a_cache_at_another_path_serves_every_entry(tmp_path):
-    from prefalign.pipeline import run_train_command
+    from prefalign.stages.pipeline import run_selection_pipeline
 
     overrides = ("select=lossdiff_irm", "select.keep_fraction=0.5", "pipeline.shard_size=8")
-    first = run_train_command(config("train", tmp_path / "first", tmp_path / "cache", *overrides))
+    first = run_selection_pipeline(config("train", tmp_path / "first", tmp_path / "cache", *overrides))
     assert not first["selection"]["warmup_from_cache"] and not first["selection"]["scores_from_cache"]
 
     copy = tmp_path / "elsewhere" / "cache"
@@ -78,7 +78,7 @@ def test_a_read_only_copy_of_a_cache_at_another_path_serves_every_entry(tmp_path
         path.chmod(stat.S_IMODE(path.stat().st_mode) & ~0o222)
     before = listing(copy)
     try:
-        again = run_train_command(config("train", tmp_path / "again", copy, *overrides))
+        again = run_selection_pipeline(config("train", tmp_path / "again", copy, *overrides))
     finally:
         after = listing(copy)
         for path in [copy, *copy.rglob("*")]:
@@ -194,7 +194,7 @@ def save_tiny_policy(folder: Path, seed: int, tokenizer) -> Path:
 
 
 def test_other_weights_copied_over_a_policy_with_its_times_kept_are_scored_again(tokenizer, tmp_path, caplog):
-    from prefalign.scoring.run import run_scoring
+    from prefalign.stages.score import run_scoring
 
     policy = save_tiny_policy(tmp_path / "policy", 0, tokenizer)
     other = save_tiny_policy(tmp_path / "other", 1, tokenizer)
@@ -263,7 +263,7 @@ def score_config(tmp_path: Path, cache: Path):
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
     """A finished scores entry, to be copied and damaged."""
-    from prefalign.scoring.run import run_scoring
+    from prefalign.stages.score import run_scoring
 
     folder = tmp_path_factory.mktemp("scored")
     summary = run_scoring(score_config(folder, folder / "cache"))
@@ -289,7 +289,7 @@ def missing_column(shard: Path) -> None:
     ids=["merged-truncated", "merged-garbled", "shard-truncated", "shard-garbled", "shard-missing-column"],
 )
 def test_corrupt_scores_are_named_moved_aside_and_computed_again(scored, tmp_path, caplog, where, corrupt, problem):
-    from prefalign.scoring.run import run_scoring
+    from prefalign.stages.score import run_scoring
 
     pristine, key, expected = scored
     cache = tmp_path / "cache"
@@ -316,7 +316,7 @@ def warmup_config(tmp_path: Path, cache: Path):
 @pytest.fixture(scope="module")
 def warmed_up(tmp_path_factory):
     """A finished warm-up entry, to be copied and damaged."""
-    from prefalign.pipeline import cached_warmup
+    from prefalign.stages.pipeline import cached_warmup
 
     folder = tmp_path_factory.mktemp("warmed_up")
     warm_dir, hit = cached_warmup(warmup_config(folder, folder / "cache"))
@@ -326,7 +326,7 @@ def warmed_up(tmp_path_factory):
 
 @pytest.mark.parametrize("corruption", CORRUPTIONS)
 def test_a_corrupt_warm_up_is_named_moved_aside_and_trained_again(warmed_up, tmp_path, caplog, corruption):
-    from prefalign.pipeline import cached_warmup
+    from prefalign.stages.pipeline import cached_warmup
 
     pristine, key = warmed_up
     cache = tmp_path / "cache"

@@ -24,7 +24,7 @@ from prefalign.scoring.config import build_scorers
 from prefalign.selection import SelectionRule
 from prefalign.online.pairs import PairRule
 from prefalign.online.rewards import RewardSource
-from prefalign.selection.run import select_rule
+from prefalign.selection.config import select_rule
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PRIMARY = sorted(path.stem for path in CONF.glob("*.yaml"))

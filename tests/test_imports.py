@@ -11,17 +11,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "prefalign"
 
-# the stages and the one-command pipeline: commands that read and write documented files
-STAGES = {
-    "prefalign.training",
-    "prefalign.pipeline",
-    "prefalign.scoring.run",
-    "prefalign.selection.run",
-    "prefalign.evaluation.run",
-    "prefalign.evaluation.sweep",
-    "prefalign.online.run",
-    "prefalign.online.iterative",
-}
+# the stages and the one-command pipelines: commands that read and write documented files, one module each
+STAGES_PACKAGE = "prefalign.stages"
 # what every stage builds on; none of it may import a stage
 LOW_LAYERS = (
     "prefalign.data",
@@ -110,9 +101,9 @@ def test_the_graph_is_built_from_the_source():
     graph = import_graph()
     assert len(graph) > 30
     # edges that exist, so that a graph without edges cannot pass the checks below
-    assert "prefalign.training" in graph["prefalign.pipeline"]
-    assert "prefalign.scoring.base" in graph["prefalign.scoring.run"]
-    assert "prefalign.scoring" in graph["prefalign.scoring.run"]  # the package of an imported submodule
+    assert "prefalign.stages.train" in graph["prefalign.stages.pipeline"]
+    assert "prefalign.scoring.base" in graph["prefalign.stages.score"]
+    assert "prefalign.scoring" in graph["prefalign.stages.score"]  # the package of an imported submodule
 
 
 def test_cycle_detection_finds_a_cycle():
@@ -125,26 +116,37 @@ def test_no_import_cycles():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-def test_low_layers_do_not_import_the_stages():
+def stages(graph: dict[str, set[str]]) -> set[str]:
+    return {module for module in graph if module.startswith(STAGES_PACKAGE + ".")}
+
+
+def test_every_stage_has_its_module_in_the_stages_floor():
+    names = {module.rsplit(".", 1)[1] for module in stages(import_graph())}
+    assert {"train", "score", "select", "evaluate", "sample", "pipeline", "iterative", "curriculum"} <= names
+
+
+def test_nothing_below_the_stages_imports_a_stage():
     graph = import_graph()
+    floor = stages(graph)
     offending = {
-        module: sorted(graph[module] & STAGES)
+        module: sorted(graph[module] & floor)
         for module in graph
-        if module.startswith(LOW_LAYERS) and graph[module] & STAGES
+        if not module.startswith(STAGES_PACKAGE) and graph[module] & floor
     }
     assert not offending, offending
+    assert any(module.startswith(LOW_LAYERS) for module in graph)
 
 
 def test_scoring_does_not_import_the_training_pipeline():
     graph = import_graph()
     scoring = {module: graph[module] for module in graph if module.startswith("prefalign.scoring")}
-    assert not {m: e for m, e in scoring.items() if e & {"prefalign.pipeline", "prefalign.training"}}
+    assert not {m: e for m, e in scoring.items() if e & {"prefalign.stages.pipeline", "prefalign.stages.train"}}
 
 
 def test_sampling_builds_on_libraries_not_on_other_stages():
     graph = import_graph()
     # the rounds of iterative DPO are a sequence of stages; the libraries of the sampling stage import none
-    libraries = ("prefalign.online.responses", "prefalign.online.rewards", "prefalign.online.pairs", "prefalign.online.run")
-    online = {module: graph[module] & (STAGES - {"prefalign.online.run"}) for module in libraries}
-    assert graph["prefalign.online.run"] & {"prefalign.online.responses", "prefalign.online.pairs"}
+    libraries = ("prefalign.online.responses", "prefalign.online.rewards", "prefalign.online.pairs", "prefalign.stages.sample")
+    online = {module: graph[module] & (stages(graph) - {"prefalign.stages.sample"}) for module in libraries}
+    assert graph["prefalign.stages.sample"] & {"prefalign.online.responses", "prefalign.online.pairs"}
     assert not {m: e for m, e in online.items() if e}, online

@@ -1,7 +1,7 @@
 """Cache keys come from the resolved config of everything that changes a result, and of nothing else.
 
 Each key is computed from composed configs, as the stages compute them, without loading any model: the warm-up
-(a training run: :func:`prefalign.keys.training_key`), the scores (:func:`prefalign.scoring.run.scores_key`),
+(a training run: :func:`prefalign.keys.training_key`), the scores (:func:`prefalign.stages.score.scores_key`),
 the auxiliary models (LossDiff's and the BeeS proxy's keys), the reference log-probs and the evaluation folders.
 """
 
@@ -12,13 +12,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from prefalign.evaluation.run import result_folder
+from prefalign.evaluation.policy import result_folder
 from prefalign.keys import training_key
 from prefalign.losses import DPOLoss
 from prefalign.run_setup import reference_pass_settings
 from prefalign.scoring.base import ScoringContext
 from prefalign.scoring.config import build_scorers
-from prefalign.scoring.run import scores_key
+from prefalign.stages.score import scores_key
 from tests.test_configs import compose_with
 
 BASE = ["model=tiny_llama", "select=lossdiff_irm"]

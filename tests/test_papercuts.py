@@ -125,7 +125,7 @@ def test_selection_settings_that_select_full_does_not_read_are_named_in_a_warnin
 
 
 def test_bench_limit_limits_the_held_out_pass_too(tmp_path):
-    from prefalign.evaluation.run import heldout_values
+    from prefalign.evaluation.policy import heldout_values
 
     run_cfg = config("train", "model=tiny_llama", "data.max_train_pairs=8", "data.max_val_pairs=8", "data.eval_batch_size=4",
                      f"paths.output_dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}")

@@ -26,7 +26,7 @@ from prefalign.data.scores_file import PROVENANCE_KEY
 from prefalign.folder_lock import FolderInUse, FolderLock, hold_folder
 from prefalign.models import ModelSource
 from prefalign.safe_config import UnsafeConfigError, project_targets
-from prefalign.training import run_training
+from prefalign.stages.train import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 # 16 pairs in batches of 4: 4 steps
@@ -79,7 +79,7 @@ def nothing_loads(monkeypatch) -> list[str]:
 
         return loader
 
-    monkeypatch.setattr("prefalign.training.setup_run", refuse("setup_run"))
+    monkeypatch.setattr("prefalign.stages.train.setup_run", refuse("setup_run"))
     monkeypatch.setattr(ModelSource, "load_model", refuse("load_model"))
     return calls
 

@@ -58,7 +58,7 @@ def run_directories(sweep: str | Path) -> list[Path]:
 def recorded_rule_label(rule: str, scores: tuple[str, ...]) -> str:
     """The label of a selection recorded without one (by an older prefalign): the ``conf/select/`` option that
     makes a rule of that name, given the recorded score (the option named like the rule first); else the name."""
-    from prefalign.selection.run import rule_config, select_rule
+    from prefalign.selection.config import rule_config, select_rule
 
     options = sorted((Path(__file__).resolve().parents[2] / "conf" / "select").glob("*.yaml"))
     for path in sorted(options, key=lambda path: (path.stem != rule.lower(), path.stem)):

@@ -226,7 +226,8 @@ class RecordingModel(torch.nn.Module):
 
 def test_per_category_temperatures_reach_generation(tokenizer, monkeypatch):
     from prefalign.data.tokenization import PairTokenizer
-    from prefalign.evaluation import generation, run
+    from prefalign.evaluation import generation
+    from prefalign.evaluation import policy as run
 
     items = [EvalItem(f"q{i}", f"Question {i}?", category=category)
              for i, category in enumerate(["writing", "math", "stem", "writing", "coding", "humanities"])]
@@ -420,7 +421,7 @@ def evaluation_config(tmp_path: Path, overrides: list[str]):
 
 
 def test_mt_bench_evaluation_end_to_end(tmp_path, checkpoint, prompts_file, monkeypatch):
-    from prefalign.evaluation import run
+    from prefalign.evaluation import policy as run
 
     bench = tmp_path / "mt_bench.jsonl"
     rows = [("writing", []), ("math", ["5"]), ("stem", []), ("coding", ["xs[::-1]"])]
@@ -455,7 +456,7 @@ def test_mt_bench_evaluation_end_to_end(tmp_path, checkpoint, prompts_file, monk
 
 
 def test_arena_hard_evaluation_end_to_end(tmp_path, checkpoint):
-    from prefalign.evaluation import run
+    from prefalign.evaluation import policy as run
 
     bench = tmp_path / "arena.jsonl"
     bench.write_text("".join(json.dumps({"question_id": f"a{i}", "category": "hard", "turns": [{"content": f"Task {i}"}]})

@@ -216,7 +216,7 @@ def test_every_bench_but_alpaca_eval_reports_the_labelled_approximation():
 
 
 def test_eval_md_names_the_length_control_it_reports():
-    from prefalign.evaluation.run import eval_markdown
+    from prefalign.evaluation.policy import eval_markdown
 
     point = {"value": 50.0, "ci_low": 40.0, "ci_high": 60.0, "n": 10}
     base = {"benchmark": "b", "judge": "j", "policy": "p", "baseline": "reference model of the run",

@@ -7,7 +7,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from prefalign.evaluation.run import check_samples, result_folder, sample_seed
+from prefalign.evaluation.policy import check_samples, result_folder, sample_seed
 from prefalign.evaluation.tables import build_tables, item_values
 
 

@@ -62,10 +62,10 @@ def test_bees_in_online_rounds_trains_its_proxy_in_the_first_round_only(tmp_path
 
 
 def test_online_runs_refuse_a_training_stage_of_several_processes():
-    from prefalign.online.iterative import check_one_device
+    from prefalign.stages.iterative import check_one_device
 
-    check_one_device(OmegaConf.create({"trainer": {"devices": 1}, "online": {"runner": "prefalign.online.iterative.run_iterative"}}))
+    check_one_device(OmegaConf.create({"trainer": {"devices": 1}, "online": {"runner": "prefalign.stages.iterative.run_iterative"}}))
     for trainer in ({"devices": 2}, {"devices": 1, "num_nodes": 2},
                     {"devices": "auto", "strategy": {"_target_": "lightning.pytorch.strategies.DDPStrategy"}}):
         with pytest.raises(ValueError, match="on one device"):
-            check_one_device(OmegaConf.create({"trainer": trainer, "online": {"runner": "prefalign.online.iterative.run_iterative"}}))
+            check_one_device(OmegaConf.create({"trainer": trainer, "online": {"runner": "prefalign.stages.iterative.run_iterative"}}))

@@ -20,7 +20,7 @@ from prefalign.selection.rules import (
     RankSelection,
     zscore,
 )
-from prefalign.selection.run import rule_config, select_rule
+from prefalign.selection.config import rule_config, select_rule
 
 
 def table(**columns):

@@ -13,7 +13,7 @@ import pytest
 
 from prefalign.evaluation.tables import method_label
 from prefalign.selection.rules import Selection
-from prefalign.selection.run import analysis_rule
+from prefalign.stages.select import analysis_rule
 
 OPTIONS = sorted(path.stem for path in (Path(__file__).resolve().parents[2] / "conf" / "select").glob("*.yaml"))
 

@@ -27,11 +27,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from prefalign.atomic import write_json, write_jsonl
-from prefalign.online.iterative import evaluate_step, prepare_run, round_done, sample_config, train_config
+from prefalign.stages.iterative import evaluate_step, prepare_run, round_done, sample_config, train_config
 from prefalign.online.responses import read_jsonl
-from prefalign.online.run import responses_file, run_sampling
-from prefalign.pipeline import needs_selection
-from prefalign.training import run_training
+from prefalign.stages.sample import responses_file, run_sampling
+from prefalign.stages.pipeline import needs_selection
+from prefalign.stages.train import run_training
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def curriculum_pairs(cfg: DictConfig, run_dir: Path) -> tuple[list[dict[str, Any
 
 def run_curriculum(cfg: DictConfig) -> dict[str, Any]:
     """Sample, pair and train the stages (module docstring); returns the run's metrics (also ``metrics.json``)."""
-    from prefalign.online.iterative import REFERENCES, check_one_device
+    from prefalign.stages.iterative import REFERENCES, check_one_device
 
     start = time.perf_counter()
     check_one_device(cfg)

@@ -1,6 +1,6 @@
 """The evaluation stage, ``evaluate.py``: one policy, or every run of a sweep followed by the result tables.
 
-Results live in ``<run>/eval/<bench>-<judge>-<generation>-<key>/`` (:func:`~prefalign.evaluation.run.result_folder`),
+Results live in ``<run>/eval/<bench>-<judge>-<generation>-<key>/`` (:func:`~prefalign.evaluation.policy.result_folder`),
 so re-evaluating a sweep with other settings (``generation=greedy``, ``bench.limit``, another judge) evaluates
 every run again into new folders, and re-running with the same settings reuses what is there.
 """
@@ -14,7 +14,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from prefalign.evaluation.run import evaluate_policy, result_folder
+from prefalign.atomic import write_json
+from prefalign.evaluation.policy import evaluate_policy, result_folder
 from prefalign.evaluation.tables import build_tables, run_directories
 
 log = logging.getLogger(__name__)
@@ -48,3 +49,19 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
         return evaluate_run(Path(cfg.policy), cfg, cache_dir, bool(cfg.overwrite), cfg.baseline)
     folder = Path(cfg.paths.output_dir) / result_folder(cfg.bench, cfg.judge, cfg.generation)
     return evaluate_policy(cfg.policy, cfg.bench, cfg.judge, cfg.generation, cache_dir, folder, cfg.baseline)
+
+
+def evaluate_trained_run(cfg: DictConfig, result: dict[str, Any]) -> dict[str, Any]:
+    """``train.py evaluate_after_training=true``: evaluate the run just trained with ``cfg.evaluation`` and add
+    the headline numbers to its ``metrics.json`` under ``evaluation``."""
+    run_dir = Path(cfg.paths.output_dir)
+    report = evaluate_run(run_dir, cfg.evaluation, Path(str(cfg.paths.cache_dir)).expanduser())
+    result["evaluation"] = {
+        report["folder"]: {
+            "single": report["single"]["policy"]["value"],
+            "baseline_single": report["single"]["baseline"]["value"],
+            "winrate": report["winrate"]["value"],
+        }
+    }
+    write_json(result, run_dir / "metrics.json")
+    return result

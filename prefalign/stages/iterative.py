@@ -33,9 +33,9 @@ from omegaconf import DictConfig, OmegaConf
 from prefalign.atomic import write_json, write_jsonl
 from prefalign.config import group_option
 from prefalign.data.datamodule import data_split_pairs
-from prefalign.online.run import run_sampling
-from prefalign.pipeline import derive, needs_selection, run_selection_pipeline
-from prefalign.training import run_training
+from prefalign.stages.sample import run_sampling
+from prefalign.stages.pipeline import derive, needs_selection, run_selection_pipeline
+from prefalign.stages.train import run_training
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def prepare_run(cfg: DictConfig) -> tuple[Path, Path, Path]:
 def evaluate_step(train_dir: Path, cfg: DictConfig, cache_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """A round's (or stage's) held-out evaluation: its policy's success (with the WinRate and held-out pair
     metrics) and its reference's, which is the initial model's in the first round."""
-    from prefalign.evaluation.sweep import evaluate_run
+    from prefalign.stages.evaluate import evaluate_run
 
     report = evaluate_run(train_dir, cfg.evaluation, cache_dir)
     policy = {**heldout_success(report["single"]["policy"], report["judge"]), "winrate": report["winrate"],

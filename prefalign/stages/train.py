@@ -3,7 +3,7 @@
 ``python train.py`` trains on all pairs; ``python train.py data.selection=<selection.json>`` on the pairs a
 selection kept (``data.weights=<scores.parquet>:<column>`` weights the per-pair losses); ``model.init_from=<run>``
 starts the policy from another run's policy while the reference stays the initial weights. The selection
-pipeline (``select=<rule>``, :mod:`prefalign.pipeline`) is a sequence of these runs and of the scoring and
+pipeline (``select=<rule>``, :mod:`prefalign.stages.pipeline`) is a sequence of these runs and of the scoring and
 selection stages.
 
 Output directory layout (the run's Hydra directory)::

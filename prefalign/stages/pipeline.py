@@ -1,6 +1,6 @@
 """``train.py``: one training run, or the TIF paper's selection pipeline as a sequence of the stages.
 
-With ``select=full`` (the default) ``train.py`` is the training stage (:func:`prefalign.training.run_training`).
+With ``select=full`` (the default) ``train.py`` is the training stage (:func:`prefalign.stages.train.run_training`).
 With any other rule it runs, each stage through the same ``run(cfg)`` its own entry point calls, writing the
 same files::
 
@@ -49,10 +49,11 @@ from prefalign.keys import training_key
 from prefalign.models import ModelSource
 from prefalign.run_setup import setup_run
 from prefalign.scoring.config import build_scorers
-from prefalign.scoring.run import run_scoring
+from prefalign.stages.score import run_scoring
 from prefalign.selection.rules import FullSelection, SelectionRule
-from prefalign.selection.run import run_selection, select_rule, write_selection
-from prefalign.training import run_training
+from prefalign.selection.config import select_rule
+from prefalign.stages.select import run_selection, write_selection
+from prefalign.stages.train import run_training
 
 log = logging.getLogger(__name__)
 
@@ -287,22 +288,3 @@ def select_without_scores(cfg: DictConfig, rule: SelectionRule, folder: Path) ->
     ids = [pair.pair_id for pair in setup.datamodule.pairs["train"]]
     selection = rule.select(pd.DataFrame({"pair_id": ids}))
     return write_selection(folder, selection, rule, setup.datamodule.fingerprints["train"], scores_file=None)
-
-
-def run_train_command(cfg: DictConfig) -> dict[str, Any]:
-    """What ``python train.py`` does: a training run or the selection pipeline, then the evaluation if asked."""
-    result = run_selection_pipeline(cfg) if needs_selection(cfg) else run_training(cfg)
-    if cfg.get("evaluate_after_training") and not result.get("complete"):
-        from prefalign.evaluation.sweep import evaluate_run
-
-        evaluation = cfg.evaluation
-        report = evaluate_run(Path(cfg.paths.output_dir), evaluation, Path(str(cfg.paths.cache_dir)).expanduser())
-        result["evaluation"] = {
-            report["folder"]: {
-                "single": report["single"]["policy"]["value"],
-                "baseline_single": report["single"]["baseline"]["value"],
-                "winrate": report["winrate"]["value"],
-            }
-        }
-        write_json(result, Path(cfg.paths.output_dir) / "metrics.json")
-    return result

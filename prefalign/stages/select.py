@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from prefalign.atomic import write_json
@@ -30,7 +29,8 @@ from prefalign.selection.analysis import (
     overlap_table,
     plot_scores,
 )
-from prefalign.selection.rules import InvertedSelection, Selection, SelectionRule
+from prefalign.selection.config import rule_config, select_rule
+from prefalign.selection.rules import Selection, SelectionRule
 
 log = logging.getLogger(__name__)
 
@@ -39,28 +39,6 @@ def output_dir(cfg: DictConfig) -> Path:
     folder = Path(cfg.paths.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def select_rule(node: DictConfig) -> SelectionRule:
-    """The rule of a ``select`` config, with its settings checked before any score is read.
-
-    ``invert: true`` (every rule's config has the key) gives the complement of the rule
-    (:class:`~prefalign.selection.rules.InvertedSelection`); ``label`` (optional) is the rule's name in result
-    tables (:meth:`~prefalign.selection.rules.SelectionRule.display_label`), for options that share a class.
-    """
-    settings = OmegaConf.to_container(node, resolve=True)
-    invert = settings.pop("invert", False)
-    if not isinstance(invert, bool):
-        raise ValueError(f"select.invert must be true or false, got {invert!r}")
-    label = settings.pop("label", None)
-    if label is not None and not isinstance(label, str):
-        raise ValueError(f"select.label must be a string, got {label!r}")
-    rule = instantiate(settings)
-    if not isinstance(rule, SelectionRule):
-        raise ValueError(f"select: {node.get('_target_')} is not a prefalign SelectionRule")
-    if label:
-        rule.label = label
-    return InvertedSelection(rule) if invert else rule
 
 
 def write_selection(
@@ -110,25 +88,6 @@ def _run_selection(cfg: DictConfig) -> dict[str, Any]:
         scores_file=str(cfg.scores),
         scores_provenance={key: value for key, value in provenance.items() if key != "timings_s"},
     )
-
-
-def rule_config(name: str, directory: Path | None = None) -> DictConfig:
-    """``conf/select/<name>.yaml`` as a config, with the option it extends (``defaults: [pzn]``) merged under it.
-
-    The analysis compares several rules in one run; loading them here (not through Hydra's defaults list)
-    keeps their scorer defaults out of the way: the scores are already in the file.
-    """
-    directory = directory or Path(__file__).resolve().parents[2] / "conf" / "select"
-    path = directory / f"{name}.yaml"
-    if not path.exists():
-        available = sorted(p.stem for p in directory.glob("*.yaml"))
-        raise KeyError(f"analysis.rules: no rule '{name}' ({path} does not exist; available: {available})")
-    node = OmegaConf.load(path)
-    base = OmegaConf.create({})
-    for entry in node.pop("defaults", []):
-        if isinstance(entry, str) and entry not in ("_self_",) and not entry.startswith("/"):
-            base = OmegaConf.merge(base, rule_config(entry, directory))
-    return OmegaConf.merge(base, node)
 
 
 def analysis_rule(name: str, seed: int, keep_fraction: float | None) -> SelectionRule:
