@@ -3,7 +3,6 @@ resume commands that run as printed, and a finished run that keeps only what it 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shlex
@@ -27,18 +26,11 @@ from prefalign.folder_lock import FolderInUse, FolderLock, hold_folder
 from prefalign.models import ModelSource
 from prefalign.safe_config import UnsafeConfigError, project_targets
 from prefalign.stages.train import run_training
+from tests.entry import entry_point
 
 ROOT = Path(__file__).resolve().parents[1]
 # 16 pairs in batches of 4: 4 steps
 TINY = ["model=tiny_llama", "data.max_train_pairs=16", "data.batch_size=4", "data.max_val_pairs=8", "logger=csv"]
-
-
-def entry_point(name: str):
-    """An entry script (``train.py``, ``select.py``, ...) as a module, under a name that shadows nothing."""
-    spec = importlib.util.spec_from_file_location(f"{name}_entry", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def config(primary: str, *overrides: str):
