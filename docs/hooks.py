@@ -8,15 +8,22 @@ A page asks for a table with a marker line, replaced when the site is built:
 - ``<!-- generated: config -->``: every config group, option and key of ``conf/``, with its YAML comment.
 
 Each row reads the YAML's leading comment, its ``_target_`` and that class's docstring (first line), found by
-parsing the source with :mod:`ast`: nothing is imported, so a new loss, score or rule (one YAML, one class) appears
-without editing any list. The PNG figures that ``bench/`` scripts write to ``bench/figures/`` are served as
+parsing the source with :mod:`ast`, so a new loss, score or rule (one YAML, one class) appears without editing any
+list. Scores and rules also show their name in tables and reports: a score's class ``label``, read from the source
+(:func:`score_label`), and a rule's ``display_label()``, of the rule built from its YAML in a separate interpreter
+(:func:`rule_labels`: many rules' labels follow from their settings). The PNG figures that ``bench/`` scripts write to ``bench/figures/`` are served as
 ``figures/<name>.png``.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
+import json
 import re
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,23 +102,93 @@ def load_option(path: Path) -> dict[str, Any]:
     return merged
 
 
-def class_docstring(target: str) -> str:
-    """The first line of the docstring of the class a ``_target_`` names, read from the source without importing it."""
+def find_definition(target: str) -> tuple[str, ast.ClassDef | ast.FunctionDef] | None:
+    """``(module, node)`` of the class or function a dotted name names, parsed from the source without importing it."""
     module, _, name = target.rpartition(".")
     for _ in range(3):  # follow re-exports (``from x import Name`` in a package's __init__) a few levels deep
         base = ROOT / module.replace(".", "/")
         source = base.with_suffix(".py") if base.with_suffix(".py").is_file() else base / "__init__.py"
         if not source.is_file():
-            return ""
+            return None
         tree = ast.parse(source.read_text())
         for node in tree.body:
             if isinstance(node, (ast.ClassDef, ast.FunctionDef)) and node.name == name:
-                return (ast.get_docstring(node) or "").split("\n\n")[0].replace("\n", " ")
+                return module, node
         imported = [n for n in tree.body if isinstance(n, ast.ImportFrom) and any(a.name == name for a in n.names)]
         if not imported or not imported[0].module:
-            return ""
+            return None
         module = imported[0].module
+    return None
+
+
+def class_docstring(target: str) -> str:
+    """The first line of the docstring of the class a ``_target_`` names, read from the source without importing it."""
+    found = find_definition(target)
+    return (ast.get_docstring(found[1]) or "").split("\n\n")[0].replace("\n", " ") if found else ""
+
+
+def class_string(target: str, attribute: str) -> str:
+    """A string class attribute (``label = "IRM"``) of the class a ``_target_`` names, or of its bases, read from
+    the source without importing it ("" when none sets one)."""
+    found = find_definition(target)
+    if not found or not isinstance(found[1], ast.ClassDef):
+        return ""
+    module, node = found
+    for statement in node.body:
+        targets = statement.targets if isinstance(statement, ast.Assign) else [getattr(statement, "target", None)]
+        value = getattr(statement, "value", None)
+        if any(isinstance(t, ast.Name) and t.id == attribute for t in targets) and isinstance(value, ast.Constant):
+            return str(value.value)
+    for base in node.bases:  # a base named in the same module, or imported into it
+        if isinstance(base, ast.Name) and (inherited := class_string(f"{module}.{base.id}", attribute)):
+            return inherited
     return ""
+
+
+def score_label(path: Path, option: dict[str, Any]) -> str:
+    """A score's name in tables, as :meth:`prefalign.scoring.base.Scorer.display_label` gives it for the column
+    ``path.stem``: its class's ``label`` (with the column added when the YAML configures a class under another
+    column name than the class's own), else the column name."""
+    target = str(option.get("_target_", ""))
+    label = class_string(target, "label") if target else ""
+    if label and path.stem != class_string(target, "name"):
+        return f"{label} ({path.stem})"
+    return label or path.stem
+
+
+RULE_LABELS = """
+import json, sys
+from pathlib import Path
+from prefalign.selection.config import rule_config, select_rule
+labels = {}
+for path in sorted(Path("conf/select").glob("*.yaml")):
+    node = rule_config(path.stem)
+    if "seed" in node:
+        node.seed = 0  # an interpolation of the run's seed; the seed does not change a label
+    labels[path.stem] = select_rule(node).display_label()
+json.dump(labels, sys.stdout)
+"""
+
+
+@functools.cache
+def rule_labels() -> dict[str, str]:
+    """Every ``conf/select/`` option's ``display_label()``, of the rule its YAML builds, as a run builds it.
+
+    Many labels follow from the settings (``topk`` reads ``Top-k annotator``), so the rules are built, in a fresh
+    interpreter started in this checkout: it imports this checkout's package (not whichever one the environment
+    has installed) and keeps Hydra and pandas out of the docs build.
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", RULE_LABELS], cwd=ROOT, capture_output=True, text=True, check=False, timeout=300
+    )
+    if result.returncode:
+        raise RuntimeError(f"conf/select: building the rules for their labels failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout)
+
+
+def rule_label(path: Path, option: dict[str, Any]) -> str:
+    """A rule's name in result tables (:meth:`prefalign.selection.rules.SelectionRule.display_label`)."""
+    return rule_labels()[path.stem]
 
 
 def settings(option: dict[str, Any]) -> str:
@@ -131,9 +208,13 @@ def settings(option: dict[str, Any]) -> str:
     return "<br>".join(code(p) for p in pairs)
 
 
-def method_table(group: str, command: str, first: str) -> str:
-    """One row per option of a group: its name, what it does, the class and its settings."""
-    rows = [f"| {first} | what | class | settings |", "| --- | --- | --- | --- |"]
+def method_table(
+    group: str, command: str, first: str, label: Callable[[Path, dict[str, Any]], str] | None = None
+) -> str:
+    """One row per option of a group: its option name, its name in tables (``label``, where the group has one), what
+    it does, the class and its settings."""
+    named = "name | " if label else ""
+    rows = [f"| {first} | {named}what | class | settings |", "|" + " --- |" * (5 if label else 4)]
     for path in sorted((CONF / group).glob("*.yaml")):
         option = load_option(path)
         target = str(option.get("_target_", ""))
@@ -142,7 +223,9 @@ def method_table(group: str, command: str, first: str) -> str:
         klass = code(target)
         if doc and doc != what:
             klass += f": {cell(doc)}"
-        rows.append(f"| `{command}{path.stem}` | {cell(what)} | {klass} | {settings(option)} |")
+        name = f"{cell(label(path, option))} | " if label else ""
+        values = {key: value for key, value in option.items() if not (label and key == "label")}  # the name column
+        rows.append(f"| `{command}{path.stem}` | {name}{cell(what)} | {klass} | {settings(values)} |")
     return "\n".join(rows) + "\n"
 
 
@@ -229,7 +312,7 @@ def config_reference() -> str:
 
 GENERATORS = {
     "losses": lambda: method_table("loss", "loss=", "loss"),
-    "scores": lambda: method_table("score", "", "score"),
-    "rules": lambda: method_table("select", "select=", "rule"),
+    "scores": lambda: method_table("score", "", "score", score_label),
+    "rules": lambda: method_table("select", "select=", "rule", rule_label),
     "config": config_reference,
 }

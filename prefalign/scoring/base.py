@@ -126,6 +126,9 @@ class Scorer:
     models) and :meth:`release` frees what it built. :attr:`name` (the column) and :attr:`settings` (the resolved
     config the scorer was built from: the key of everything it computes) are set by
     :func:`prefalign.scoring.config.build_scorers`; a scorer built by hand keeps its class's default name.
+    :attr:`label` is the score's name in tables and reports (:meth:`display_label`): each class sets its own, and
+    the scores file records it beside the column (a function of the class and the column, both in the file's cache
+    key, so a cached file never records another run's label).
 
     Under a launcher every rank runs :meth:`prepare` and scores its share of the batches. A scorer whose
     :meth:`prepare` uses collectives (the influence's all-reduced validation gradient) sets
@@ -136,9 +139,21 @@ class Scorer:
     """
 
     name: str = "score"
+    # the score's name in tables and reports (:meth:`display_label`)
+    label: str = ""
     needs_policy_logps: bool = False
     prepares_together: bool = False
     settings: dict[str, Any] = {}
+
+    def display_label(self) -> str:
+        """The score's name in tables and reports: its ``label``, or else its column name.
+
+        A configuration of a class under a column of its own (``+scorers.armo.option=reward_model``) adds the
+        column to the label (``Reward model (armo)``), so two columns of one class read apart.
+        """
+        if self.label and self.name != type(self).name:
+            return f"{self.label} ({self.name})"
+        return self.label or self.name
 
     def prepare(self, context: ScoringContext) -> None:
         """Once, before scoring: build what every batch needs."""
@@ -271,7 +286,10 @@ class ScoreRunner:
             "policy_fingerprint": context.policy_fingerprint,
             "token_fingerprint": context.data_fingerprint("train"),
             "data_fingerprint": context.datamodule.fingerprints.get("train"),
-            "scorers": {scorer.name: {"class": type(scorer).__name__, **scorer.settings} for scorer in self.scorers},
+            "scorers": {
+                scorer.name: {"class": type(scorer).__name__, "label": scorer.display_label(), **scorer.settings}
+                for scorer in self.scorers
+            },
             "timings_s": timings,
         }
         table = table.replace_schema_metadata({PROVENANCE_KEY: json.dumps(record, default=str).encode()})

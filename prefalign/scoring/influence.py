@@ -183,6 +183,7 @@ class InfluenceScorer(Scorer):
     """
 
     name = "influence"
+    label = "Exact influence (IF)"
     prepares_together = True  # the validation gradient is all-reduced
 
     def __init__(

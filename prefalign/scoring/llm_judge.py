@@ -36,6 +36,7 @@ class LLMJudgeScorer(Scorer):
     """
 
     name = "llm_judge"
+    label = "LLM judge"
 
     def __init__(self, client: ChatClient) -> None:
         self.client = client

@@ -36,6 +36,7 @@ class RandomScorer(Scorer):
     """``random``: a uniform number in [0, 1) per pair, from the seed and the pair id (order-independent)."""
 
     name = "random"
+    label = "Random"
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
@@ -59,6 +60,7 @@ class ReferenceMarginScorer(Scorer):
     """
 
     name = "reference_margin"
+    label = "Reference margin"
 
     def __init__(self, length_normalize: bool = False) -> None:
         self.length_normalize = length_normalize
@@ -80,6 +82,7 @@ class AnnotatorScorer(Scorer):
     """
 
     name = "annotator"
+    label = "Annotator"
 
     def score_batch(self, context: ScoringContext, batch: dict[str, Any], shared: dict[str, Tensor]) -> Tensor:
         margins = []
@@ -99,6 +102,7 @@ class RewardModelScorer(Scorer):
     """
 
     name = "reward_model"
+    label = "Reward model"
 
     def __init__(self, model: str, dtype: str = "float32", max_length: int = 1024, batch_size: int = 8) -> None:
         self.model = model
@@ -135,6 +139,7 @@ class IFDScorer(Scorer):
     """
 
     name = "ifd"
+    label = "IFD"
 
     def __init__(self, sign: int = 1) -> None:
         if sign not in (1, -1):
@@ -221,6 +226,7 @@ class BeesImplicitScorer(Scorer):
     """
 
     name = "bees_implicit"
+    label = "BeeS implicit margin"
 
     def __init__(
         self,

@@ -41,6 +41,7 @@ class GroundTruthScorer(Scorer):
     """``ground_truth``: 0 clean, 1 ambiguous, 2 flipped, from each pair's metadata (:func:`ground_truth_code`)."""
 
     name = "ground_truth"
+    label = "Ground truth"
 
     def score_batch(self, context: ScoringContext, batch: dict[str, Any], shared: dict[str, Tensor]) -> Tensor:
         codes = [ground_truth_code(pair.metadata, pair.pair_id) for pair in batch_pairs(context, batch)]

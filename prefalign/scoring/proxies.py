@@ -45,6 +45,7 @@ class IRMScorer(Scorer):
     """
 
     name = "irm"
+    label = "IRM"
     needs_policy_logps = True
 
     def __init__(self, beta: float | None = None) -> None:
@@ -70,6 +71,7 @@ class LogpGapScorer(Scorer):
     """
 
     name = "logp_gap"
+    label = "Log-prob gap"
     needs_policy_logps = True
 
     def score_batch(self, context: ScoringContext, batch: dict[str, Any], shared: dict[str, Tensor]) -> Tensor:
@@ -95,6 +97,7 @@ class LossDiffScorer(Scorer):
     """
 
     name = "lossdiff"
+    label = "LossDiff"
     needs_policy_logps = True
 
     def __init__(self, epochs: int = 1, init: str = "policy", train: dict[str, Any] | None = None) -> None:

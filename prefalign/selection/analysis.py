@@ -8,12 +8,16 @@
   expectation. Only this analysis reads the ground truth; no rule does.
 * **Plots** (PNG): a histogram of each score, and the joint scatter of two scores (like Figure 1 of the BeeS
   paper), coloured by the ground-truth noise when it is known.
+
+The reports name each score by the label its scorer recorded in the scores file (:func:`score_labels`); the CSV
+and JSON files keep the column names.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,13 @@ from prefalign.selection.rules import Selection
 log = logging.getLogger(__name__)
 
 NOISE_COLUMNS = ("label_flipped", "ambiguous")
+
+
+def score_labels(columns: Iterable[str], provenance: dict[str, Any]) -> dict[str, str]:
+    """Each score column's name in reports: the label its scorer recorded in the scores file's provenance
+    (:meth:`prefalign.scoring.base.Scorer.display_label`), else the column name (a file that records none)."""
+    recorded = provenance.get("scorers") or {}
+    return {column: (recorded.get(column) or {}).get("label") or column for column in columns if column != "pair_id"}
 
 
 def overlap_coefficient(first: list[str] | set[str], second: list[str] | set[str]) -> float:
@@ -120,8 +131,19 @@ def markdown_table(frame: pd.DataFrame, digits: int = 4, index: bool = False) ->
     return "\n".join([header, rule, *body])
 
 
-def plot_scores(scores: pd.DataFrame, out_dir: Path, truth: pd.DataFrame | None, pairs: list[tuple[str, str]]) -> list[Path]:
-    """Histogram of each score and joint scatter plots of the given score pairs; returns the PNG paths."""
+def plot_scores(
+    scores: pd.DataFrame,
+    out_dir: Path,
+    truth: pd.DataFrame | None,
+    pairs: list[tuple[str, str]],
+    labels: dict[str, str] | None = None,
+) -> list[Path]:
+    """Histogram of each score and joint scatter plots of the given score pairs; returns the PNG paths.
+
+    The axes name each score by its label (``labels``: column -> label, :func:`score_labels`); the files by its
+    column (``hist_<column>.png``, ``scatter_<a>_<b>.png``).
+    """
+    labels = labels or {}
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,10 +162,10 @@ def plot_scores(scores: pd.DataFrame, out_dir: Path, truth: pd.DataFrame | None,
         groups = [g for g in colours if (category == g).any()]
         axis.hist([merged[name][category == g] for g in groups], bins=40, stacked=True, label=groups,
                   color=[colours[g] for g in groups])
-        axis.set_xlabel(name)
+        axis.set_xlabel(labels.get(name, name))
         axis.set_ylabel("pairs")
         axis.legend()
-        axis.set_title(f"{name} ({len(merged)} pairs)")
+        axis.set_title(f"{labels.get(name, name)} ({len(merged)} pairs)")
         figure.tight_layout()
         path = out_dir / f"hist_{name}.png"
         figure.savefig(path, dpi=120)
@@ -157,9 +179,9 @@ def plot_scores(scores: pd.DataFrame, out_dir: Path, truth: pd.DataFrame | None,
             mask = category == g
             axis.scatter(merged[a][mask], merged[b][mask], s=6, alpha=0.6, label=g, color=colours[g])
         rho = spearman(merged[a], merged[b])
-        axis.set_xlabel(a)
-        axis.set_ylabel(b)
-        axis.set_title(f"{a} vs {b} (Spearman {rho:.3f})")
+        axis.set_xlabel(labels.get(a, a))
+        axis.set_ylabel(labels.get(b, b))
+        axis.set_title(f"{labels.get(a, a)} vs {labels.get(b, b)} (Spearman {rho:.3f})")
         axis.legend()
         figure.tight_layout()
         path = out_dir / f"scatter_{a}_{b}.png"

@@ -28,6 +28,7 @@ from prefalign.selection.analysis import (
     noise_table,
     overlap_table,
     plot_scores,
+    score_labels,
 )
 from prefalign.selection.config import rule_config, select_rule
 from prefalign.selection.rules import Selection, SelectionRule
@@ -151,6 +152,7 @@ def _run_analysis(cfg: DictConfig) -> dict[str, Any]:
     overlap = overlap_table(selections)
     overlap.index.name = "selection"
     correlations = correlation_table(scores)
+    labels = score_labels(scores.columns, provenance)  # each score by its scorer's label in the report and plots
     sections = [f"# Selector analysis\n\nScores: `{cfg.scores}` ({len(scores)} pairs; policy {provenance.get('policy') or 'the initial model'}, {provenance.get('model')})"]
     sections.append(
         "## Kept fractions\n\n"
@@ -165,7 +167,8 @@ def _run_analysis(cfg: DictConfig) -> dict[str, Any]:
         column = overlap[[against]].rename(columns={against: f"overlap with {against}"})
         sections.append(f"## Overlap coefficient with {against}\n\n" + markdown_table(column, index=True))
     sections.append("## Overlap coefficients (all pairs of selections)\n\n" + markdown_table(overlap, index=True))
-    sections.append("## Score correlations\n\n" + markdown_table(correlations))
+    named = correlations.replace({"score_a": labels, "score_b": labels})
+    sections.append("## Score correlations\n\n" + markdown_table(named))
     overlap.to_csv(folder / "overlap.csv")
     correlations.to_csv(folder / "correlations.csv", index=False)
     result: dict[str, Any] = {"selections": {n: s.kept_fraction for n, s in selections.items()}, "skipped": skipped}
@@ -181,7 +184,7 @@ def _run_analysis(cfg: DictConfig) -> dict[str, Any]:
         sections.append("## Noise\n\nThe data carries no `label_flipped` / `ambiguous` metadata: no noise table.")
     if skipped:
         sections.append("## Skipped\n\n" + "\n".join(f"- {name}: {why}" for name, why in skipped.items()))
-    plots = plot_scores(scores, folder / "plots", truth, [tuple(pair) for pair in analysis.scatter])
+    plots = plot_scores(scores, folder / "plots", truth, [tuple(pair) for pair in analysis.scatter], labels)
     sections.append("## Plots\n\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in plots))
     (folder / "analysis.md").write_text("\n\n".join(sections) + "\n")
     result["overlap"] = overlap.to_dict()
