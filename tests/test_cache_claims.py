@@ -14,7 +14,7 @@ from filelock import FileLock
 from hydra import compose, initialize_config_dir
 
 from prefalign.atomic import lock_path
-from tests.test_cli import ROOT
+from tests.test_cli import ROOT, cache_with_tokenizer
 
 # a process that wants the entry <folder>/entry.json, and notes in produced.log that it computed it
 CLAIMANT = """
@@ -111,7 +111,7 @@ def warmup_lock(cache: Path) -> Path:
 
 
 def test_two_pipelines_started_together_share_one_warm_up_and_one_scoring(tmp_path):
-    cache = tmp_path / "cache"
+    cache = cache_with_tokenizer(tmp_path / "cache")
     lock = FileLock(str(warmup_lock(cache)))
     lock.acquire()  # held until both runs wait for it: both reach the warm-up before either has trained it
     runs = {fraction: tmp_path / f"keep{fraction}" for fraction in ("0.5", "0.75")}

@@ -1,9 +1,13 @@
-"""End-to-end: the real ``train.py`` entry point in a subprocess, with the tiny models and the built-in data."""
+"""End-to-end: the real ``train.py`` entry point, with the tiny models and the built-in data.
+
+Most runs go through ``train.py``'s Hydra ``main()`` in this process (:func:`tests.entry.run_cli`); a plain run
+and a ``-m`` multirun stay in a new interpreter, as a user starts them (:func:`train`)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from prefalign.models import TinyModel
+from prefalign.models import TinyModel, default_cache_dir, embedded_tokenizer_dir
+from tests.entry import CliResult, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSSES = ("dpo", "slic", "simpo", "ipo", "kto")
@@ -22,6 +27,7 @@ QUICK = ["data.max_train_pairs=24", "data.max_val_pairs=8", "optimizer.lr=1e-3",
 
 
 def train(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """``python train.py <args>`` in a new interpreter."""
     env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
     result = subprocess.run(
         [sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
@@ -29,7 +35,15 @@ def train(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     return result
 
 
-def check(result: subprocess.CompletedProcess) -> None:
+def cache_with_tokenizer(folder: Path) -> Path:
+    """``folder`` as a new cache (``paths.cache_dir``) that holds the tiny models' tokenizer already: a copy of the
+    shared cache's verified entry, which a run would otherwise convert from GGUF into its new cache (seconds)."""
+    shared = embedded_tokenizer_dir()
+    shutil.copytree(shared, folder / shared.relative_to(default_cache_dir()), dirs_exist_ok=True)
+    return folder
+
+
+def check(result: subprocess.CompletedProcess | CliResult) -> None:
     assert result.returncode == 0, f"train.py failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
 
 
@@ -44,7 +58,7 @@ def policy_moved(policy_dir: Path, model_name: str) -> float:
 
 def test_every_loss_on_every_tiny_model_in_one_multirun(tmp_path):
     sweep = tmp_path / "sweep"
-    result = train("-m", f"model={','.join(TINY)}", f"loss={','.join(LOSSES)}", *QUICK, f"hydra.sweep.dir={sweep}")
+    result = run_cli("train", "-m", f"model={','.join(TINY)}", f"loss={','.join(LOSSES)}", *QUICK, f"hydra.sweep.dir={sweep}")
     check(result)
     runs = sorted(path for path in sweep.iterdir() if path.is_dir() and (path / "metrics.json").exists())
     assert len(runs) == len(TINY) * len(LOSSES)
@@ -62,6 +76,7 @@ def test_every_loss_on_every_tiny_model_in_one_multirun(tmp_path):
 
 
 def test_multirun_over_losses_and_betas(tmp_path):
+    # the multirun of a new interpreter, as a user starts it
     sweep = tmp_path / "sweep"
     check(train("-m", "model=tiny_llama", "loss=dpo,slic", "loss.beta=0.05,0.1", *QUICK, f"hydra.sweep.dir={sweep}"))
     names = sorted(path.name for path in sweep.iterdir() if (path / "metrics.json").exists())
@@ -78,7 +93,7 @@ def test_multirun_over_losses_and_betas(tmp_path):
 def assert_same_run_metrics(tmp_path, override: str, second: str) -> None:
     """A two-run multirun over ``override`` gives the same metrics (1e-4) in both runs."""
     sweep = tmp_path / "sweep"
-    check(train("-m", "model=tiny_llama", override, *QUICK, f"hydra.sweep.dir={sweep}"))
+    check(run_cli("train", "-m", "model=tiny_llama", override, *QUICK, f"hydra.sweep.dir={sweep}"))
     runs = sorted(path for path in sweep.iterdir() if (path / "metrics.json").exists())
     assert len(runs) == 2 and second in runs[1].name
     first, other = (json.loads((run / "metrics.json").read_text()) for run in runs)
@@ -104,8 +119,9 @@ def test_chunked_vocabulary_training_matches_plain_training(tmp_path):
 
 def test_single_run_outputs_resume_and_reference_cache(tmp_path):
     run = tmp_path / "run"
-    cache = tmp_path / "cache"
+    cache = cache_with_tokenizer(tmp_path / "cache")
     common = ["model=tiny_qwen3", *QUICK, f"paths.cache_dir={cache}"]
+    # the plain run in a new interpreter, as a user starts it; the resume in this one
     result = train(*common, f"hydra.run.dir={run}", "logger=tensorboard", "callbacks.checkpoint.keep_training_state=true")
     check(result)
     for name in ("config.yaml", "data_report.json", "metrics.json", "policy/config.json", "policy/tokenizer.json"):
@@ -122,7 +138,7 @@ def test_single_run_outputs_resume_and_reference_cache(tmp_path):
     # resume from the last checkpoint for a second epoch (the finished run kept its training state for it);
     # reference log-probs now come from the cache
     resumed = tmp_path / "resumed"
-    check(train(*common, f"hydra.run.dir={resumed}", f"ckpt_path={run}/checkpoints/last.ckpt", "trainer.max_epochs=2"))
+    check(run_cli("train", *common, f"hydra.run.dir={resumed}", f"ckpt_path={run}/checkpoints/last.ckpt", "trainer.max_epochs=2"))
     second = json.loads((resumed / "metrics.json").read_text())
     assert second["run"]["global_steps"] == 2 * first["run"]["global_steps"]
     assert second["run"]["reference_from_cache"] == {"train": True, "val": True}
@@ -130,9 +146,9 @@ def test_single_run_outputs_resume_and_reference_cache(tmp_path):
 
 def test_previous_run_as_policy_and_reference(tmp_path):
     sft = tmp_path / "sft"
-    check(train("model=tiny_llama", "loss=sft", *QUICK, f"hydra.run.dir={sft}"))
+    check(run_cli("train", "model=tiny_llama", "loss=sft", *QUICK, f"hydra.run.dir={sft}"))
     dpo = tmp_path / "dpo"
-    check(train("model=tiny_llama", f"model.path={sft}", *QUICK, f"hydra.run.dir={dpo}"))
+    check(run_cli("train", "model=tiny_llama", f"model.path={sft}", *QUICK, f"hydra.run.dir={dpo}"))
     metrics = json.loads((dpo / "metrics.json").read_text())
     assert metrics["run"]["global_steps"] == 3
 
@@ -140,7 +156,7 @@ def test_previous_run_as_policy_and_reference(tmp_path):
 def test_malformed_data_file_is_named(tmp_path):
     bad = tmp_path / "pairs.jsonl"
     bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": \n')
-    result = train("model=tiny_llama", "data=local", f"data.source.train_path={bad}", f"hydra.run.dir={tmp_path / 'r'}")
+    result = run_cli("train", "model=tiny_llama", "data=local", f"data.source.train_path={bad}", f"hydra.run.dir={tmp_path / 'r'}")
     assert result.returncode != 0
     assert f"{bad}:2: malformed JSON" in result.stderr
 
@@ -152,8 +168,8 @@ def test_strict_mode_reports_dropped_pairs(tmp_path):
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     common = ["model=tiny_llama", "data=local", f"data.source.train_path={data}", f"data.source.val_path={data}"]
     lenient = tmp_path / "lenient"
-    check(train(*common, f"hydra.run.dir={lenient}", "logger=csv"))
+    check(run_cli("train", *common, f"hydra.run.dir={lenient}", "logger=csv"))
     report = json.loads((lenient / "data_report.json").read_text())
     assert report["train"]["dropped"]["identical"] == 1 and report["train"]["dropped_pair_ids"]["identical"] == ["same"]
-    strict = train(*common, "data.strict=true", f"hydra.run.dir={tmp_path / 'strict'}")
+    strict = run_cli("train", *common, "data.strict=true", f"hydra.run.dir={tmp_path / 'strict'}")
     assert strict.returncode != 0 and "identical: ['same']" in strict.stderr

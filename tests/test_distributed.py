@@ -23,6 +23,7 @@ from prefalign.models import TinyModel, default_cache_dir, embedded_tokenizer_di
 from prefalign.reference import cache_key, cached_reference_logps, compute_pair_logps, write_entry
 from prefalign.scoring.base import read_scores
 from tests.conftest import tiny_model
+from tests.entry import CliResult, run_cli
 from tests.test_cli import ROOT
 
 
@@ -108,13 +109,12 @@ def test_a_run_waits_for_the_reference_log_probs_another_run_is_computing(tokeni
     assert hit and loads == [1] and all(torch.equal(logps[k], expected[k]) for k in expected)
 
 
-def score(tmp_path, cache: str, processes: int, run: str) -> subprocess.CompletedProcess:
-    """``score.py`` with the tiny model on 16 pairs in shards of 6, under ``torchrun`` when ``processes`` > 1.
+def score(tmp_path, cache: str, processes: int, run: str) -> subprocess.CompletedProcess | CliResult:
+    """``score.py`` with the tiny model on 16 pairs in shards of 6: under ``torchrun`` when ``processes`` > 1, else
+    its ``main()`` in this process.
 
     The shard size stays: it decides the batches, whose padding changes LossDiff (a difference of two losses)
     by more than 1e-5 of its value."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    command = [*(launcher if processes > 1 else [sys.executable]), "score.py"]
     args = [
         "model=tiny_llama", f"model.cache_dir={default_cache_dir()}", "data.max_train_pairs=16", "data.max_val_pairs=8",
         # batches of 2: every rank has several in the validation gradient and in each shard (which one may misplace)
@@ -122,8 +122,17 @@ def score(tmp_path, cache: str, processes: int, run: str) -> subprocess.Complete
         "shard_size=6", f"paths.cache_dir={tmp_path / cache}", f"hydra.run.dir={tmp_path / run}",
     ]
     # one thread per process in every run (torchrun's default): the CPU kernels' float sums depend on it
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([*command, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    if processes == 1:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            result = run_cli("score", *args)
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        result = subprocess.run([*launcher, "score.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result
 

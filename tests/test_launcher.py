@@ -11,7 +11,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tests.test_cli import ROOT, check, train
+from tests.entry import run_cli
+from tests.test_cli import ROOT, cache_with_tokenizer, check, train
 from tests.test_pipeline import SMALL, runs_of
 
 
@@ -51,12 +52,14 @@ def final_metrics(run: dict) -> dict[str, float]:
 
 def test_local_launcher_sweep_warms_up_and_scores_once_with_the_basic_launchers_numbers(tmp_path):
     sweep = {"basic": tmp_path / "basic", "local": tmp_path / "local"}
-    cache = {"basic": tmp_path / "cache_basic", "local": tmp_path / "cache_local"}
-    for name, launcher in (("basic", []), ("local", ["hydra/launcher=local"])):
-        check(train(
-            "-m", *launcher, *SMALL, "select=lossdiff_irm", "select.keep_fraction=0.5,0.8",
-            f"paths.cache_dir={cache[name]}", f"hydra.sweep.dir={sweep[name]}",
-        ))
+    cache = {name: cache_with_tokenizer(tmp_path / f"cache_{name}") for name in ("basic", "local")}
+    sweeps = {name: ["-m", *launcher, *SMALL, "select=lossdiff_irm", "select.keep_fraction=0.5,0.8",
+                     f"paths.cache_dir={cache[name]}", f"hydra.sweep.dir={sweep[name]}"]
+              for name, launcher in (("basic", []), ("local", ["hydra/launcher=local"]))}
+    # the basic launcher runs its jobs one after the other in this process; submitit's, in processes of their own
+    # that a new interpreter starts, as a user's sweep does
+    check(run_cli("train", *sweeps["basic"]))
+    check(train(*sweeps["local"]))
     basic, local = runs_of(sweep["basic"]), runs_of(sweep["local"])
     assert len(basic) == len(local) == 2
     # the jobs went through submitit: one folder per job (named by its id), each with its result

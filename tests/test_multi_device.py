@@ -16,15 +16,17 @@ from hydra.utils import instantiate
 from prefalign.data.sampling import RandomBatchSampler
 from prefalign.models import TinyModel
 from prefalign.trainer import DecoderLayers
-from tests.test_cli import ARCHITECTURE, ROOT, check, train
+from tests.entry import run_cli
+from tests.test_cli import ARCHITECTURE, ROOT, cache_with_tokenizer, check, train
 
 SMALL = ["model=tiny_llama", "data.max_train_pairs=48", "data.max_val_pairs=8", "optimizer.lr=1e-3", "logger=csv"]
 
 
 def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch(tmp_path):
-    cache = tmp_path / "cache"
+    cache = cache_with_tokenizer(tmp_path / "cache")
     one, two = tmp_path / "one", tmp_path / "two"
-    check(train(*SMALL, "data.batch_size=8", f"paths.cache_dir={cache}", f"hydra.run.dir={one}"))
+    check(run_cli("train", *SMALL, "data.batch_size=8", f"paths.cache_dir={cache}", f"hydra.run.dir={one}"))
+    # two processes: a new interpreter whose Lightning launcher starts the second
     ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=4"]
     result = train(*SMALL, *ddp, f"paths.cache_dir={cache}", f"hydra.run.dir={two}")
     check(result)
@@ -115,8 +117,8 @@ def test_the_gathered_fsdp_policy_is_saved_in_hugging_face_format(tmp_path, toke
 
 
 def test_a_multirun_that_lightning_would_relaunch_is_refused(tmp_path):
-    result = train("-m", *SMALL, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "seed=1,2",
-                   f"hydra.sweep.dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}")
+    result = run_cli("train", "-m", *SMALL, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "seed=1,2",
+                     f"hydra.sweep.dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}")
     assert result.returncode != 0 and "hydra/launcher=slurm" in result.stderr
     assert not (tmp_path / "cache").exists()  # refused before anything was computed
 

@@ -21,7 +21,7 @@ from prefalign.module import PreferenceModule
 from prefalign.trainer import final_metrics
 from tests.conftest import tiny_model
 from tests.data.test_curriculum import datamodule, source  # noqa: F401  (source is a fixture)
-from tests.test_cli import train
+from tests.entry import run_cli
 from tests.test_module import fixed_batch, pair_file  # noqa: F401  (pair_file is a fixture)
 
 
@@ -46,8 +46,8 @@ def test_write_json_writes_null_for_non_finite_numbers(tmp_path):
 def test_a_run_whose_weights_overflow_exits_non_zero_and_writes_no_result(tmp_path):
     # the first step at lr 1e30 leaves the weights huge but finite (saved, every step); the second makes them NaN
     run = tmp_path / "run"
-    result = train(
-        "model=tiny_llama", "debug=fast", "logger=csv", "optimizer.lr=1e30", "scheduler.warmup_ratio=0",
+    result = run_cli(
+        "train", "model=tiny_llama", "debug=fast", "logger=csv", "optimizer.lr=1e30", "scheduler.warmup_ratio=0",
         "trainer.max_steps=2", "callbacks.checkpoint.every_n_train_steps=1", f"hydra.run.dir={run}",
     )
     assert result.returncode != 0
@@ -61,12 +61,12 @@ def test_a_run_whose_weights_overflow_exits_non_zero_and_writes_no_result(tmp_pa
 
 
 def test_non_finite_validation_metrics_stop_the_run_naming_the_pairs(tokenizer, pair_file):  # noqa: F811
-    module = PreferenceModule(tiny_model("llama"), DPOLoss(), optimizer=None, pack_length=None)
+    module = PreferenceModule(tiny_model("llama"), DPOLoss(), optimizer=None)
     module.log = lambda *args, **kwargs: None
     module._trainer = SimpleNamespace(sanity_checking=False, global_step=7)
     batch = fixed_batch(tokenizer, pair_file, module.policy, module.loss_fn)
-    batch["reference_chosen_logps"] = batch["reference_chosen_logps"].clone()
-    batch["reference_chosen_logps"][3] = float("nan")
+    batch["reference"] = {**batch["reference"], "chosen_logps": batch["reference"]["chosen_logps"].clone()}
+    batch["reference"]["chosen_logps"][3] = float("nan")
     with torch.no_grad():
         module.validation_step(batch, 0)
     with pytest.raises(FloatingPointError, match=rf"at global step 7: .*'val/loss': nan.*\['{batch['pair_ids'][3]}'\]"):

@@ -22,6 +22,8 @@ from prefalign.models import HubModel, HubUnavailableError
 from prefalign.stub_folders import RemoveStubFolder
 from prefalign.sweep_summary import SweepSummary
 from prefalign.trainer import build_trainer
+from tests.entry import run_cli
+from tests.test_cli import cache_with_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,6 +76,7 @@ def test_progress_lines_are_on_by_default_when_the_output_is_redirected(tmp_path
 
 
 def test_help_shows_usage_examples_and_the_groups_not_the_whole_config():
+    # a new interpreter, as a user asks: --help is answered before the heavy imports
     result = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -127,11 +130,12 @@ def test_selection_settings_that_select_full_does_not_read_are_named_in_a_warnin
 def test_bench_limit_limits_the_held_out_pass_too(tmp_path):
     from prefalign.evaluation.policy import heldout_values
 
+    cache = cache_with_tokenizer(tmp_path / "cache")
     run_cfg = config("train", "model=tiny_llama", "data.max_train_pairs=8", "data.max_val_pairs=8", "data.eval_batch_size=4",
-                     f"paths.output_dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}")
+                     f"paths.output_dir={tmp_path / 'run'}", f"paths.cache_dir={cache}")
     policy = instantiate(run_cfg.model).load_model()
-    everything = heldout_values(run_cfg, policy, tmp_path / "cache")
-    limited = heldout_values(run_cfg, policy, tmp_path / "cache", limit=3)
+    everything = heldout_values(run_cfg, policy, cache)
+    limited = heldout_values(run_cfg, policy, cache, limit=3)
     assert len(everything["pair_id"]) == 8
     # three of the pairs (the first of the split, as data.max_val_pairs keeps them), each with its value of the full pass
     assert len(limited["pair_id"]) == 3
@@ -188,8 +192,7 @@ def test_a_sweep_without_metrics_writes_no_summary(tmp_path):
 
 def test_a_run_that_fails_at_once_leaves_no_folder(tmp_path):
     run = tmp_path / "run"
-    result = subprocess.run([sys.executable, "select.py", f"hydra.run.dir={run}"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=120)
+    result = run_cli("select", f"hydra.run.dir={run}")
     assert result.returncode != 0 and "scores" in result.stderr, result.stderr
     assert not run.exists(), sorted(path.name for path in run.iterdir())
 

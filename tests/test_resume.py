@@ -1,6 +1,10 @@
 """Training that can really be resumed: killed mid-epoch (SIGINT, SIGKILL after a step checkpoint, an exception),
 resumed with ``ckpt_path``, it ends with the metrics of an uninterrupted run; a finished run is left alone; runs
-shorter than an epoch end with a validation; an interrupted warm-up of the selection pipeline resumes."""
+shorter than an epoch end with a validation; an interrupted warm-up of the selection pipeline resumes.
+
+The runs that are signalled or killed from outside (SIGTERM, SIGKILL, SIGINT to the pipeline) run in a process of
+their own (:func:`tests.test_cli.train`); the others, and every resume, run ``train.py``'s ``main()`` in this process
+(:func:`tests.entry.run_cli`)."""
 
 from __future__ import annotations
 
@@ -12,12 +16,13 @@ import pytest
 import torch
 
 from prefalign.data.sampling import RandomBatchSampler, ResumableLoader
-from tests.test_cli import check, train
+from tests.entry import run_cli
+from tests.test_cli import cache_with_tokenizer, check, train
 
-# 80 pairs in batches of 4: 20 steps, long enough to be stopped in the middle
+# 48 pairs in batches of 4: 12 steps, long enough to be stopped in the middle
 RUN = [
     "model=tiny_llama",
-    "data.max_train_pairs=80",
+    "data.max_train_pairs=48",
     "data.batch_size=4",
     "data.max_val_pairs=8",
     "optimizer.lr=1e-3",
@@ -44,23 +49,27 @@ def saved_step(run: Path) -> int:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> tuple[dict, Path]:
-    cache = tmp_path_factory.mktemp("cache")
+    cache = cache_with_tokenizer(tmp_path_factory.mktemp("cache"))
     run = tmp_path_factory.mktemp("uninterrupted")
-    check(train(*RUN, f"paths.cache_dir={cache}", f"hydra.run.dir={run}"))
+    check(run_cli("train", *RUN, f"paths.cache_dir={cache}", f"hydra.run.dir={run}"))
     return metrics_of(run), cache
 
 
-@pytest.mark.parametrize(("signum", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
-def test_a_signal_mid_epoch_saves_and_the_resume_ends_as_an_uninterrupted_run(signum, code, uninterrupted, tmp_path):
+# SIGTERM as a scheduler sends it, to a run in a process of its own; SIGINT (Ctrl-C) to a run in this process, whose
+# handlers take it the same way (the sweep test of test_run_integrity.py and the warm-up test below send SIGINT to a
+# process of its own)
+@pytest.mark.parametrize(("signum", "code", "start"), [("SIGINT", 130, "in_process"), ("SIGTERM", 143, "new_process")])
+def test_a_signal_mid_epoch_saves_and_the_resume_ends_as_an_uninterrupted_run(signum, code, start, uninterrupted, tmp_path):
     expected, cache = uninterrupted
     run = tmp_path / "run"
     common = [*RUN, f"paths.cache_dir={cache}", f"hydra.run.dir={run}"]
-    stopped = train(*common, f"{FAULT}SignalAtStep", "+callbacks.fault.step=7", f"+callbacks.fault.signum={signum}")
+    signalled = [*common, f"{FAULT}SignalAtStep", "+callbacks.fault.step=7", f"+callbacks.fault.signum={signum}"]
+    stopped = train(*signalled) if start == "new_process" else run_cli("train", *signalled)
     assert stopped.returncode == code, stopped.stderr[-3000:]
     log = stopped.stdout + stopped.stderr
     assert f"{signum} at step 7" in log and "ckpt_path=last" in log  # says where it stopped and how to resume
     assert saved_step(run) == 7 and not (run / "metrics.json").exists()
-    check(train(*common, "ckpt_path=last"))
+    check(run_cli("train", *common, "ckpt_path=last"))
     assert_same_metrics(expected, metrics_of(run))
 
 
@@ -71,7 +80,7 @@ def test_sigkill_after_a_step_checkpoint_resumes_to_the_same_metrics(uninterrupt
     killed = train(*common, f"{FAULT}SignalAtStep", "+callbacks.fault.step=7", "+callbacks.fault.signum=SIGKILL")
     assert killed.returncode == -9
     assert saved_step(run) == 5  # the step checkpoint; nothing was written at the kill
-    check(train(*common, f"ckpt_path={run}/checkpoints/last.ckpt"))
+    check(run_cli("train", *common, f"ckpt_path={run}/checkpoints/last.ckpt"))
     assert_same_metrics(expected, metrics_of(run))
 
 
@@ -79,10 +88,10 @@ def test_an_exception_mid_batch_saves_a_checkpoint_the_run_resumes_from(uninterr
     expected, cache = uninterrupted
     run = tmp_path / "run"
     common = [*RUN, f"paths.cache_dir={cache}", f"hydra.run.dir={run}"]
-    failed = train(*common, f"{FAULT}RaiseAtStep", "+callbacks.fault.step=9")
+    failed = run_cli("train", *common, f"{FAULT}RaiseAtStep", "+callbacks.fault.step=9")
     assert failed.returncode != 0 and "injected fault at step 9" in failed.stderr
     assert saved_step(run) == 9
-    check(train(*common, "ckpt_path=last"))
+    check(run_cli("train", *common, "ckpt_path=last"))
     assert_same_metrics(expected, metrics_of(run))  # the failed batch is redone, the logged steps are the same
 
 
@@ -90,9 +99,9 @@ def test_resuming_a_finished_run_says_so_and_leaves_its_files_alone(uninterrupte
     _, cache = uninterrupted
     run = tmp_path / "run"
     common = ["model=tiny_llama", "data.max_train_pairs=16", "data.max_val_pairs=8", "logger=csv", f"paths.cache_dir={cache}"]
-    check(train(*common, f"hydra.run.dir={run}"))
+    check(run_cli("train", *common, f"hydra.run.dir={run}"))
     before = {name: hashlib.sha256((run / name).read_bytes()).hexdigest() for name in ("metrics.json", "config.yaml")}
-    again = train(*common, f"hydra.run.dir={run}", "ckpt_path=last")
+    again = run_cli("train", *common, f"hydra.run.dir={run}", "ckpt_path=last")
     check(again)
     assert "is complete" in again.stdout + again.stderr
     after = {name: hashlib.sha256((run / name).read_bytes()).hexdigest() for name in before}
@@ -104,7 +113,7 @@ def test_resuming_a_finished_run_says_so_and_leaves_its_files_alone(uninterrupte
 def test_runs_shorter_than_an_epoch_end_with_a_validation(length, uninterrupted, tmp_path):
     _, cache = uninterrupted
     run = tmp_path / "run"
-    check(train(*RUN, length, f"paths.cache_dir={cache}", f"hydra.run.dir={run}"))
+    check(run_cli("train", *RUN, length, f"paths.cache_dir={cache}", f"hydra.run.dir={run}"))
     metrics = metrics_of(run)
     assert metrics["run"]["global_steps"] == int(length.split("=")[1])
     for key in ("val/loss", "val/rewards/accuracies", "val/rewards/margins"):
@@ -112,24 +121,26 @@ def test_runs_shorter_than_an_epoch_end_with_a_validation(length, uninterrupted,
 
 
 def test_a_pipeline_killed_during_its_warm_up_resumes_it(tmp_path):
-    small = ["model=tiny_llama", "data.max_train_pairs=40", "data.batch_size=4", "data.max_val_pairs=12", "optimizer.lr=1e-3"]
+    # 24 pairs in batches of 4: a warm-up of 6 steps, stopped at the fourth
+    small = ["model=tiny_llama", "data.max_train_pairs=24", "data.batch_size=4", "data.max_val_pairs=12", "optimizer.lr=1e-3"]
     pipeline = [*small, "logger=csv", "select=irm", "select.keep_fraction=0.5"]
     reference = tmp_path / "reference"
-    check(train(*pipeline, f"paths.cache_dir={tmp_path / 'cache_a'}", f"hydra.run.dir={reference}"))
+    check(run_cli("train", *pipeline, f"paths.cache_dir={cache_with_tokenizer(tmp_path / 'cache_a')}",
+                  f"hydra.run.dir={reference}"))
     run = tmp_path / "run"
-    cache = tmp_path / "cache_b"
+    cache = cache_with_tokenizer(tmp_path / "cache_b")
     common = [*pipeline, f"paths.cache_dir={cache}", f"hydra.run.dir={run}"]
     stopped = train(*common, f"{FAULT}SignalAtStep", "+callbacks.fault.step=4")
     assert stopped.returncode == 130, stopped.stderr[-3000:]
     (warm,) = (cache / "warmup").iterdir()
     assert saved_step(warm) == 4 and not (warm / "metrics.json").exists()
-    resumed = train(*common, "ckpt_path=last")  # the command the interrupted run printed
+    resumed = run_cli("train", *common, "ckpt_path=last")  # the command the interrupted run printed
     check(resumed)
     assert "warm-up: resuming" in resumed.stdout + resumed.stderr
     assert not (warm / "checkpoints").exists()  # a finished warm-up keeps its policy only
     assert_same_metrics(metrics_of(reference), metrics_of(run))
     first, second = (json.loads((folder / "select" / "selection.json").read_text()) for folder in (reference, run))
-    assert first["kept"] == second["kept"] and len(first["kept"]) == 20
+    assert first["kept"] == second["kept"] and len(first["kept"]) == 12
 
 
 def test_the_loader_resumes_at_its_saved_position_and_refuses_another_data_order():

@@ -26,7 +26,8 @@ from prefalign.folder_lock import FolderInUse, FolderLock, hold_folder
 from prefalign.models import ModelSource
 from prefalign.safe_config import UnsafeConfigError, project_targets
 from prefalign.stages.train import run_training
-from tests.entry import entry_point
+from tests.entry import entry_point, run_cli
+from tests.test_cli import cache_with_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 # 16 pairs in batches of 4: 4 steps
@@ -39,7 +40,7 @@ def config(primary: str, *overrides: str):
 
 
 def train_config(run: Path, cache: Path, *overrides: str):
-    return config("train", *TINY, f"paths.output_dir={run}", f"paths.cache_dir={cache}", *overrides)
+    return config("train", *TINY, f"paths.output_dir={run}", f"paths.cache_dir={cache_with_tokenizer(cache)}", *overrides)
 
 
 @pytest.fixture(scope="module")
@@ -343,11 +344,9 @@ def test_a_second_process_into_a_held_folder_fails_before_hydra_writes_there(tmp
     holder = FolderLock(folder)
     holder.acquire()
     try:
-        second = subprocess.run(
-            [sys.executable, "select.py", f"scores={scores}", "select=topk", "select.score=random", "select.keep_fraction=0.5",
-             f"hydra.run.dir={folder}"],
-            cwd=ROOT, capture_output=True, text=True, timeout=120,
-        )
+        # the lock is another open file: it excludes this process too, as it would another one
+        second = run_cli("select", f"scores={scores}", "select=topk", "select.score=random", "select.keep_fraction=0.5",
+                         f"hydra.run.dir={folder}")
         assert second.returncode != 0
         assert f"pid {os.getpid()} on host {socket.gethostname()}" in second.stderr, second.stderr[-2000:]
         assert sorted(path.name for path in folder.iterdir()) == [".lock"]  # no .hydra/, no log, nothing removed
@@ -366,7 +365,8 @@ def test_a_folder_is_one_quoted_value_for_hydra(folder):
 
 
 def test_an_interrupted_sweep_job_resumes_with_the_command_it_printed(tmp_path):
-    sweep, cache = tmp_path / "sweep", tmp_path / "cache"
+    sweep, cache = tmp_path / "sweep", cache_with_tokenizer(tmp_path / "cache")
+    # a real SIGINT, to a sweep in a process of its own
     stopped = subprocess.run(
         [sys.executable, "train.py", "-m", *TINY, "loss.beta=0.1,0.2", f"hydra.sweep.dir={sweep}", f"paths.cache_dir={cache}",
          "+callbacks.fault._target_=tests.faults.SignalAtStep", "+callbacks.fault.step=2"],
@@ -377,11 +377,12 @@ def test_an_interrupted_sweep_job_resumes_with_the_command_it_printed(tmp_path):
     command = line.removeprefix("resume with: ")
     (job,) = [path for path in sweep.iterdir() if path.is_dir()]  # the second job never started
     assert job.name.startswith("0_") and "=" in job.name and "," in job.name
-    # pasted into a shell as printed, with this interpreter as `python`
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    resumed = subprocess.run(command, shell=True, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert shlex.split(command)[:2] == ["python", "train.py"] and "-m" not in shlex.split(command)
+    # pasted into a shell as printed: the shell's words after `python train.py` are the arguments train.py runs with
+    words = subprocess.run(f"printf '%s\\0' {command.removeprefix('python train.py ')}", shell=True, cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\0")[:-1]
+    resumed = run_cli("train", *words)
     assert resumed.returncode == 0, f"{command}\n{resumed.stderr[-3000:]}"
     metrics = json.loads((job / "metrics.json").read_text())
     assert metrics["run"]["global_steps"] == 4 and "resumed_with" not in metrics
-    assert shlex.split(command)[:2] == ["python", "train.py"] and "-m" not in shlex.split(command)
     assert "optimizer_states" not in torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)
