@@ -2,9 +2,9 @@
 resumed with ``ckpt_path``, it ends with the metrics of an uninterrupted run; a finished run is left alone; runs
 shorter than an epoch end with a validation; an interrupted warm-up of the selection pipeline resumes.
 
-The runs that are signalled or killed from outside (SIGTERM, SIGKILL, SIGINT to the pipeline) run in a process of
-their own (:func:`tests.test_cli.train`); the others, and every resume, run ``train.py``'s ``main()`` in this process
-(:func:`tests.entry.run_cli`)."""
+The runs that are signalled or killed from outside (SIGTERM, SIGKILL) run in a process of their own
+(:func:`tests.test_cli.train`); the others, and every resume, run ``train.py``'s ``main()`` in this process
+(:func:`tests.entry.run_cli`), a SIGINT (Ctrl-C) included."""
 
 from __future__ import annotations
 
@@ -56,8 +56,7 @@ def uninterrupted(tmp_path_factory) -> tuple[dict, Path]:
 
 
 # SIGTERM as a scheduler sends it, to a run in a process of its own; SIGINT (Ctrl-C) to a run in this process, whose
-# handlers take it the same way (the sweep test of test_run_integrity.py and the warm-up test below send SIGINT to a
-# process of its own)
+# handlers take it the same way (the sweep test of test_run_integrity.py sends SIGINT to a process of its own)
 @pytest.mark.parametrize(("signum", "code", "start"), [("SIGINT", 130, "in_process"), ("SIGTERM", 143, "new_process")])
 def test_a_signal_mid_epoch_saves_and_the_resume_ends_as_an_uninterrupted_run(signum, code, start, uninterrupted, tmp_path):
     expected, cache = uninterrupted
@@ -130,7 +129,7 @@ def test_a_pipeline_killed_during_its_warm_up_resumes_it(tmp_path):
     run = tmp_path / "run"
     cache = cache_with_tokenizer(tmp_path / "cache_b")
     common = [*pipeline, f"paths.cache_dir={cache}", f"hydra.run.dir={run}"]
-    stopped = train(*common, f"{FAULT}SignalAtStep", "+callbacks.fault.step=4")
+    stopped = run_cli("train", *common, f"{FAULT}SignalAtStep", "+callbacks.fault.step=4")  # SIGINT to this process
     assert stopped.returncode == 130, stopped.stderr[-3000:]
     (warm,) = (cache / "warmup").iterdir()
     assert saved_step(warm) == 4 and not (warm / "metrics.json").exists()
