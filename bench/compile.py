@@ -52,7 +52,7 @@ def main() -> None:
         batch["reference_chosen_logps"] = torch.full((size,), -50.0)
         batch["reference_rejected_logps"] = torch.full((size,), -60.0)
         batches.append(batch)
-    losses = PairLosses(model, setup.loss, bool(cfg.share_prompt), cfg.pack_length)
+    losses = PairLosses(model, setup.loss, setup.logp_settings)
     decoder = model.get_decoder()
     eager_forward = decoder.forward
     compiled_forward = torch.compile(eager_forward, dynamic=True)

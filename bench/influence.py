@@ -82,7 +82,7 @@ def main() -> None:
     def scoring_context(work_dir: Path) -> ScoringContext:
         return ScoringContext(
             policy, policy_key, setup.loss, setup.datamodule, setup.source, setup.cache_dir, work_dir,
-            share_prompt=cfg.share_prompt, pack_length=cfg.get("pack_length"), seed=cfg.seed, cfg=cfg,
+            logp_settings=setup.logp_settings, seed=cfg.seed, cfg=cfg,
         )
 
     def run(scorers: list, name: str) -> tuple[pd.DataFrame, dict[str, float], float]:

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import gc
 import importlib.metadata
 import logging
@@ -361,7 +362,7 @@ def main() -> None:
             "estimates_if": strategy == "identity"}
         print(f"kronfluence {strategy}: {({key: round(value, 1) for key, value in timings.items()})}", flush=True)
     if "less" in args.methods:
-        losses = PairLosses(policy, setup.loss, cfg.share_prompt, pack_length)
+        losses = PairLosses(policy, setup.loss, dataclasses.replace(setup.logp_settings, pack_length=pack_length))
         names = ["module.policy." + name for name in linear_names]
         named = dict(losses.named_parameters())
         sync()

@@ -62,7 +62,7 @@ def run_influence(
     datamodule = setup.datamodule
     context = ScoringContext(
         policy, policy_key, setup.loss, datamodule, setup.source, setup.cache_dir, work / name,
-        share_prompt=cfg.share_prompt, pack_length=cfg.get("pack_length"), seed=cfg.seed, cfg=cfg,
+        logp_settings=setup.logp_settings, seed=cfg.seed, cfg=cfg,
     )
     pair_ids = [item.pair_id for item in datamodule.datasets["train"].items]
     sync()

@@ -38,7 +38,7 @@ from bench.common import (
     sync,
     train_config,
 )
-from prefalign.logprobs import pair_logps
+from prefalign.logprobs import LogpSettings, pair_logps
 
 
 def model_flops(model: torch.nn.Module, items: list, mode: str) -> float:
@@ -72,12 +72,10 @@ def score(model: torch.nn.Module, datamodule, mode: str, pack_length: int) -> fl
     with torch.no_grad():
         for batch in loader:
             batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            pair_logps(
-                model,
-                batch,
-                share_prompt="shared prompt" in mode,
-                pack_length=pack_length if mode.startswith("packed") else None,
+            settings = LogpSettings(
+                share_prompt="shared prompt" in mode, pack_length=pack_length if mode.startswith("packed") else None
             )
+            pair_logps(model, batch, settings)
     sync()
     return time.perf_counter() - start
 

@@ -188,7 +188,7 @@ def worker(args: argparse.Namespace) -> None:
         model = setup.load_model()
         setup.attach_reference(model)
         trainer = build_trainer(cfg, out, checkpoints=False)
-        trainer.fit(run_module(cfg, model, setup.loss), datamodule=setup.datamodule)
+        trainer.fit(run_module(cfg, model, setup.loss, setup.logp_settings), datamodule=setup.datamodule)
         steps = trainer.global_step
     else:
         trainer = trl_trainer(args, folder, trl_rows(args.pairs), args.worker == "trl-precompute", 1, Path(tempfile.mkdtemp()))
@@ -230,7 +230,7 @@ def correctness(args: argparse.Namespace, folder: Path, cache: Path) -> dict[str
     model = setup.load_model()
     setup.attach_reference(model)
     trainer = build_trainer(cfg, out, checkpoints=False)
-    trainer.fit(run_module(cfg, model, setup.loss), datamodule=setup.datamodule)
+    trainer.fit(run_module(cfg, model, setup.loss, setup.logp_settings), datamodule=setup.datamodule)
     ours = pd.read_csv(out / "csv" / "metrics.csv").dropna(subset=["train/loss"]).reset_index(drop=True)
 
     rows = trl_rows(args.batch_size)

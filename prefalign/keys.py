@@ -22,20 +22,12 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+# the top-level config entries a run's log-prob settings are read from (:class:`prefalign.logprobs.LogpSettings`):
+# each changes the float rounding of every pass, so every key of a result made by log-prob passes holds them
+LOGP_SETTINGS = ("share_prompt", "pack_length", "head_chunk_tokens")
+
 # what a training run's result depends on (the warm-up of the selection pipeline is one)
-TRAINING_INPUTS = (
-    "model",
-    "data",
-    "loss",
-    "optimizer",
-    "scheduler",
-    "trainer",
-    "seed",
-    "share_prompt",
-    "pack_length",
-    "head_chunk_tokens",
-    "compile",
-)
+TRAINING_INPUTS = ("model", "data", "loss", "optimizer", "scheduler", "trainer", "seed", *LOGP_SETTINGS, "compile")
 
 # settings inside those nodes that cannot change a number (dotted paths)
 NO_EFFECT = (

@@ -3,7 +3,10 @@
 ``s(y) = sum_t log pi(y_t | x, y_<t)`` over the completion tokens only (the prompt is never scored), summed
 in float32 (float64 for a float64 model) whatever the model's dtype.
 
-Two equivalent ways to run the model (tested against each other):
+How a pass runs the model is one frozen :class:`LogpSettings`, built once per run from its config
+(:func:`prefalign.run_setup.setup_run`) and handed to every pass of the run: training, reference log-probs,
+scoring and held-out evaluation. Every way gives the same numbers up to float rounding (tested against each
+other):
 
 * ``share_prompt=True`` (default): the prompt batch runs once, its key/value cache is duplicated for the
   completions that follow it (chosen, rejected, and KTO's mismatched ones), and only completion tokens run
@@ -13,34 +16,83 @@ Two equivalent ways to run the model (tested against each other):
 In both, logits are computed only at the positions that predict completion tokens (``logits_to_keep``), not
 over the prompt, which saves the vocabulary projection on every prompt token. A third way, padding-free packing
 (:func:`packed_completion_logps`, ``pack_length`` in the configs and their default), runs each prompt once and
-its completions after it in packed rows, without padding, in one decoder call.
+its completions after it in packed rows, without padding, in one decoder call; its vocabulary step can run in
+chunks of tokens (``head_chunk_tokens``, :func:`chunked_head_logps`).
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-# (hidden (N, H), output embeddings, targets (N,)) -> log-probs (N,): the vocabulary step of packed passes, when
-# replaced (the JVP influence installs one with a hand-written forward-mode derivative)
-_HEAD_LOGPS: ContextVar[Callable[[Tensor, torch.nn.Module, Tensor], Tensor] | None] = ContextVar("head_logps", default=None)
+from prefalign.keys import LOGP_SETTINGS
+
+# (hidden (N, H), output embeddings, targets (N,)) -> log-probs (N,): the vocabulary step of a packed pass
+HeadLogps = Callable[[Tensor, torch.nn.Module, Tensor], Tensor]
 
 
-@contextmanager
-def head_logps(function: Callable[[Tensor, torch.nn.Module, Tensor], Tensor]) -> Iterator[None]:
-    """Inside the block, :func:`packed_completion_logps` computes ``log softmax(head(hidden))[target]`` with
-    ``function(hidden, head, targets)`` instead of the head followed by :func:`token_logps`."""
-    token = _HEAD_LOGPS.set(function)
-    try:
-        yield
-    finally:
-        _HEAD_LOGPS.reset(token)
+def _optional_count(key: str, value: Any) -> int | None:
+    """``value`` if it is ``None`` or a positive integer (a bool is not one); the error names the config ``key``."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ValueError(f"{key} must be a positive integer or null, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class LogpSettings:
+    """How every log-prob pass of a run runs the model; the same numbers whatever they are, float rounding aside.
+
+    Built once per run from its config (:meth:`from_config`) and handed down, so that a second run in the same
+    process never inherits the first one's settings. The default (no arguments) is a padded pass with the prompt
+    shared and the vocabulary step in one piece.
+
+    Attributes:
+        share_prompt: run each prompt once for all of its completions (module docstring).
+        pack_length: pack the sequences of a batch into rows of this many tokens, without padding
+            (:func:`packed_completion_logps`); ``None``: padded batches.
+        head_chunk_tokens: the vocabulary step of packed passes in chunks of this many tokens, never keeping a
+            ``tokens x vocabulary`` tensor (:func:`chunked_head_logps`); ``None``: all at once.
+        head_logps: a vocabulary step of packed passes that replaces both of those, ``(hidden (N, H), head,
+            targets (N,)) -> (N,)``; not a config option: the JVP influence passes its forward-mode one
+            (:mod:`prefalign.scoring.jvp_head`) for its own passes only.
+
+    Raises:
+        ValueError: ``pack_length`` or ``head_chunk_tokens`` is not a positive integer or ``None``, or
+            ``share_prompt`` is not a bool (each named by its config key).
+    """
+
+    share_prompt: bool = True
+    pack_length: int | None = None
+    head_chunk_tokens: int | None = None
+    head_logps: HeadLogps | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.share_prompt, bool):
+            raise ValueError(f"share_prompt must be true or false, got {self.share_prompt!r}")
+        _optional_count("pack_length", self.pack_length)
+        _optional_count("head_chunk_tokens", self.head_chunk_tokens)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> LogpSettings:
+        """The settings of a run config's top-level ``share_prompt``, ``pack_length`` and ``head_chunk_tokens``
+        (:data:`prefalign.keys.LOGP_SETTINGS`; absent ones take the defaults, as in an older run's config)."""
+        return cls(**{name: cfg[name] for name in LOGP_SETTINGS if name in cfg})
+
+    def key(self) -> dict[str, Any]:
+        """The settings by their config keys, each of which changes a pass's float rounding: what cache keys hold."""
+        return {name: getattr(self, name) for name in LOGP_SETTINGS}
+
+    def vocabulary_logps(self, hidden: Tensor, head: torch.nn.Module, targets: Tensor) -> Tensor:
+        """``log softmax(head(hidden))[target]`` per row, ``(N, H), (N,) -> (N,)``, the way these settings say."""
+        if self.head_logps is not None:
+            return self.head_logps(hidden, head, targets)
+        if self.head_chunk_tokens is not None:
+            return chunked_head_logps(hidden, head, targets, self.head_chunk_tokens)
+        return token_logps(head(hidden), targets)
 
 
 def _positions(attention_mask: Tensor) -> Tensor:
@@ -115,25 +167,30 @@ def packed_completion_logps(
     completion_input_ids: Tensor,
     completion_attention_mask: Tensor,
     prompt_index: Tensor | None = None,
-    pack_length: int = 512,
-    share_prompt: bool = True,
+    settings: LogpSettings = LogpSettings(pack_length=512),
 ) -> tuple[Tensor, Tensor]:
     """:func:`completion_logps` with padding-free packing: no pad token is run through the model but a row's tail.
 
     Each prompt and the completions that follow it form one *segment*: ``prompt, completion_1[:-1],
-    completion_2[:-1], ...`` (with ``share_prompt``; otherwise one segment ``prompt + completion[:-1]`` per
-    completion). Segments are packed first-fit decreasing into rows of at most ``pack_length`` tokens (a longer
-    segment gets a row of its own). Position ids restart at 0 for each segment, and every completion continues
-    at the prompt's length, so each token sees exactly the positions it would see alone. A 4-D attention mask
-    lets a token attend, causally, to its own segment's prompt and to its own completion only: the rejected
+    completion_2[:-1], ...`` (with ``settings.share_prompt``; otherwise one segment ``prompt + completion[:-1]``
+    per completion). Segments are packed first-fit decreasing into rows of at most ``settings.pack_length`` tokens
+    (a longer segment gets a row of its own). Position ids restart at 0 for each segment, and every completion
+    continues at the prompt's length, so each token sees exactly the positions it would see alone. A 4-D attention
+    mask lets a token attend, causally, to its own segment's prompt and to its own completion only: the rejected
     completion never sees the chosen one. This combines prompt sharing (``|x| + |y_w| + |y_l|`` tokens a pair)
     with no padding and one decoder call. The vocabulary projection runs only on the positions that predict
-    completion tokens.
+    completion tokens (:meth:`LogpSettings.vocabulary_logps`).
 
     ``pack_length`` trades padding at row tails against attention cost: attention here is computed over the
     whole row (a dense masked ``L x L`` score matrix; no variable-length kernel runs on a CPU), so short rows of
     a few hundred tokens are fastest (``python -m bench.scoring`` measures it).
+
+    Raises:
+        ValueError: ``settings.pack_length`` is ``None``, or a prompt is empty.
     """
+    if settings.pack_length is None:
+        raise ValueError("packed_completion_logps needs settings.pack_length (None means padded batches)")
+    pack_length = settings.pack_length
     n_completions = completion_input_ids.shape[0]
     device = completion_input_ids.device
     if prompt_index is None:
@@ -143,7 +200,7 @@ def packed_completion_logps(
     prompts = [ids[mask.bool()] for ids, mask in zip(prompt_ids, prompt_attention_mask.cpu())]
     completions = [ids[mask.bool()] for ids, mask in zip(completion_input_ids.cpu(), completion_attention_mask.cpu())]
     index = prompt_index.tolist()
-    if share_prompt:
+    if settings.share_prompt:
         owners_of: dict[int, list[int]] = {}
         for number, prompt in enumerate(index):
             owners_of.setdefault(prompt, []).append(number)
@@ -222,8 +279,7 @@ def packed_completion_logps(
     if gather_rows:
         selected = hidden[torch.cat(gather_rows).to(device), torch.cat(gather_positions).to(device)]
         head, target_ids = model.get_output_embeddings(), torch.cat(targets).to(device)
-        replaced = _HEAD_LOGPS.get()
-        per_token = token_logps(head(selected), target_ids) if replaced is None else replaced(selected, head, target_ids)
+        per_token = settings.vocabulary_logps(selected, head, target_ids)
         sums = sums.to(per_token.dtype).index_add(0, torch.cat(owner).to(device), per_token)
     counts = completion_attention_mask.sum(-1).to(sums.dtype)
     return sums, counts
@@ -298,17 +354,6 @@ def chunked_head_logps(hidden: Tensor, head: torch.nn.Module, targets: Tensor, c
     return _ChunkedHeadLogps.apply(hidden, head.weight, head.bias, targets, chunk_tokens)[0]
 
 
-def use_head_chunks(chunk_tokens: int | None) -> None:
-    """From now on (in this thread), packed log-prob passes compute the vocabulary step in chunks of
-    ``chunk_tokens`` tokens (:func:`chunked_head_logps`); ``None``: all at once (the logits kept for backward).
-
-    Set once per run from the config key ``head_chunk_tokens``; :func:`head_logps` blocks still take precedence.
-    """
-    if chunk_tokens is not None and (isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens <= 0):
-        raise ValueError(f"head_chunk_tokens must be a positive integer or null, got {chunk_tokens!r}")
-    _HEAD_LOGPS.set(None if chunk_tokens is None else functools.partial(chunked_head_logps, chunk_tokens=chunk_tokens))
-
-
 def token_logps(logits: Tensor, token_ids: Tensor) -> Tensor:
     """``log softmax(logits)[token]`` per position, in float32 or wider: ``(..., V), (...) -> (...)``."""
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
@@ -347,15 +392,14 @@ def completion_logps(
 def pair_logps(
     model: torch.nn.Module,
     batch: dict[str, Tensor],
-    share_prompt: bool = True,
+    settings: LogpSettings = LogpSettings(),
     mismatched: bool = False,
-    pack_length: int | None = None,
 ) -> dict[str, Tensor]:
     """Log-probs of every completion of a pair batch in one pass over the model.
 
     Chosen, rejected (and, with ``mismatched``, KTO's mismatched completions) are stacked into one completion
-    batch behind the shared prompts; with ``pack_length`` they are packed without padding instead, each prompt
-    once with all of its completions when ``share_prompt`` (:func:`packed_completion_logps`).
+    batch behind the shared prompts; with ``settings.pack_length`` they are packed without padding instead, each
+    prompt once with all of its completions when ``settings.share_prompt`` (:func:`packed_completion_logps`).
 
     Returns:
         ``chosen_logps``, ``rejected_logps``, ``chosen_lengths``, ``rejected_lengths`` and, with
@@ -371,14 +415,13 @@ def pair_logps(
     ids = torch.cat([widen(batch[f"{name}_input_ids"], 0) for name in names])
     mask = torch.cat([widen(batch[f"{name}_attention_mask"], 0) for name in names])
     prompt_index = torch.arange(batch_size, device=ids.device).repeat(len(names))
-    if pack_length:
+    if settings.pack_length is not None:
         logps, lengths = packed_completion_logps(
-            model, batch["prompt_input_ids"], batch["prompt_attention_mask"], ids, mask, prompt_index, pack_length,
-            share_prompt,
+            model, batch["prompt_input_ids"], batch["prompt_attention_mask"], ids, mask, prompt_index, settings
         )
     else:
         logps, lengths = completion_logps(
-            model, batch["prompt_input_ids"], batch["prompt_attention_mask"], ids, mask, prompt_index, share_prompt
+            model, batch["prompt_input_ids"], batch["prompt_attention_mask"], ids, mask, prompt_index, settings.share_prompt
         )
     out: dict[str, Tensor] = {}
     for k, name in enumerate(names):

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
-from prefalign.logprobs import pair_logps
+from prefalign.logprobs import LogpSettings, pair_logps
 from prefalign.losses import LossOutput, PreferenceLoss
 
 METRICS = (
@@ -139,9 +139,8 @@ class PreferenceModule(L.LightningModule):
         loss: a :class:`~prefalign.losses.PreferenceLoss`.
         optimizer: partial optimiser, called with the trainable parameters.
         scheduler: optional partial scheduler, called with the optimiser and the total number of steps.
-        share_prompt: run each prompt once for both completions (see :mod:`prefalign.logprobs`).
-        pack_length: pack the batch's sequences into rows of this many tokens without padding (``None``: padded
-            batches); see :func:`~prefalign.logprobs.packed_completion_logps`.
+        logp_settings: how the policy's log-prob passes run (prompt sharing, packing, vocabulary chunks): the
+            run's :class:`~prefalign.logprobs.LogpSettings`.
     """
 
     def __init__(
@@ -150,16 +149,14 @@ class PreferenceModule(L.LightningModule):
         loss: PreferenceLoss,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
-        share_prompt: bool = True,
-        pack_length: int | None = None,
+        logp_settings: LogpSettings = LogpSettings(),
     ) -> None:
         super().__init__()
         self.policy = model
         self.loss_fn = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.share_prompt = share_prompt
-        self.pack_length = pack_length
+        self.logp_settings = logp_settings
         # NaN kept in the means (torchmetrics drops it by default, which would hide a broken pair or policy)
         self.val_metrics = torch.nn.ModuleDict(
             {name.replace("/", "_"): MeanMetric(nan_strategy="disable") for name in METRICS}
@@ -184,14 +181,17 @@ class PreferenceModule(L.LightningModule):
             dtype = next((p.dtype for p in self.policy.parameters() if p.is_floating_point()), torch.float32)
             datamodule.check_weights(dtype)
 
-    def forward(self, batch: dict[str, Any]) -> tuple[LossOutput, dict[str, Tensor]]:
-        """Policy log-probs of the batch and the loss against its cached reference log-probs."""
+    def forward(
+        self, batch: dict[str, Any], logp_settings: LogpSettings | None = None
+    ) -> tuple[LossOutput, dict[str, Tensor]]:
+        """Policy log-probs of the batch and the loss against its cached reference log-probs.
+
+        Args:
+            batch: a collated batch of pairs.
+            logp_settings: this pass's settings instead of the module's (the JVP influence's vocabulary step).
+        """
         policy = pair_logps(
-            self.policy,
-            batch,
-            share_prompt=self.share_prompt,
-            mismatched=self.loss_fn.requires_mismatched,
-            pack_length=self.pack_length,
+            self.policy, batch, logp_settings or self.logp_settings, mismatched=self.loss_fn.requires_mismatched
         )
         reference = reference_logps(batch) if self.loss_fn.requires_reference else None
         if self.loss_fn.requires_mismatched:

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader
 from prefalign import distributed
 from prefalign.atomic import CorruptEntryError, atomic_entry, discard, lock_path, produce_once, verified
 from prefalign.keys import content_key
-from prefalign.logprobs import pair_logps
+from prefalign.logprobs import LogpSettings, pair_logps
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,12 @@ def move_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 def compute_pair_logps(
     model: torch.nn.Module,
     loader: DataLoader,
-    share_prompt: bool = True,
+    logp_settings: LogpSettings = LogpSettings(),
     mismatched: bool = False,
     desc: str = "log-probs",
-    pack_length: int | None = None,
 ) -> dict[str, Tensor]:
-    """Summed log-probs of every completion of a loader's dataset, in data order (on CPU).
+    """Summed log-probs of every completion of a loader's dataset, in data order (on CPU), each pass run as
+    ``logp_settings`` says.
 
     Batches may come in any order (length-sorted, say); each value lands at its batch's ``index``. Under a
     launcher each rank runs every ``world_size``-th batch of the loader and every rank returns all of them.
@@ -82,9 +82,7 @@ def compute_pair_logps(
     start = time.perf_counter()
     try:
         for batch in distributed.share_batches(loader, desc):
-            out = pair_logps(
-                model, move_to(batch, device), share_prompt=share_prompt, mismatched=mismatched, pack_length=pack_length
-            )
+            out = pair_logps(model, move_to(batch, device), logp_settings, mismatched=mismatched)
             values = {
                 key[: -len("_logps")]: value.detach().float().cpu() for key, value in out.items() if key.endswith("_logps")
             }
@@ -180,9 +178,8 @@ def cached_reference_logps(
     loader: DataLoader,
     cache_dir: str | os.PathLike,
     load_model: Any,
-    share_prompt: bool = True,
+    logp_settings: LogpSettings = LogpSettings(),
     split: str = "train",
-    pack_length: int | None = None,
     settings: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Tensor], bool]:
     """Reference log-probs of a dataset, from the cache or computed and cached.
@@ -196,10 +193,9 @@ def cached_reference_logps(
         loader: ordered batches of ``dataset``.
         cache_dir: the cache root; entries live in ``<cache_dir>/reference_logps/<key>/``.
         load_model: callable returning the reference model, only called on a cache miss.
-        share_prompt: prefix sharing in the log-prob pass.
+        logp_settings: how the log-prob pass runs the model (:class:`~prefalign.logprobs.LogpSettings`).
         split: name for logs.
-        pack_length: padding-free packing in the log-prob pass (:func:`~prefalign.logprobs.pair_logps`).
-        settings: the run's settings that shape the pass (part of the key; see
+        settings: the run's settings that shape the pass, ``logp_settings`` among them (part of the key; see
             :func:`prefalign.run_setup.reference_pass_settings`).
 
     Returns:
@@ -234,9 +230,7 @@ def cached_reference_logps(
     def produce() -> None:
         model = load_model()
         desc = f"reference log-probs ({split})"
-        made["logps"] = compute_pair_logps(
-            model, loader, share_prompt=share_prompt, mismatched=dataset.mismatched, desc=desc, pack_length=pack_length
-        )
+        made["logps"] = compute_pair_logps(model, loader, logp_settings, mismatched=dataset.mismatched, desc=desc)
         check_finite(made["logps"], pair_ids, desc)
         if distributed.is_main():
             write_entry(folder, pair_ids, made["logps"], reference_fingerprint)

@@ -1,4 +1,5 @@
-"""What every stage of a run shares, built from its config: model source, tokenizer, loss, data, device.
+"""What every stage of a run shares, built from its config: model source, tokenizer, loss, data, device and the
+settings of its log-prob passes.
 
 This sits below all the stages (training, scoring, evaluation), so that each of them can build the same
 setup from a config without importing another stage.
@@ -20,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from prefalign.atomic import write_json
 from prefalign.data.datamodule import PreferenceDataModule
 from prefalign.keys import plain
-from prefalign.logprobs import use_head_chunks
+from prefalign.logprobs import LogpSettings
 from prefalign.losses import PreferenceLoss
 from prefalign.models import ModelSource
 from prefalign.reference import cached_reference_logps
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunSetup:
-    """What every stage of a run shares: model source, tokenizer, loss and data."""
+    """What every stage of a run shares: model source, tokenizer, loss, data and log-prob settings."""
 
     cfg: DictConfig
     source: ModelSource
@@ -43,6 +44,8 @@ class RunSetup:
     # where trainer.fit will train (from trainer.accelerator / trainer.devices): the passes outside fit
     # (reference log-probs, scoring) run there too
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # how every log-prob pass of the run runs the model (training, reference, scoring, held-out evaluation)
+    logp_settings: LogpSettings = field(default_factory=LogpSettings)
 
     def load_model(self) -> torch.nn.Module:
         """The initial policy (the model source's, or ``model.init_from``), on the run's device."""
@@ -55,7 +58,8 @@ class RunSetup:
 
 
 def setup_run(cfg: DictConfig, write_files: bool = True) -> RunSetup:
-    """Seed, write the resolved config, build the model source, tokenizer, loss and tokenised data.
+    """Seed, write the resolved config, build the model source, tokenizer, loss, tokenised data and the run's
+    log-prob settings (:class:`~prefalign.logprobs.LogpSettings`, the one place they are read from the config).
 
     Args:
         cfg: the stage's config.
@@ -67,7 +71,7 @@ def setup_run(cfg: DictConfig, write_files: bool = True) -> RunSetup:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True)
-    use_head_chunks(cfg.get("head_chunk_tokens"))  # for every log-prob pass of this run
+    logp_settings = LogpSettings.from_config(cfg)  # checked before any model or data loads
     source: ModelSource = instantiate(cfg.model)
     tokenizer = source.load_tokenizer()
     loss: PreferenceLoss = instantiate(cfg.loss)
@@ -78,15 +82,18 @@ def setup_run(cfg: DictConfig, write_files: bool = True) -> RunSetup:
     if write_files:
         write_json(datamodule.report, folder / "data_report.json")
     cache_dir = Path(str(cfg.paths.cache_dir)).expanduser()
-    return RunSetup(cfg, source, tokenizer, loss, datamodule, folder, cache_dir, run_device(cfg.trainer))
+    return RunSetup(cfg, source, tokenizer, loss, datamodule, folder, cache_dir, run_device(cfg.trainer), logp_settings)
 
 
-def reference_pass_settings(cfg: DictConfig) -> dict[str, Any]:
-    """The settings of a run that shape its reference log-prob pass (rounding included): part of its cache key."""
+def reference_pass_settings(cfg: DictConfig, logp_settings: LogpSettings) -> dict[str, Any]:
+    """The settings of a run that shape its reference log-prob pass (rounding included): part of its cache key.
+
+    Args:
+        cfg: the run's config (attention, batching, precision, device).
+        logp_settings: the run's log-prob settings (prompt sharing, packing, vocabulary chunks).
+    """
     return {
-        "share_prompt": cfg.get("share_prompt", True),
-        "pack_length": cfg.get("pack_length"),
-        "head_chunk_tokens": cfg.get("head_chunk_tokens"),
+        **logp_settings.key(),
         "attn_implementation": plain(cfg.model.get("attn_implementation")),
         "eval_batch_size": cfg.data.get("eval_batch_size"),
         "group_by_length": cfg.data.get("group_by_length", True),
@@ -111,7 +118,7 @@ def attach_reference_logps(
     source, datamodule = setup.source, setup.datamodule
     # the policy is its own reference only while it still holds the source's initial weights
     model_is_reference = model is not None and not source.reference_path and not source.init_from
-    settings = reference_pass_settings(setup.cfg)
+    settings = reference_pass_settings(setup.cfg, setup.logp_settings)
     hits = {}
     for split in splits:
         dataset = datamodule.reference_dataset(split)
@@ -129,9 +136,8 @@ def attach_reference_logps(
                 loader=datamodule.loader(dataset, datamodule.eval_batch_size, shuffle=False),
                 cache_dir=setup.cache_dir,
                 load_model=load_reference,
-                share_prompt=settings["share_prompt"],
+                logp_settings=setup.logp_settings,
                 split=split,
-                pack_length=settings["pack_length"],
                 settings=settings,
             )
         datamodule.set_reference(split, logps)

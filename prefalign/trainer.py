@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from prefalign.distributed import local_device
+from prefalign.logprobs import LogpSettings
 from prefalign.losses import PreferenceLoss
 from prefalign.module import PreferenceModule, nonfinite_metrics, precision_options
 
@@ -106,27 +107,28 @@ def make_module(
     scheduler: Any,
     model: torch.nn.Module,
     loss: PreferenceLoss,
-    share_prompt: bool = True,
-    pack_length: int | None = None,
+    logp_settings: LogpSettings = LogpSettings(),
 ) -> PreferenceModule:
     """The training module of ``model`` under ``loss``.
 
     Args:
         optimizer, scheduler: config nodes (``_partial_``) or already-instantiated partials; ``scheduler`` may
             be ``None``.
+        model, loss: the policy and its loss.
+        logp_settings: the run's log-prob settings (:class:`~prefalign.logprobs.LogpSettings`).
     """
     if isinstance(optimizer, (DictConfig, Mapping)):
         optimizer = instantiate(optimizer)
     if isinstance(scheduler, (DictConfig, Mapping)):
         scheduler = instantiate(scheduler) if scheduler else None
-    return PreferenceModule(
-        model, loss, optimizer=optimizer, scheduler=scheduler or None, share_prompt=share_prompt, pack_length=pack_length
-    )
+    return PreferenceModule(model, loss, optimizer=optimizer, scheduler=scheduler or None, logp_settings=logp_settings)
 
 
-def run_module(cfg: DictConfig, model: torch.nn.Module, loss: PreferenceLoss) -> PreferenceModule:
-    """:func:`make_module` with a run config's optimizer, scheduler, prefix sharing and packing."""
-    return make_module(cfg.optimizer, cfg.get("scheduler"), model, loss, cfg.share_prompt, cfg.get("pack_length"))
+def run_module(
+    cfg: DictConfig, model: torch.nn.Module, loss: PreferenceLoss, logp_settings: LogpSettings
+) -> PreferenceModule:
+    """:func:`make_module` with a run config's optimizer and scheduler, and the run's log-prob settings."""
+    return make_module(cfg.optimizer, cfg.get("scheduler"), model, loss, logp_settings)
 
 
 def final_metrics(trainer: L.Trainer) -> dict[str, float]:
@@ -205,12 +207,12 @@ def fit_auxiliary(
     settings: Mapping[str, Any],
     epochs: int,
     seed: int,
-    share_prompt: bool = True,
-    pack_length: int | None = None,
+    logp_settings: LogpSettings = LogpSettings(),
     desc: str = "auxiliary model",
 ) -> torch.nn.Module:
-    """Train ``model`` in place on ``loader`` for ``epochs`` with :func:`auxiliary_settings`; returns it in eval mode."""
-    module = make_module(settings["optimizer"], settings.get("scheduler"), model, loss, share_prompt, pack_length)
+    """Train ``model`` in place on ``loader`` for ``epochs`` with :func:`auxiliary_settings` and the run's
+    ``logp_settings``; returns it in eval mode."""
+    module = make_module(settings["optimizer"], settings.get("scheduler"), model, loss, logp_settings)
     cfg = OmegaConf.create({"trainer": {"_target_": "lightning.Trainer", **settings["trainer"]}})
     trainer = build_trainer(
         cfg,

@@ -14,17 +14,6 @@ from prefalign.models import TinyModel, embedded_tokenizer_dir, ensure_pad_token
 ARCHITECTURES = ("llama", "gpt_neox", "qwen3")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_head_chunk_setting():
-    """Each test starts with the vocabulary step unchunked: a run set up in-process (``setup_run``) sets
-    ``head_chunk_tokens`` for the rest of the thread, which a later test must not inherit."""
-    from prefalign import logprobs
-
-    token = logprobs._HEAD_LOGPS.set(None)
-    yield
-    logprobs._HEAD_LOGPS.reset(token)
-
-
 @pytest.fixture(scope="session")
 def tokenizer():
     return ensure_pad_token(AutoTokenizer.from_pretrained(embedded_tokenizer_dir()))

@@ -3,6 +3,7 @@ and the GPU run (its steps, caps and results file, end to end on the tiny model)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -49,7 +50,7 @@ def test_kronfluence_identity_is_prefalign_influence_over_the_same_modules(tmp_p
     scores, timings = kronfluence_scores(model, setup.loss, train, val, datamodule.collate, "identity", 4, tmp_path, "check")
     assert set(timings) == {"factors", "validation", "pairs", "total"}
 
-    losses = PairLosses(model, setup.loss, True, 128)
+    losses = PairLosses(model, setup.loss, dataclasses.replace(setup.logp_settings, pack_length=128))
     names = ["module.policy." + name for name in linear_parameters(model)]
     direction = validation_gradient(losses, datamodule.eval_loader("val"), names, torch.device("cpu"))
     exact = per_pair_influence(losses, datamodule.collate([train[i] for i in range(len(train))]), direction).double()

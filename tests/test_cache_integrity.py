@@ -357,8 +357,7 @@ def lossdiff(tmp_path_factory):
     (scorer,) = build_scorers(cfg, ["lossdiff"])
     context = ScoringContext(
         policy=policy, policy_fingerprint="tiny", loss=setup.loss, datamodule=setup.datamodule, source=setup.source,
-        cache_dir=setup.cache_dir, work_dir=folder, share_prompt=cfg.share_prompt, pack_length=cfg.get("pack_length"),
-        seed=cfg.seed, cfg=cfg,
+        cache_dir=setup.cache_dir, work_dir=folder, logp_settings=setup.logp_settings, seed=cfg.seed, cfg=cfg,
     )
     return scorer, context
 

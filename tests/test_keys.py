@@ -14,6 +14,7 @@ import torch
 
 from prefalign.evaluation.policy import result_folder
 from prefalign.keys import training_key
+from prefalign.logprobs import LogpSettings
 from prefalign.losses import DPOLoss
 from prefalign.run_setup import reference_pass_settings
 from prefalign.scoring.base import ScoringContext
@@ -178,9 +179,18 @@ def test_auxiliary_models_honour_the_run_settings_unless_overridden(tmp_path):
 
 
 def test_reference_key_settings(tmp_path):
-    base = reference_pass_settings(compose_with("train", BASE, tmp_path))
-    assert reference_pass_settings(compose_with("train", [*BASE, "pack_length=null"], tmp_path)) != base
-    assert reference_pass_settings(compose_with("train", [*BASE, "loss=slic", "logger=csv"], tmp_path)) == base
+    def settings(*overrides: str) -> dict:
+        cfg = compose_with("train", [*BASE, *overrides], tmp_path)
+        return reference_pass_settings(cfg, LogpSettings.from_config(cfg))
+
+    base = settings()
+    # the log-prob settings are keyed by their config names and values, as the config gives them
+    assert {key: base[key] for key in ("share_prompt", "pack_length", "head_chunk_tokens")} == {
+        "share_prompt": True, "pack_length": 256, "head_chunk_tokens": 256
+    }
+    for change in ("pack_length=null", "head_chunk_tokens=null", "share_prompt=false", "data.eval_batch_size=4"):
+        assert settings(change) != base, change
+    assert settings("loss=slic", "logger=csv") == base
 
 
 def test_evaluation_folders_are_keyed_by_their_settings(tmp_path):

@@ -1,6 +1,6 @@
 """The shared log-prob function: completion tokens only, prefix sharing equals the plain computation."""
 
-import contextvars
+import dataclasses
 import math
 
 import pytest
@@ -9,7 +9,7 @@ from torch.testing import assert_close
 
 from prefalign import logprobs
 from prefalign.data.collate import collate_pairs
-from prefalign.logprobs import completion_logps, packed_completion_logps, pair_logps
+from prefalign.logprobs import LogpSettings, completion_logps, packed_completion_logps, pair_logps
 from tests.conftest import ARCHITECTURES, tiny_model
 
 
@@ -43,7 +43,7 @@ def test_pair_logps_match_unpadded_sequences(architecture, mode):
     # completion, a single token, runs no input at all)
     pack_length = {"packed": 12, "packed_shared_prompt": 24}.get(mode)
     share = mode in ("shared_prompt", "packed_shared_prompt")
-    out = pair_logps(model, batch, share_prompt=share, mismatched=True, pack_length=pack_length)
+    out = pair_logps(model, batch, LogpSettings(share_prompt=share, pack_length=pack_length), mismatched=True)
     for name in ("chosen", "rejected", "kl_chosen", "kl_rejected"):
         expected = torch.stack([plain_logp(model, it["prompt_ids"], it[f"{name}_ids"]) for it in items])
         assert_close(out[f"{name}_logps"], expected, rtol=1e-10, atol=1e-10)
@@ -60,7 +60,7 @@ def test_prefix_sharing_and_packing_give_the_same_gradient(architecture):
     # padded with a shared prompt, padded concatenated, packed with a shared prompt (two pairs in a row), packed
     for share_prompt, pack_length in ((True, None), (False, None), (True, 16), (False, 12)):
         model.zero_grad()
-        out = pair_logps(model, batch, share_prompt=share_prompt, pack_length=pack_length)
+        out = pair_logps(model, batch, LogpSettings(share_prompt=share_prompt, pack_length=pack_length))
         (out["chosen_logps"] - 0.5 * out["rejected_logps"]).sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     # HF's RMSNorm (Llama, Qwen3) computes in float32 even for a float64 model, so a different summation order
@@ -85,7 +85,7 @@ def test_packing_names_an_empty_prompt():
     prompt_ids, prompt_mask = torch.tensor([[5, 6], [2, 2]]), torch.tensor([[1, 1], [0, 0]])
     completion_ids, completion_mask = torch.tensor([[9, 8], [7, 6]]), torch.ones(2, 2, dtype=torch.long)
     with pytest.raises(ValueError, match="prompt row 1 of the batch is empty"):
-        packed_completion_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, pack_length=64)
+        packed_completion_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, None, LogpSettings(pack_length=64))
 
 
 @pytest.mark.parametrize("with_bias", [False, True])
@@ -125,10 +125,21 @@ def test_chunked_head_hand_worked_two_word_vocabulary():
     assert hidden.grad.item() == pytest.approx(1 / (1 + e), rel=1e-12)
 
 
-def test_head_chunks_setting_is_validated_and_used_by_packed_passes(monkeypatch):
-    for bad in (0, -1, 2.5, True, "64"):
-        with pytest.raises(ValueError, match="head_chunk_tokens"):
-            logprobs.use_head_chunks(bad)
+def test_settings_are_validated_by_their_config_keys():
+    for key, bad in [("head_chunk_tokens", value) for value in (0, -1, 2.5, True, "64")] + [
+        ("pack_length", 0), ("pack_length", "256"), ("share_prompt", None), ("share_prompt", "yes")
+    ]:
+        with pytest.raises(ValueError, match=key):
+            LogpSettings(**{key: bad})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        LogpSettings().pack_length = 64  # one object per run, shared by its passes: nobody changes it
+    assert LogpSettings.from_config({"pack_length": 256, "head_chunk_tokens": 128}) == LogpSettings(True, 256, 128)
+    assert LogpSettings.from_config({}) == LogpSettings()  # an older run's config: the defaults
+    with pytest.raises(ValueError, match="needs settings.pack_length"):
+        packed_completion_logps(tiny_model("llama"), *[torch.ones(1, 2, dtype=torch.long)] * 4, None, LogpSettings())
+
+
+def test_head_chunks_and_a_replaced_vocabulary_step_are_used_by_packed_passes(monkeypatch):
     calls = []
     apply = logprobs._ChunkedHeadLogps.apply
     monkeypatch.setattr(logprobs._ChunkedHeadLogps, "apply", lambda *args: calls.append(args[-1]) or apply(*args))
@@ -137,11 +148,54 @@ def test_head_chunks_setting_is_validated_and_used_by_packed_passes(monkeypatch)
     prompts = torch.randint(5, 100, (2, 4), generator=generator)
     completions = torch.randint(5, 100, (2, 6), generator=generator)
     ones = torch.ones_like
-    expected = logprobs.packed_completion_logps(model, prompts, ones(prompts), completions, ones(completions), pack_length=32)[0]
-    context = contextvars.copy_context()  # the setting lasts for the thread: keep it out of the other tests
-    chunked = context.run(
-        lambda: logprobs.use_head_chunks(4)
-        or logprobs.packed_completion_logps(model, prompts, ones(prompts), completions, ones(completions), pack_length=32)[0]
-    )
+
+    def packed(settings):
+        return packed_completion_logps(model, prompts, ones(prompts), completions, ones(completions), None, settings)[0]
+
+    expected = packed(LogpSettings(pack_length=32))
+    assert calls == []
+    chunked = packed(LogpSettings(pack_length=32, head_chunk_tokens=4))
     assert calls == [4]
     torch.testing.assert_close(chunked, expected, rtol=1e-12, atol=1e-12)
+    # a replaced step (the JVP influence's) takes precedence over the chunks
+    replaced = []
+
+    def step(hidden, head, targets):
+        replaced.append(len(targets))
+        return logprobs.token_logps(head(hidden), targets)
+
+    value = packed(LogpSettings(pack_length=32, head_chunk_tokens=4, head_logps=step))
+    assert calls == [4] and replaced == [12]  # 2 completions of 6 tokens
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_two_runs_in_one_process_keep_their_own_head_chunks(tmp_path, monkeypatch):
+    """Each run's passes follow its own ``head_chunk_tokens``, whichever run was set up last: nothing is left
+    behind in the process by setting up a run."""
+    from prefalign.run_setup import setup_run
+    from prefalign.trainer import run_module
+    from tests.entry import compose_config
+
+    def setup(name: str, chunks: str) -> tuple:
+        cfg = compose_config(
+            "train", "model=tiny_llama", "loss=simpo", "data.max_train_pairs=4", "data.max_val_pairs=2",
+            "pack_length=64", f"head_chunk_tokens={chunks}", f"paths.output_dir={tmp_path / name}",
+        )
+        return cfg, setup_run(cfg, write_files=False)  # writes nothing
+
+    (chunked_cfg, chunked), (plain_cfg, plain) = setup("chunked", "4"), setup("plain", "null")
+    assert chunked.logp_settings == LogpSettings(pack_length=64, head_chunk_tokens=4)
+    assert plain.logp_settings == LogpSettings(pack_length=64)
+    calls = []
+    apply = logprobs._ChunkedHeadLogps.apply
+    monkeypatch.setattr(logprobs._ChunkedHeadLogps, "apply", lambda *args: calls.append(args[-1]) or apply(*args))
+    model = tiny_model("llama")
+    losses = {}
+    # the first run's passes after the second run was set up, then the second run's
+    for name, cfg, run in (("chunked", chunked_cfg, chunked), ("plain", plain_cfg, plain)):
+        module = run_module(cfg, model, run.loss, run.logp_settings)
+        batch = run.datamodule.collate([run.datamodule.datasets["train"][i] for i in range(2)])
+        before = len(calls)
+        losses[name] = module(batch)[0].losses
+        assert calls[before:] == ([4] if name == "chunked" else []), name
+    torch.testing.assert_close(losses["chunked"], losses["plain"], rtol=1e-5, atol=1e-6)  # same numbers, rounding aside

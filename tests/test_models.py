@@ -7,7 +7,7 @@ import torch
 from hydra.utils import instantiate
 from transformers import AutoModelForCausalLM
 
-from prefalign.logprobs import pair_logps
+from prefalign.logprobs import LogpSettings, pair_logps
 from prefalign.models import TinyModel
 from tests.test_configs import compose_with
 from tests.test_logprobs import make_batch
@@ -34,7 +34,7 @@ def test_head_width_and_vocabulary_size_can_be_set(tokenizer):
     assert model.model.layers[0].self_attn.q_proj.out_features == 4 * 32  # not 64 // 4 = 16 wide
     assert model.get_output_embeddings().weight.shape[0] == len(tokenizer) + 64
     _, batch = make_batch()
-    logps = pair_logps(model, batch, pack_length=64)
+    logps = pair_logps(model, batch, LogpSettings(pack_length=64))
     assert logps["chosen_logps"].shape == (3,) and torch.isfinite(logps["chosen_logps"]).all()
     # the default shape keeps its fingerprint (cached warm-ups stay valid); a new shape gets a new one
     assert plain.fingerprint() == TinyModel(name="t", architecture="qwen3").fingerprint() != wide.fingerprint()

@@ -9,6 +9,7 @@ import torch
 
 from prefalign.data.datamodule import PreferenceDataModule
 from prefalign.data.sources import LocalSource
+from prefalign.logprobs import LogpSettings
 from prefalign.losses import DPOLoss, IPOLoss, KTOLoss, SFTLoss, SimPOLoss, SLiCLoss
 from prefalign.module import (
     KeepReferencePrecision,
@@ -83,7 +84,7 @@ def test_packed_batches_give_the_same_losses(tokenizer, pair_file, loss_name):
     batch = fixed_batch(tokenizer, pair_file, model, loss)
     padded, _ = PreferenceModule(model, loss, optimizer=None)(batch)
     # 96 tokens a row: several pairs (with KTO's mismatched completions too) share a packed row
-    packed, _ = PreferenceModule(model, loss, optimizer=None, pack_length=96)(batch)
+    packed, _ = PreferenceModule(model, loss, optimizer=None, logp_settings=LogpSettings(pack_length=96))(batch)
     torch.testing.assert_close(packed.losses, padded.losses, rtol=1e-6, atol=1e-8)
 
 

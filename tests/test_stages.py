@@ -106,7 +106,7 @@ def test_weights_scale_each_pair_loss():
     from prefalign.module import PreferenceModule
     from tests.conftest import tiny_model
 
-    module = PreferenceModule(tiny_model("llama"), DPOLoss(), optimizer=None, pack_length=None)
+    module = PreferenceModule(tiny_model("llama"), DPOLoss(), optimizer=None)
     module.log = lambda *args, **kwargs: None
     pair = [[5, 6, 7]]
     batch = {

@@ -194,7 +194,7 @@ def heldout_values(
     setup = setup_run(run_cfg, write_files=False)
     if setup.loss.requires_reference:
         setup.attach_reference(None, splits=("val",))
-    module = make_module(None, None, policy, setup.loss, run_cfg.share_prompt, run_cfg.get("pack_length"))
+    module = make_module(None, None, policy, setup.loss, setup.logp_settings)
     values: dict[str, list[float]] = {}
     device = next(policy.parameters()).device
     module.eval()

@@ -49,8 +49,8 @@ from prefalign import distributed
 from prefalign.atomic import CorruptEntryError, atomic_write, discard, file_record, verified, write_checksums
 from prefalign.data.datamodule import PreferenceDataModule
 from prefalign.data.scores_file import PROVENANCE_KEY, read_scores  # noqa: F401 (read_scores: re-exported)
-from prefalign.keys import config_inputs, content_key
-from prefalign.logprobs import pair_logps
+from prefalign.keys import LOGP_SETTINGS, config_inputs, content_key
+from prefalign.logprobs import LogpSettings, pair_logps
 from prefalign.losses import PreferenceLoss
 from prefalign.models import ModelSource
 from prefalign.module import reference_logps
@@ -71,8 +71,7 @@ class ScoringContext:
         source: the model source (to load the reference or initial weights for auxiliary models).
         cache_dir: the shared cache root.
         work_dir: where this scoring run writes (shards, scores file, artifacts).
-        share_prompt: prefix sharing in forward passes.
-        pack_length: padding-free packing in forward passes (``None``: padded batches).
+        logp_settings: how forward passes run the model (the run's :class:`~prefalign.logprobs.LogpSettings`).
         seed: seed for random scores and auxiliary training.
         cfg: the run's resolved config (what auxiliary-model keys are made of).
     """
@@ -84,8 +83,7 @@ class ScoringContext:
     source: ModelSource
     cache_dir: Path
     work_dir: Path
-    share_prompt: bool = True
-    pack_length: int | None = None
+    logp_settings: LogpSettings = LogpSettings()
     seed: int = 0
     cfg: DictConfig | None = None
 
@@ -96,7 +94,7 @@ class ScoringContext:
     def key(self, kind: str, *parts: Any) -> str:
         """A cache key of an artifact a scorer builds (auxiliary models): ``parts`` plus the run's settings that
         shape every pass (model, loss, seed, prefix sharing, packing, vocabulary chunks)."""
-        names = ("model", "loss", "seed", "share_prompt", "pack_length", "head_chunk_tokens")
+        names = ("model", "loss", "seed", *LOGP_SETTINGS)
         inputs = config_inputs(self.cfg, names) if self.cfg is not None else {}
         return content_key(kind, inputs, str(self.device.type), *parts)
 
@@ -105,17 +103,15 @@ class ScoringContext:
     ) -> torch.nn.Module:
         """Train an auxiliary model with the one trainer builder (:func:`prefalign.trainer.fit_auxiliary`)."""
         return fit_auxiliary(
-            model, loss or self.loss, loader, settings, epochs, self.seed, self.share_prompt, self.pack_length, desc
+            model, loss or self.loss, loader, settings, epochs, self.seed, self.logp_settings, desc
         )
 
     def data_fingerprint(self, split: str = "train") -> str:
         return self.datamodule.datasets[split].fingerprint()
 
     def pair_logps(self, model: torch.nn.Module, batch: dict[str, Any], mismatched: bool = False) -> dict[str, Tensor]:
-        """:func:`~prefalign.logprobs.pair_logps` of ``model`` with this run's prefix sharing and packing."""
-        return pair_logps(
-            model, batch, share_prompt=self.share_prompt, mismatched=mismatched, pack_length=self.pack_length
-        )
+        """:func:`~prefalign.logprobs.pair_logps` of ``model`` with this run's log-prob settings."""
+        return pair_logps(model, batch, self.logp_settings, mismatched=mismatched)
 
 
 class Scorer:

@@ -43,6 +43,7 @@ device whole cannot be scored this way.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import re
 from typing import Any
@@ -53,6 +54,7 @@ from torch.func import functional_call, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from prefalign import distributed
+from prefalign.logprobs import LogpSettings
 from prefalign.losses import PreferenceLoss
 from prefalign.models import DTYPES
 from prefalign.module import PreferenceModule
@@ -64,18 +66,19 @@ log = logging.getLogger(__name__)
 
 
 class PairLosses(torch.nn.Module):
-    """``batch -> per-pair training losses (B,)``, through the training module's own forward."""
+    """``batch -> per-pair training losses (B,)``, through the training module's own forward, its log-prob passes
+    run as ``logp_settings`` say (or as a call's own ``logp_settings``: the JVP's vocabulary step)."""
 
-    def __init__(
-        self, model: torch.nn.Module, loss: PreferenceLoss, share_prompt: bool = True, pack_length: int | None = None
-    ) -> None:
+    def __init__(self, model: torch.nn.Module, loss: PreferenceLoss, logp_settings: LogpSettings = LogpSettings()) -> None:
         super().__init__()
-        self.module = PreferenceModule(
-            model, loss, optimizer=None, share_prompt=share_prompt, pack_length=pack_length  # type: ignore[arg-type]
-        )
+        self.module = PreferenceModule(model, loss, optimizer=None, logp_settings=logp_settings)  # type: ignore[arg-type]
 
-    def forward(self, batch: dict[str, Any]) -> Tensor:
-        return self.module(batch)[0].losses
+    @property
+    def logp_settings(self) -> LogpSettings:
+        return self.module.logp_settings
+
+    def forward(self, batch: dict[str, Any], logp_settings: LogpSettings | None = None) -> Tensor:
+        return self.module(batch, logp_settings)[0].losses
 
 
 def select_parameters(model: torch.nn.Module, parameters: str | list[str] = "trainable") -> dict[str, Tensor]:
@@ -136,10 +139,13 @@ def jvp_influence(losses: PairLosses, batch: dict[str, Any], direction: dict[str
     primals = {name: parameter.detach() for name, parameter in losses.named_parameters() if name in direction}
     tangents = {name: direction[name].to(primals[name].dtype) for name in primals}
 
-    def per_pair(parameters: dict[str, Tensor]) -> Tensor:
-        return functional_call(losses, parameters, (batch,), strict=False)
+    # packed passes take the vocabulary step with a hand-written forward-mode derivative, in this pass only
+    settings = dataclasses.replace(losses.logp_settings, head_logps=jvp_head.head_logps)
 
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), jvp_attention.installed(losses.module.policy), jvp_head.installed():
+    def per_pair(parameters: dict[str, Tensor]) -> Tensor:
+        return functional_call(losses, parameters, (batch, settings), strict=False)
+
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), jvp_attention.installed(losses.module.policy):
         values, influence = jvp(per_pair, (primals,), (tangents,))
     return values, influence
 
@@ -177,7 +183,8 @@ class InfluenceScorer(Scorer):
         dtype: compute in this dtype (``float64`` for exactness checks; ``null`` keeps the policy's dtype).
         method: ``jvp`` (batched forward-mode, default) or ``autograd`` (per-pair gradients, the reference).
         pack_length: row length of the packed batches of this score (the validation gradient and the JVP),
-            ``"run"`` for the run's ``pack_length``, ``None`` for padded batches. The scores do not depend on it
+            ``"run"`` for the run's ``pack_length``, ``None`` for padded batches; the run's other log-prob settings
+            hold (prompt sharing, vocabulary chunks). The scores do not depend on it
             (float rounding aside); the JVP is fastest on shorter rows than a forward pass, because it carries
             two ``L x L`` attention matrices per head (``python -m bench.influence``).
     """
@@ -210,8 +217,10 @@ class InfluenceScorer(Scorer):
         model = context.policy
         if self.dtype is not None and next(model.parameters()).dtype != DTYPES[self.dtype]:
             model = copy.deepcopy(model).to(DTYPES[self.dtype])
-        pack_length = context.pack_length if self.pack_length == "run" else self.pack_length
-        self._losses = PairLosses(model, context.loss, context.share_prompt, pack_length)
+        settings = context.logp_settings
+        if self.pack_length != "run":
+            settings = dataclasses.replace(settings, pack_length=self.pack_length)
+        self._losses = PairLosses(model, context.loss, settings)
         names = ["module.policy." + name for name in select_parameters(model, self.parameters)]
         self._direction = validation_gradient(self._losses, context.datamodule.eval_loader("val"), names, context.device)
         norm = torch.sqrt(sum((g.double() ** 2).sum() for g in self._direction.values()))

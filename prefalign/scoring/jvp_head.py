@@ -12,15 +12,13 @@ embedded model; 0.90 s this way). With ``p = softmax(z)`` the tangent needs no `
 two ``N x V x H`` matmuls (``p W`` and ``p dW``, the same count as ``dW h + W dh``) and row dot products of
 width ``H``. The forward computes ``log_softmax`` in chunks of tokens, keeps ``p`` (``N x V``, the size of the
 logits the generic path keeps too) for the tangent, and returns ``logp[y]``. Exact, float rounding aside (the
-tests compare it with the generic path in float64). Installed only inside
-:func:`prefalign.scoring.influence.jvp_influence`, through :func:`prefalign.logprobs.head_logps`; it has no
-backward (training and the validation gradient keep the generic path).
+tests compare it with the generic path in float64). Used only by the passes
+of :func:`prefalign.scoring.influence.jvp_influence` (their :class:`~prefalign.logprobs.LogpSettings`'s
+``head_logps``); it has no backward (training and the validation gradient keep the generic path).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -83,10 +81,3 @@ def head_logps(hidden: Tensor, head: torch.nn.Module, targets: Tensor) -> Tensor
         return logprobs.token_logps(head(hidden), targets)
     picked, _probs = _HeadLogps.apply(hidden, head.weight, head.bias, targets)
     return picked
-
-
-@contextmanager
-def installed() -> Iterator[None]:
-    """Packed log-probs computed inside the block go through :func:`head_logps`."""
-    with logprobs.head_logps(head_logps):
-        yield

@@ -161,11 +161,12 @@ class IFDScorer(Scorer):
             "prompt_input_ids": torch.full((size, 1), start, dtype=torch.long, device=device),
             "prompt_attention_mask": torch.ones((size, 1), dtype=torch.long, device=device),
         }
+        # padded passes with the prompt shared (LogpSettings' default), whatever the run's settings
         with torch.no_grad():
-            unconditional = pair_logps(self._model, bare, share_prompt=True)
+            unconditional = pair_logps(self._model, bare)
             conditional = batch.get("reference_chosen_logps")
             if conditional is None:
-                conditional_logps = pair_logps(self._model, batch, share_prompt=True)
+                conditional_logps = pair_logps(self._model, batch)
                 chosen_given, rejected_given = conditional_logps["chosen_logps"], conditional_logps["rejected_logps"]
             else:
                 chosen_given, rejected_given = batch["reference_chosen_logps"], batch["reference_rejected_logps"]

@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 from prefalign import distributed
 from prefalign.atomic import atomic_write, lock_path, produce_once, write_json
 from prefalign.folder_lock import hold_folder
-from prefalign.keys import config_inputs, content_key, plain
+from prefalign.keys import LOGP_SETTINGS, config_inputs, content_key, plain
 from prefalign.models import directory_fingerprint, resolve_checkpoint_dir
 from prefalign.run_setup import RunSetup, setup_run
 from prefalign.scoring.base import Scorer, ScoreRunner, ScoringContext, read_scores, scores_done
@@ -43,7 +43,7 @@ from prefalign.scoring.config import build_scorers
 log = logging.getLogger(__name__)
 
 # the run settings that shape every score (with the scorers' own resolved configs)
-SCORING_INPUTS = ("model", "data", "loss", "seed", "share_prompt", "pack_length", "head_chunk_tokens")
+SCORING_INPUTS = ("model", "data", "loss", "seed", *LOGP_SETTINGS)
 
 
 def policy_identity(cfg: DictConfig, setup: RunSetup) -> str:
@@ -112,8 +112,7 @@ def _run_scoring(cfg: DictConfig) -> dict[str, Any]:
             source=setup.source,
             cache_dir=setup.cache_dir,
             work_dir=work_dir,
-            share_prompt=cfg.share_prompt,
-            pack_length=cfg.get("pack_length"),
+            logp_settings=setup.logp_settings,
             seed=cfg.seed,
             cfg=cfg,
         )

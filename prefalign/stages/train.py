@@ -87,7 +87,7 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
         model.print_trainable_parameters()
     cache_hits = setup.attach_reference(model) if setup.loss.requires_reference else {}
 
-    module = run_module(cfg, model, setup.loss)
+    module = run_module(cfg, model, setup.loss, setup.logp_settings)
     gathered = GatherFullPolicy()
     trainer = build_trainer(cfg, setup.output_dir, extra_callbacks=[gathered])
     checkpointing = [callback for callback in trainer.callbacks if isinstance(callback, ResumableCheckpoint)]

@@ -8,6 +8,7 @@ import torch
 
 from prefalign.data.datamodule import PreferenceDataModule
 from prefalign.data.sources import LocalSource
+from prefalign.logprobs import LogpSettings
 from prefalign.losses import DPOLoss, IPOLoss, SimPOLoss, SLiCLoss
 from prefalign.models import TinyModel
 from prefalign.reference import compute_pair_logps
@@ -58,12 +59,15 @@ def test_jvp_influence_matches_per_pair_autograd(tokenizer, pair_files, tmp_path
     monkeypatch.setattr(jvp_head._HeadLogps, "apply", lambda *args: calls.append(1) or apply(*args))
     fast = scorer.score_batch(context, batch, {})
     assert calls, "the JVP's vocabulary step did not run through jvp_head"
+    jvp_calls = len(calls)
     reference = per_pair_influence(scorer._losses, batch, scorer._direction)
     assert reference.abs().max() > 0
     assert (fast - reference).abs().max() <= 1e-6 * reference.abs().max(), (fast, reference)
     # and the primal output of the JVP is the training loss itself
+    plain_losses = scorer._losses(batch)
+    assert len(calls) == jvp_calls, "a pass outside the JVP took the JVP's vocabulary step"
     losses, _ = jvp_influence(scorer._losses, batch, scorer._direction)
-    torch.testing.assert_close(losses, scorer._losses(batch))
+    torch.testing.assert_close(losses, plain_losses)
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
@@ -71,14 +75,16 @@ def test_packed_batches_give_the_same_influence(tokenizer, pair_files, tmp_path,
     # the JVP runs through the 4-D block mask of packed rows and through its own attention (jvp_attention),
     # for padded and packed batches alike
     context = make_context(tokenizer, pair_files, architecture, DPOLoss(beta=0.5), tmp_path)
-    run_packed = dataclasses.replace(context, pack_length=64)
+    # the run's rows, and its vocabulary step in chunks (the validation gradient's backward goes through them)
+    run_packed = dataclasses.replace(context, logp_settings=LogpSettings(pack_length=64, head_chunk_tokens=32))
     batch = next(iter(context.datamodule.eval_loader("train")))
     scores = []
     # padded; the scorer's own rows (several pairs a row); the run's rows (about one pair a row)
     for pack_length, ctx, expected in ((None, run_packed, None), (128, context, 128), ("run", run_packed, 64)):
         scorer = InfluenceScorer(pack_length=pack_length)
         scorer.prepare(ctx)
-        assert scorer._losses.module.pack_length == expected
+        # the scorer's own row length, the run's other settings
+        assert scorer._losses.logp_settings == dataclasses.replace(ctx.logp_settings, pack_length=expected)
         scores.append(scorer.score_batch(ctx, batch, {}))
     assert scores[0].abs().max() > 0
     for packed in scores[1:]:

@@ -73,7 +73,8 @@ def test_hand_worked_two_word_vocabulary():
     assert tangent.item() == pytest.approx(-1 / (1 + e), rel=1e-12)
 
 
-def test_installed_only_inside_the_block_and_plain_linear_only(monkeypatch):
+def test_plain_linear_heads_only(monkeypatch):
+    # (that only the JVP's own passes take this step: tests/scoring/test_influence.py)
     generator = torch.Generator().manual_seed(3)
     head = torch.nn.Linear(4, 9, bias=False).double()
     hidden = torch.randn(5, 4, generator=generator, dtype=torch.float64)
@@ -81,14 +82,10 @@ def test_installed_only_inside_the_block_and_plain_linear_only(monkeypatch):
     calls = []
     apply = jvp_head._HeadLogps.apply
     monkeypatch.setattr(jvp_head._HeadLogps, "apply", lambda *args: calls.append(1) or apply(*args))
-    assert logprobs._HEAD_LOGPS.get() is None
-    with jvp_head.installed():
-        assert logprobs._HEAD_LOGPS.get() is jvp_head.head_logps
-        value = jvp_head.head_logps(hidden, head, targets)
-        # a head that is not a plain nn.Linear (a LoRA wrapper, say) takes the generic path
-        wrapped = torch.nn.Sequential(head)
-        generic_value = jvp_head.head_logps(hidden, wrapped, targets)
-    assert logprobs._HEAD_LOGPS.get() is None
+    value = jvp_head.head_logps(hidden, head, targets)
+    # a head that is not a plain nn.Linear (a LoRA wrapper, say) takes the generic path
+    wrapped = torch.nn.Sequential(head)
+    generic_value = jvp_head.head_logps(hidden, wrapped, targets)
     assert len(calls) == 1
     expected = generic(hidden, head.weight, None, targets)
     torch.testing.assert_close(value, expected.detach(), rtol=1e-12, atol=1e-12)
