@@ -1,5 +1,11 @@
 """evaluate.py end to end with tiny models: the verifier, the OpenAI-compatible judge over loopback HTTP, a tiny
-reward model, the sweep table, and bad input."""
+reward model, the sweep table, and bad input.
+
+The commands run in-process (:func:`tests.entry.run_cli`, as the command line runs them); only the evaluation by two
+processes is a real ``torchrun``. The tiny sweep is trained once per module, and its Full Data run is the tiny run
+of the tests of one policy: a test that evaluates a run (which writes into its ``eval/``) and needs that folder to
+itself works on a copy.
+"""
 
 from __future__ import annotations
 
@@ -8,26 +14,51 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from prefalign.scoring.base import read_scores
+from tests.entry import CliResult, run_cli
 from tests.evaluation.judge_server import JudgeServer
-from tests.test_cli import QUICK, ROOT, check, train
+from tests.test_cli import QUICK, ROOT, check
 
-FEW = ["bench.limit=12", "generation.batch_size=12", "generation.bootstrap_resamples=200"]
+# 12 prompts (the counts below follow from it) with short answers: the tiny random model's answers are noise anyway
+FEW = ["bench.limit=12", "bench.max_new_tokens=8", "generation.batch_size=12", "generation.bootstrap_resamples=200"]
 
 
-def evaluate(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "evaluate.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
+def evaluate(*args: str) -> CliResult:
+    """``python evaluate.py <args>``, in this process."""
+    return run_cli("evaluate", *args)
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    """A copy of a run or a sweep without its evaluations (``eval/``, a sweep's tables) and checkpoints, which evaluating
+    does not read."""
+    shutil.copytree(run, to, ignore=shutil.ignore_patterns("eval", "checkpoints", "results*", "winrate_vs_ratio.png"))
+    return to
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("run") / "tiny"
-    check(train("model=tiny_llama", *QUICK, f"hydra.run.dir={run}"))
-    return run
+def tiny_sweep(tmp_path_factory):
+    """Three runs of the tiny model in one multirun: Full Data, Random and LossDiff-IRM at half the pairs."""
+    sweep = tmp_path_factory.mktemp("sweep") / "sweep"
+    check(run_cli("train", "-m", "model=tiny_llama", *QUICK, "select=full,random,lossdiff_irm", "select.keep_fraction=0.5",
+                  f"hydra.sweep.dir={sweep}"))
+    return sweep
+
+
+def sweep_runs(sweep: Path) -> list[Path]:
+    """The run folders of a sweep, in job order."""
+    return sorted(path for path in sweep.iterdir() if (path / "metrics.json").exists())
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_sweep, tmp_path_factory):
+    """The sweep's Full Data run on its own: a run of the tiny model on all its pairs."""
+    return copy_run(sweep_runs(tiny_sweep)[0], tmp_path_factory.mktemp("run") / "tiny")
 
 
 def test_verifier_evaluation_writes_traceable_results(tiny_run, tmp_path):
@@ -61,8 +92,10 @@ def test_openai_judge_end_to_end_with_caching(tiny_run, tmp_path):
         assert first.returncode == 0, first.stderr[-3000:]
         sent = server.requests
         assert sent == 1 + 12 * 2 + 12 * 2  # one failure retried, single for both models, pairwise in both orders
-        second = evaluate(*args, f"hydra.run.dir={tmp_path / 'b'}")
+        # overwrite=true: the evaluation runs again instead of reusing eval.json, and asks no judge twice
+        second = evaluate(*args, "overwrite=true", f"hydra.run.dir={tmp_path / 'b'}")
         assert second.returncode == 0, second.stderr[-3000:]
+        assert "already evaluated" not in second.stdout + second.stderr
         assert server.requests == sent  # everything came from the reply cache
     (folder,) = (tiny_run / "eval").glob("builtin-openai-*")
     report = json.loads((folder / "eval.json").read_text())
@@ -82,8 +115,7 @@ def strict_json(text: str) -> object:
 
 
 def test_unparsable_judge_replies_are_counted_limited_and_asked_again(tiny_run, tmp_path):
-    run = tmp_path / "run"  # a copy, so that this test's result folder is the only one of the openai judge
-    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("eval"))
+    run = copy_run(tiny_run, tmp_path / "run")  # this test's result folder is the only one of the openai judge
     replies = 12 * 2 + 12 * 2  # single for both models, pairwise in both orders
     with JudgeServer(faults=["unparsable"] * replies) as server:
         args = [f"policy={run}", "judge=openai", f"judge.client.base_url={server.base_url}",
@@ -125,21 +157,16 @@ def test_reward_model_judge_and_scorer(tiny_run, tiny_reward_model, tmp_path):
     report = json.loads((folder / "eval.json").read_text())
     assert report["winrate"]["n"] == 12
     scored = tmp_path / "scored"
-    result = subprocess.run(
-        [sys.executable, "score.py", "model=tiny_llama", "data.max_train_pairs=16", "data.max_val_pairs=8",
-         "scores=[reward_model]", f"+scorers.reward_model.model={tiny_reward_model}", "+scorers.reward_model.dtype=float32",
-         f"hydra.run.dir={scored}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )
+    result = run_cli("score", "model=tiny_llama", "data.max_train_pairs=16", "data.max_val_pairs=8", "scores=[reward_model]",
+                     f"+scorers.reward_model.model={tiny_reward_model}", "+scorers.reward_model.dtype=float32",
+                     f"hydra.run.dir={scored}")
     assert result.returncode == 0, result.stderr[-3000:]
     scores, _ = read_scores(scored)
     assert len(scores) == 16 and scores["reward_model"].abs().sum() > 0
 
 
-def test_sweep_table_from_a_tiny_multirun(tmp_path):
-    sweep = tmp_path / "sweep"
-    check(train("-m", "model=tiny_llama", *QUICK, "select=full,random,lossdiff_irm", "select.keep_fraction=0.5",
-                f"hydra.sweep.dir={sweep}"))
+def test_sweep_table_from_a_tiny_multirun(tiny_sweep, tmp_path):
+    sweep = copy_run(tiny_sweep, tmp_path / "sweep")
     result = evaluate(f"sweep={sweep}", *FEW, f"hydra.run.dir={tmp_path / 'e'}")
     assert result.returncode == 0, result.stderr[-3000:]
     table = (sweep / "results.md").read_text()
@@ -154,8 +181,8 @@ def test_sweep_table_from_a_tiny_multirun(tmp_path):
     paired = pd.read_csv(sweep / "results_paired.csv")
     assert len(paired) == 3 and paired["val accuracy vs full"].iloc[0] == "baseline"
     assert all(str(value).startswith(("+", "-")) for value in paired["val accuracy vs full"].iloc[1:])
-    for heldout in sweep.glob("*/eval/*/heldout.csv"):
-        assert len(pd.read_csv(heldout)) == 8
+    heldout = list(sweep.glob("*/eval/*/heldout.csv"))
+    assert len(heldout) == 3 and all(len(pd.read_csv(path)) == 8 for path in heldout)
     # a second call reuses the evaluations it finds
     again = evaluate(f"sweep={sweep}", *FEW, f"hydra.run.dir={tmp_path / 'f'}")
     assert again.returncode == 0 and (again.stdout + again.stderr).count("already evaluated") == 3
@@ -173,16 +200,18 @@ def test_bad_input_is_named(tiny_run, tmp_path):
     assert result.returncode != 0 and f"{bench}:2: missing key 'instruction'" in result.stderr
 
 
-def test_greedy_and_sampled_evaluations_keep_their_own_folders_and_columns(tmp_path):
-    sweep = tmp_path / "sweep"
-    check(train("-m", "model=tiny_llama", *QUICK, "select=full,random", "select.keep_fraction=0.5", f"hydra.sweep.dir={sweep}"))
+def test_greedy_and_sampled_evaluations_keep_their_own_folders_and_columns(tiny_sweep, tmp_path):
+    sweep = copy_run(tiny_sweep, tmp_path / "sweep")
+    shutil.rmtree(sweep_runs(sweep)[-1])  # Full Data and Random are enough here
+    runs = sweep_runs(sweep)
     greedy = evaluate(f"sweep={sweep}", "generation=greedy", *FEW, f"hydra.run.dir={tmp_path / 'g'}")
     assert greedy.returncode == 0, greedy.stderr[-3000:]
     sampled = evaluate(f"sweep={sweep}", *FEW, "generation.samples=2", f"hydra.run.dir={tmp_path / 's'}")
     assert sampled.returncode == 0, sampled.stderr[-3000:]
     # the second call evaluated again (other settings) instead of reusing the greedy results
     assert "already evaluated" not in sampled.stdout + sampled.stderr
-    for run in (path for path in sweep.iterdir() if (path / "metrics.json").exists()):
+    assert len(runs) == 2
+    for run in runs:
         folders = sorted(path.name for path in (run / "eval").iterdir())
         assert len(folders) == 2 and folders[0].startswith("builtin-verifier-T0.7-s0-") and folders[1].startswith("builtin-verifier-greedy-")
         reports = [json.loads((run / "eval" / name / "eval.json").read_text()) for name in folders]
@@ -199,24 +228,30 @@ def test_greedy_and_sampled_evaluations_keep_their_own_folders_and_columns(tmp_p
     assert {"builtin (verifier, greedy)_winrate", "builtin (verifier, T0.7-s0)_winrate"} <= set(wide.columns)
     # with the same settings again, every run is reused
     again = evaluate(f"sweep={sweep}", "generation=greedy", *FEW, f"hydra.run.dir={tmp_path / 'h'}")
-    assert again.returncode == 0 and (again.stdout + again.stderr).count("already evaluated") == 2
+    assert again.returncode == 0 and (again.stdout + again.stderr).count("already evaluated") == len(runs)
 
 
 def test_two_processes_evaluate_like_one_and_ask_the_judge_once(tiny_run, tmp_path):
     # each rank generates every other batch of 4 prompts; rank 0 alone asks the judge and writes the results
-    runs = {name: tmp_path / name for name in ("one", "two")}
-    for run in runs.values():
-        shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("eval", "checkpoints"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's: the same float sums in both
-    launcher = {"one": [sys.executable], "two": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]}
+    runs = {name: copy_run(tiny_run, tmp_path / name) for name in ("one", "two")}
     reports, requests = {}, {}
     for name, run in runs.items():
         with JudgeServer() as server:
             args = [f"policy={run}", "judge=openai", f"judge.client.base_url={server.base_url}", "bench.limit=12",
-                    "generation.batch_size=4", "generation.bootstrap_resamples=200", f"paths.cache_dir={tmp_path / name}",
-                    f"hydra.run.dir={tmp_path / ('e_' + name)}"]
-            result = subprocess.run([*launcher[name], "evaluate.py", *args], cwd=ROOT, capture_output=True, text=True,
-                                    timeout=900, env=env)
+                    "bench.max_new_tokens=8", "generation.batch_size=4", "generation.bootstrap_resamples=200",
+                    f"paths.cache_dir={tmp_path / name}", f"hydra.run.dir={tmp_path / ('e_' + name)}"]
+            if name == "one":
+                # one thread, as torchrun gives each of its processes (OMP_NUM_THREADS=1): the same float sums
+                threads = torch.get_num_threads()
+                torch.set_num_threads(1)
+                try:
+                    result = evaluate(*args)
+                finally:
+                    torch.set_num_threads(threads)
+            else:
+                result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                         "evaluate.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                                        env={**os.environ, "OMP_NUM_THREADS": "1"})
             assert result.returncode == 0, result.stderr[-3000:]
             requests[name] = server.requests
         (folder,) = (run / "eval").glob("builtin-openai-*")
