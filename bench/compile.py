@@ -49,8 +49,7 @@ def main() -> None:
     for start in range(0, n_pairs, args.batch_size):
         batch = setup.datamodule.collate([dataset[i] for i in range(start, min(start + args.batch_size, n_pairs))])
         size = len(batch["pair_ids"])
-        batch["reference_chosen_logps"] = torch.full((size,), -50.0)
-        batch["reference_rejected_logps"] = torch.full((size,), -60.0)
+        batch["reference"] = {"chosen_logps": torch.full((size,), -50.0), "rejected_logps": torch.full((size,), -60.0)}
         batches.append(batch)
     losses = PairLosses(model, setup.loss, setup.logp_settings)
     decoder = model.get_decoder()

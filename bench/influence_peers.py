@@ -87,7 +87,7 @@ from prefalign.stages.pipeline import warmup_config
 from prefalign.reference import move_to
 from prefalign.run_setup import setup_run
 from prefalign.scoring.config import build_scorers
-from prefalign.scoring.influence import PairLosses
+from prefalign.scoring.influence import PairLosses, batch_rows
 from prefalign.selection.analysis import overlap_coefficient, spearman
 from prefalign.stages.train import run_training
 
@@ -276,8 +276,7 @@ def projected_gradients(losses: PairLosses, loader: Any, names: list[str], sketc
         for batch in loader:
             batch = move_to(batch, device)
             for row in range(len(batch["pair_ids"])):
-                single = {key: value[row : row + 1] if isinstance(value, (Tensor, list)) else value for key, value in batch.items()}
-                gradients = torch.autograd.grad(losses(single).sum(), parameters, allow_unused=True)
+                gradients = torch.autograd.grad(losses(batch_rows(batch, slice(row, row + 1))).sum(), parameters, allow_unused=True)
                 rows.append(sketch({name: g for name, g in zip(names, gradients) if g is not None}))
             positions.extend(batch["index"].tolist())
     finally:

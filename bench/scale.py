@@ -68,9 +68,11 @@ def token_counts(pairs: int, overrides: list[str], scratch: Path) -> dict[str, A
     (each prompt once and both completions: what one pass over a pair runs), and the model's decoder parameters."""
     from hydra.utils import instantiate
 
+    from prefalign.data.datamodule import datamodule_from_config
+
     cfg = train_config([*overrides, f"data.max_train_pairs={pairs}"], scratch)
     source = instantiate(cfg.model)
-    datamodule = instantiate(cfg.data)(tokenizer=source.load_tokenizer())
+    datamodule = datamodule_from_config(cfg.data, tokenizer=source.load_tokenizer())
     datamodule.setup()
 
     def tokens(split: str) -> int:

@@ -38,6 +38,7 @@ from bench.common import (
     sync,
     train_config,
 )
+from prefalign.data.datamodule import datamodule_from_config
 from prefalign.logprobs import LogpSettings, pair_logps
 
 
@@ -111,7 +112,7 @@ def main() -> None:
             device, dtype = model.device, next(model.parameters()).dtype
             peaks = [matmul_peak(device, dtype)]
             print(f"dense {dtype} matmul peak: {peaks[0] / 1e9:.1f} GFLOP/s", flush=True)
-        datamodule = instantiate(cfg.data)(tokenizer=source.load_tokenizer())
+        datamodule = datamodule_from_config(cfg.data, tokenizer=source.load_tokenizer())
         datamodule.setup()
         items = datamodule.datasets["train"].items
         pairs[multiple] = len(items)

@@ -63,7 +63,7 @@ class KeepReferencePrecision(HalfPrecision):
     """Lightning's ``bf16-true`` / ``16-true`` precision, less its rounding of the cached reference log-probs.
 
     Lightning casts every floating-point tensor of a batch to the weights' dtype before the step. The batch's
-    ``reference_*_logps`` are float32 sums over a completion's tokens: in bfloat16 (8 significant bits) a
+    ``reference`` log-probs are float32 sums over a completion's tokens: in bfloat16 (8 significant bits) a
     summed log-prob of -130.87 becomes -131.0, so each implicit reward ``beta * (s - s_ref)`` would carry an
     error of up to ``beta * 0.5`` nats from the cast alone, and the first-step DPO loss would not be log 2
     (measured on the tiny Llama in bfloat16: 0.6795 instead of 0.6931). Those tensors stay float32 here; the
@@ -73,7 +73,7 @@ class KeepReferencePrecision(HalfPrecision):
     def convert_input(self, data: Any) -> Any:
         if isinstance(data, Mapping):
             return {
-                key: value if key.startswith("reference_") else super(KeepReferencePrecision, self).convert_input(value)
+                key: value if key == "reference" else super(KeepReferencePrecision, self).convert_input(value)
                 for key, value in data.items()
             }
         return super().convert_input(data)
@@ -92,11 +92,9 @@ def precision_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def reference_logps(batch: dict[str, Any]) -> dict[str, Tensor] | None:
-    """The batch's cached reference log-probs in the loss's format, or ``None`` when there are none."""
-    reference = {
-        key[len("reference_") :]: value for key, value in batch.items() if key.startswith("reference_")
-    }
-    return reference or None
+    """The batch's cached reference log-probs in the loss's format (its ``reference`` field,
+    :func:`~prefalign.data.collate.collate_pairs`), or ``None`` when there are none."""
+    return batch.get("reference") or None
 
 
 def pair_metrics(out: LossOutput, policy: dict[str, Tensor]) -> dict[str, Tensor]:

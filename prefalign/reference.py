@@ -53,8 +53,14 @@ PAIR_IDS_FILE = "pair_ids.json"
 
 
 def move_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """The batch with its tensors on ``device``."""
-    return {key: value.to(device) if isinstance(value, Tensor) else value for key, value in batch.items()}
+    """The batch with its tensors on ``device``, those of its ``reference`` log-probs too."""
+
+    def move(value: Any) -> Any:
+        if isinstance(value, Tensor):
+            return value.to(device)
+        return {key: move(item) for key, item in value.items()} if isinstance(value, dict) else value
+
+    return {key: move(value) for key, value in batch.items()}
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from prefalign.atomic import write_json
-from prefalign.data.datamodule import PreferenceDataModule
+from prefalign.data.datamodule import PreferenceDataModule, datamodule_from_config
 from prefalign.keys import plain
 from prefalign.logprobs import LogpSettings
 from prefalign.losses import PreferenceLoss
@@ -75,9 +75,8 @@ def setup_run(cfg: DictConfig, write_files: bool = True) -> RunSetup:
     source: ModelSource = instantiate(cfg.model)
     tokenizer = source.load_tokenizer()
     loss: PreferenceLoss = instantiate(cfg.loss)
-    datamodule: PreferenceDataModule = instantiate(cfg.data)(
-        tokenizer=tokenizer, mismatched=loss.requires_mismatched, seed=cfg.seed
-    )
+    # the data config's restrictions on the pairs (selection, weights, order, flips) are read there, once
+    datamodule = datamodule_from_config(cfg.data, tokenizer=tokenizer, mismatched=loss.requires_mismatched, seed=cfg.seed)
     datamodule.setup("fit")
     if write_files:
         write_json(datamodule.report, folder / "data_report.json")

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from prefalign.data.datamodule import PreferenceDataModule
+from prefalign.data.datamodule import PreferenceDataModule, datamodule_from_config
 from prefalign.evaluation.benchmarks import Benchmark
 from prefalign.evaluation.judges import Judge
 from prefalign.losses import PreferenceLoss
@@ -72,8 +72,7 @@ def instantiate_node(node: DictConfig, group: str, tokenizer, tmp_path: Path, re
         assert isinstance(source, ModelSource)
         assert source.fingerprint()  # cheap: no weights are loaded
     elif group == "data":
-        factory = instantiate(node)
-        datamodule = factory(tokenizer=tokenizer)
+        datamodule = datamodule_from_config(node, tokenizer=tokenizer)
         assert isinstance(datamodule, PreferenceDataModule)
     elif group == "loss":
         assert isinstance(instantiate(node), PreferenceLoss)

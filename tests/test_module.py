@@ -92,8 +92,8 @@ def test_non_finite_loss_names_the_pairs(tokenizer, pair_file):
     model = tiny_model("llama")
     loss = DPOLoss()
     batch = fixed_batch(tokenizer, pair_file, model, loss)
-    batch["reference_chosen_logps"] = batch["reference_chosen_logps"].clone()
-    batch["reference_chosen_logps"][2] = float("nan")
+    batch["reference"] = {**batch["reference"], "chosen_logps": batch["reference"]["chosen_logps"].clone()}
+    batch["reference"]["chosen_logps"][2] = float("nan")
     module = PreferenceModule(model, loss, optimizer=partial(torch.optim.AdamW, lr=1e-3))
     out, _ = module(batch)
     with pytest.raises(FloatingPointError, match=rf"pair ids \['{batch['pair_ids'][2]}'\]"):
@@ -122,14 +122,14 @@ def test_warmup_schedule_shapes():
 def test_half_precision_keeps_the_reference_log_probs_in_float32():
     plugin = KeepReferencePrecision("bf16-true")
     batch = {
-        "reference_chosen_logps": torch.tensor([-130.87, -32.2587]),
+        "reference": {"chosen_logps": torch.tensor([-130.87, -32.2587])},
         "other_values": torch.tensor([-130.87]),
         "chosen_input_ids": torch.tensor([[5, 6]]),
         "pair_ids": ["a", "b"],
     }
     converted = plugin.convert_input(batch)
-    assert converted["reference_chosen_logps"].dtype == torch.float32
-    assert converted["reference_chosen_logps"].tolist() == batch["reference_chosen_logps"].tolist()
+    assert converted["reference"]["chosen_logps"].dtype == torch.float32
+    assert converted["reference"]["chosen_logps"].tolist() == batch["reference"]["chosen_logps"].tolist()
     # what Lightning does to any other floating tensor: -130.87 has no closer bfloat16 than -131.0
     assert converted["other_values"].dtype == torch.bfloat16 and converted["other_values"].item() == -131.0
     assert converted["chosen_input_ids"].dtype == torch.long and converted["pair_ids"] == ["a", "b"]
@@ -154,7 +154,7 @@ def test_first_bfloat16_dpo_step_has_loss_log_2(tokenizer, pair_file):
     class Record(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses.append(float(outputs["loss"]))
-            seen.append(batch["reference_chosen_logps"])
+            seen.append(batch["reference"]["chosen_logps"])
 
     trainer = L.Trainer(
         **precision_options({"precision": "bf16-true"}), accelerator="cpu", max_steps=1, logger=False,
@@ -162,6 +162,6 @@ def test_first_bfloat16_dpo_step_has_loss_log_2(tokenizer, pair_file):
     )
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader([batch], batch_size=None))
     # the step saw the float32 values themselves (rounded to bfloat16, they moved the loss by 7.8e-4 here)
-    assert seen[0].dtype == torch.float32 and torch.equal(seen[0], batch["reference_chosen_logps"])
+    assert seen[0].dtype == torch.float32 and torch.equal(seen[0], batch["reference"]["chosen_logps"])
     # what remains is bfloat16 arithmetic in the two passes (4.8e-5 when measured)
     assert abs(losses[0] - math.log(2)) < 2e-4

@@ -118,8 +118,7 @@ def test_weights_scale_each_pair_loss():
         "chosen_attention_mask": torch.ones(2, 2, dtype=torch.long),
         "rejected_input_ids": torch.tensor([[15, 16], [17, 18]]),
         "rejected_attention_mask": torch.ones(2, 2, dtype=torch.long),
-        "reference_chosen_logps": torch.tensor([-20.0, -22.0]),
-        "reference_rejected_logps": torch.tensor([-21.0, -19.0]),
+        "reference": {"chosen_logps": torch.tensor([-20.0, -22.0]), "rejected_logps": torch.tensor([-21.0, -19.0])},
     }
     losses = module(batch)[0].losses.detach()
     weighted = module.training_step({**batch, "weights": torch.tensor([2.0, 0.0])}, 0)

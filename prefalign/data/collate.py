@@ -33,7 +33,9 @@ def collate_pairs(items: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
 
     Keys: ``pair_ids`` (list), ``index`` ``(B,)``, ``prompt_input_ids`` / ``prompt_attention_mask`` ``(B, P)``
     left-padded, ``{chosen,rejected}_input_ids`` / ``..._attention_mask`` ``(B, C)`` right-padded, the same for
-    ``kl_chosen`` / ``kl_rejected`` when present, any ``reference_*_logps`` ``(B,)`` and the per-pair loss ``weights`` ``(B,)`` when the data has them.
+    ``kl_chosen`` / ``kl_rejected`` when present, and, when the data has them, ``reference`` (the pairs' reference
+    log-probs in the losses' format, :data:`prefalign.losses.Logps`: ``{"chosen_logps": (B,), "rejected_logps":
+    (B,)}``, with ``kl_*_logps`` when mismatched) and the per-pair loss ``weights`` ``(B,)``.
     """
     batch: dict[str, Any] = {
         "pair_ids": [item["pair_id"] for item in items],
@@ -46,7 +48,8 @@ def collate_pairs(items: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
             batch[f"{name}_input_ids"], batch[f"{name}_attention_mask"] = ids, mask
     if "weight" in items[0]:
         batch["weights"] = torch.stack([torch.as_tensor(item["weight"]) for item in items])
-    for key in items[0]:
-        if key.startswith("reference_"):
-            batch[key] = torch.stack([torch.as_tensor(item[key]) for item in items])
+    if "reference" in items[0]:
+        batch["reference"] = {
+            name: torch.stack([torch.as_tensor(item["reference"][name]) for item in items]) for name in items[0]["reference"]
+        }
     return batch

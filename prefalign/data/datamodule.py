@@ -11,6 +11,8 @@ with the content of a validation pair are counted and warned about (:func:`same_
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -26,9 +28,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from prefalign import distributed
 from prefalign.data.collate import collate_pairs
-from prefalign.data.noise import check_count, check_fraction, flip_pairs
+from prefalign.data.noise import check_count, flip_pairs
 from prefalign.data.sampling import LengthGroupedBatchSampler, OrderedBatchSampler, RandomBatchSampler, ResumableLoader
 from prefalign.data.records import DataError, PreferencePair, content_id, pairs_fingerprint, text_of
+from prefalign.data.restrictions import NO_RESTRICTIONS, PairRestrictions
 from prefalign.data.scores_file import read_scores_table, scores_path
 from prefalign.data.sources import PreferenceSource
 from prefalign.data.tokenization import PairTokenizer, TokenizedPair
@@ -36,8 +39,6 @@ from prefalign.data.tokenization import PairTokenizer, TokenizedPair
 log = logging.getLogger(__name__)
 
 DROP_REASONS = ("empty_prompt", "empty_completion", "identical", "identical_after_truncation", "duplicate_id")
-# data.order: which end of the data.order_by score comes first (is "easy")
-ORDERS = ("ascending", "descending")
 
 
 def prepare_split(
@@ -147,6 +148,11 @@ def _counts(counts: dict[str, int]) -> str:
 class PairDataset(Dataset):
     """Tokenised pairs, optionally with cached reference log-probs and mismatched (KTO) completions.
 
+    An item is a dict: ``pair_id``, ``index``, the token ids (``prompt_ids``, ``chosen_ids``, ``rejected_ids``, and
+    ``kl_*_ids`` when mismatched), ``reference`` (the pair's reference log-probs in the losses' format,
+    ``{"chosen_logps": ..., "rejected_logps": ...}``, with ``kl_*_logps`` when mismatched) once they are attached,
+    and ``weight`` under ``data.weights``.
+
     Args:
         items: tokenised pairs.
         max_length: maximum prompt + completion length, used to fit mismatched completions.
@@ -182,8 +188,7 @@ class PairDataset(Dataset):
             example["kl_chosen_ids"] = other.chosen_ids[:room]
             example["kl_rejected_ids"] = other.rejected_ids[:room]
         if self.reference is not None:
-            for key, values in self.reference.items():
-                example[f"reference_{key}_logps"] = values[index]
+            example["reference"] = {f"{name}_logps": values[index] for name, values in self.reference.items()}
         if self.weights is not None:
             example["weight"] = self.weights[index]
         return example
@@ -338,22 +343,24 @@ def curriculum_order(scores: torch.Tensor, order: str) -> list[int]:
     return torch.sort(scores, stable=True, descending=order == "descending").indices.tolist()
 
 
-def split_pairs(source: PreferenceSource, split: str, limit: int | None, flip_fraction: float = 0.0, flip_seed: int = 0) -> list[PreferencePair]:
-    """A split's pairs as a run sees them: the source's, the first ``limit`` of them, then ``flip_fraction`` of
-    them flipped (:func:`prefalign.data.noise.flip_pairs`; the validation split draws with ``flip_seed + 1``).
+def split_pairs(
+    source: PreferenceSource, split: str, limit: int | None, restrictions: PairRestrictions = NO_RESTRICTIONS
+) -> list[PreferencePair]:
+    """A split's pairs as a run sees them: the source's, the first ``limit`` of them, then the load-time flips of
+    ``restrictions`` (:func:`prefalign.data.noise.flip_pairs`; the validation split draws with ``flip_seed + 1``).
 
     Raises:
-        ValueError: ``limit`` is not a count of at least 1 (:func:`check_count`), or ``flip_fraction`` is not a
-            fraction.
+        ValueError: ``limit`` is not a count of at least 1 (:func:`check_count`).
     """
     limit = check_count(f"data.max_{split}_pairs", limit, optional=True)
     pairs = source.load(split)
     if limit is not None:
         pairs = pairs[:limit]
-    if flip_fraction:
+    fraction = restrictions.flips(split)
+    if fraction:
         key = "data.flip_fraction" if split == "train" else "data.val_flip_fraction"
-        pairs, count = flip_pairs(pairs, flip_fraction, flip_seed + (split == "val"), key)
-        log.info("%s: %d of %d pairs flipped at load (%s=%g)", split, count, len(pairs), key, flip_fraction)
+        pairs, count = flip_pairs(pairs, fraction, restrictions.flip_seed + (split == "val"), key)
+        log.info("%s: %d of %d pairs flipped at load (%s=%g)", split, count, len(pairs), key, fraction)
     return pairs
 
 
@@ -362,11 +369,34 @@ def data_split_pairs(data: Any, split: str) -> list[PreferencePair]:
     take their defaults)."""
     from hydra.utils import instantiate
 
-    prefix = "" if split == "train" else "val_"
     return split_pairs(
-        instantiate(data["source"]), split, data.get(f"max_{split}_pairs"), float(data.get(f"{prefix}flip_fraction", 0.0) or 0.0),
-        int(data.get("flip_seed", 0) or 0),
+        instantiate(data["source"]), split, data.get(f"max_{split}_pairs"), PairRestrictions.from_config(data)
     )
+
+
+def datamodule_from_config(data: Any, **runtime: Any) -> PreferenceDataModule:
+    """The data module of a ``data`` config node (``conf/data/*.yaml``).
+
+    The options that restrict the pairs become one :class:`~prefalign.data.restrictions.PairRestrictions`
+    (:meth:`~prefalign.data.restrictions.PairRestrictions.from_config`); the others are the module's arguments.
+
+    Args:
+        data: the ``data`` node (``_target_`` and ``_partial_: true``, as the configs have it).
+        runtime: what only the run knows (``tokenizer``, ``mismatched``, ``seed``).
+    """
+    from hydra.utils import instantiate
+    from omegaconf import DictConfig, open_dict
+
+    options = {field.name for field in dataclasses.fields(PairRestrictions)}
+    if isinstance(data, DictConfig):
+        # a copy under the same root: interpolations still resolve, a missing value is named by its full key
+        node = copy.deepcopy(data)
+        with open_dict(node):
+            for key in options:
+                node.pop(key, None)
+    else:
+        node = {key: value for key, value in data.items() if key not in options}
+    return instantiate(node)(restrictions=PairRestrictions.from_config(data), **runtime)
 
 
 class PreferenceDataModule(L.LightningDataModule):
@@ -386,20 +416,9 @@ class PreferenceDataModule(L.LightningDataModule):
         mismatched: also batch mismatched completions (needed by KTO).
         seed: seed of the training shuffle.
         num_workers: data-loader workers.
-        selection: a ``selection.json`` (or a folder holding one) written by ``select.py``: train on its kept
-            pairs only. Checked against the loaded pairs by content (:func:`read_selection`).
-        weights: ``<scores.parquet>:<column>``: per-pair weights of the training loss, taken from a scores file
-            (:func:`read_weights`); every training pair needs one, and the validation metrics stay unweighted.
-        order_by: ``<scores.parquet>:<column>``: a curriculum (SelectiveDPO, Curri-DPO): the training batches
-            come in the order of this score, the same every epoch, instead of shuffled and length-grouped
-            (:class:`~prefalign.data.sampling.OrderedBatchSampler`). Read as ``weights`` is (every training pair
-            needs a finite value); under a selection only the kept pairs are ordered.
-        flip_fraction, val_flip_fraction, flip_seed: label noise added at load time, after ``max_*_pairs``:
-            that fraction of the split's unflipped pairs, drawn with ``flip_seed``, get chosen and rejected swapped
-            and are marked in their metadata (:mod:`prefalign.data.noise`).
-        order: ``ascending`` or ``descending``: which end of the ``order_by`` score comes first, i.e. is easy
-            (a large reward margin is easy: ``descending``; a large loss is hard: ``ascending``). Equal scores
-            keep the order of the pairs in the file.
+        restrictions: which pairs to train on, their weights, their order and the label noise added at load
+            (:class:`~prefalign.data.restrictions.PairRestrictions`; :func:`datamodule_from_config` reads them from
+            a config); none by default.
     """
 
     def __init__(
@@ -418,19 +437,9 @@ class PreferenceDataModule(L.LightningDataModule):
         mismatched: bool = False,
         seed: int = 0,
         num_workers: int = 0,
-        selection: str | None = None,
-        weights: str | None = None,
-        order_by: str | None = None,
-        order: str = "ascending",
-        flip_fraction: float = 0.0,
-        val_flip_fraction: float = 0.0,
-        flip_seed: int = 0,
+        restrictions: PairRestrictions = NO_RESTRICTIONS,
     ) -> None:
         super().__init__()
-        self.flips = {
-            "train": check_fraction("data.flip_fraction", flip_fraction),
-            "val": check_fraction("data.val_flip_fraction", val_flip_fraction),
-        }
         # sizes are checked here, before any model loads: a negative one would slice from the end
         for key, value, minimum, optional in (
             ("max_train_pairs", max_train_pairs, 1, True),
@@ -442,9 +451,7 @@ class PreferenceDataModule(L.LightningDataModule):
             ("num_workers", num_workers, 0, False),
         ):
             check_count(f"data.{key}", value, minimum, optional)
-        self.flip_seed = flip_seed
-        if order not in ORDERS:
-            raise ValueError(f"data.order={order!r}: expected {' or '.join(ORDERS)} (which end of data.order_by is easy)")
+        self.restrictions = restrictions
         self.source = source
         self.tokenizer = tokenizer
         self.pair_tokenizer = PairTokenizer(tokenizer, max_length, max_prompt_length, use_chat_template)
@@ -457,16 +464,12 @@ class PreferenceDataModule(L.LightningDataModule):
         self.mismatched = mismatched
         self.seed = seed
         self.num_workers = num_workers
-        self.selection_path = selection
-        self.weights_spec = weights
-        self.order_by = order_by
-        self.order = order
         self.pairs: dict[str, list[PreferencePair]] = {}
         self.datasets: dict[str, PairDataset] = {}
         self.report: dict[str, Any] = {}
         # content fingerprints of the loaded splits, before any selection (what scores and selections record)
         self.fingerprints: dict[str, str] = {}
-        # the selection applied to the training split (data.selection), as recorded in its file
+        # the selection applied to the training split (restrictions.selection), as recorded in its file
         self.selection: dict[str, Any] | None = None
         # the whole training split and the positions of the kept pairs in it, while a selection is applied
         self._unrestricted: dict[str, PairDataset] = {}
@@ -475,8 +478,9 @@ class PreferenceDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
+        restrictions = self.restrictions
         for split in ("train", "val"):
-            pairs = split_pairs(self.source, split, self.limits[split], self.flips[split], self.flip_seed)
+            pairs = split_pairs(self.source, split, self.limits[split], restrictions)
             kept, tokens, report = prepare_split(pairs, self.pair_tokenizer, split, self.strict)
             self.pairs[split] = kept
             self.datasets[split] = PairDataset(tokens, self.max_length, self.mismatched)
@@ -484,8 +488,8 @@ class PreferenceDataModule(L.LightningDataModule):
             self.fingerprints[split] = pairs_fingerprint(kept)
             log.info("%s: %d pairs (%d loaded)", split, report["kept"], report["loaded"])
         self.report["same_content_in_train_and_val"] = same_content(self.pairs["train"], self.pairs["val"], self.strict)
-        if self.selection_path:
-            record = read_selection(self.selection_path, self.fingerprints["train"])
+        if restrictions.selection:
+            record = read_selection(restrictions.selection, self.fingerprints["train"])
             total = len(self.pairs["train"])
             self.restrict("train", record["kept"])
             self.selection = {
@@ -494,15 +498,17 @@ class PreferenceDataModule(L.LightningDataModule):
             }
             self.report["train"]["selection"] = {"file": record["file"], "kept": len(self.pairs["train"])}
             log.info("train: %d of %d pairs kept by %s (%s)", len(self.pairs["train"]), total, record["rule"], record["file"])
-        if self.weights_spec:
+        if restrictions.weights:
             ids = [pair.pair_id for pair in self.pairs["train"]]
-            self.datasets["train"].weights = read_weights(self.weights_spec, ids, self.fingerprints["train"])
-        if self.order_by:
+            self.datasets["train"].weights = read_weights(restrictions.weights, ids, self.fingerprints["train"])
+        if restrictions.order_by:
             ids = [pair.pair_id for pair in self.pairs["train"]]
-            scores, where = read_score_column(self.order_by, ids, self.fingerprints["train"], "data.order_by")
+            scores, where = read_score_column(restrictions.order_by, ids, self.fingerprints["train"], "data.order_by")
             self.datasets["train"].order_scores = torch.tensor(scores, dtype=torch.float64)
             grouped = "; data.group_by_length=true groups validation and scoring batches only" if self.group_by_length else ""
-            log.info("train: batches in %s order of %s, the same every epoch (no shuffle%s)", self.order, where, grouped)
+            log.info(
+                "train: batches in %s order of %s, the same every epoch (no shuffle%s)", restrictions.order, where, grouped
+            )
 
     def check_weights(self, dtype: torch.dtype) -> None:
         """Refuse the training pairs' weights (``data.weights``) if they are not finite or all zero in ``dtype``,
@@ -510,7 +516,7 @@ class PreferenceDataModule(L.LightningDataModule):
         weights = self.datasets["train"].weights if "train" in self.datasets else None
         if weights is not None:
             ids = [pair.pair_id for pair in self.pairs["train"]]
-            check_weights(weights, ids, dtype, str(self.weights_spec))
+            check_weights(weights, ids, dtype, str(self.restrictions.weights))
 
     def restrict(self, split: str, pair_ids: list[str] | set[str]) -> None:
         """Keep only the given pairs of a split (data selection); order is preserved.
@@ -591,7 +597,7 @@ class PreferenceDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         # data.batch_size is per device: the global batch is batch_size x devices x accumulate_grad_batches
         dataset = self.datasets["train"]
-        order = None if dataset.order_scores is None else curriculum_order(dataset.order_scores, self.order)
+        order = None if dataset.order_scores is None else curriculum_order(dataset.order_scores, self.restrictions.order)
         return self.loader(dataset, self.batch_size, shuffle=True, split_ranks=True, order=order)
 
     def val_dataloader(self) -> DataLoader:

@@ -178,16 +178,17 @@ def heldout_values(
     ``val/*`` metrics for the same weights. ``limit``: the first this many validation pairs only (as the run's
     ``data.max_val_pairs`` would keep them), reference log-probs included.
     """
+    from prefalign.data.restrictions import NO_RESTRICTIONS
     from prefalign.reference import move_to
     from prefalign.run_setup import setup_run
     from prefalign.trainer import make_module
 
     run_cfg = OmegaConf.create(OmegaConf.to_container(run_cfg, resolve=True))
     run_cfg.paths.cache_dir = str(cache_dir)
-    run_cfg.data.selection = None  # the validation split is never restricted; the file may be gone
-    run_cfg.data.weights = None
-    run_cfg.data.order_by = None
-    run_cfg.data.val_flip_fraction = 0.0  # held out on the clean validation pairs, whatever noise the scorers saw
+    # the validation pairs as loaded, whatever the run chose or flipped (its selection file may be gone): held out
+    # on the clean pairs, whatever noise the scorers saw
+    for key, value in NO_RESTRICTIONS.config_changes().items():
+        OmegaConf.update(run_cfg, key, value, force_add=True)
     if limit is not None:
         kept = run_cfg.data.get("max_val_pairs")
         run_cfg.data.max_val_pairs = int(limit) if kept is None else min(int(kept), int(limit))

@@ -150,6 +150,17 @@ def jvp_influence(losses: PairLosses, batch: dict[str, Any], direction: dict[str
     return values, influence
 
 
+def batch_rows(batch: dict[str, Any], rows: slice) -> dict[str, Any]:
+    """The pairs ``rows`` of a collated batch, their ``reference`` log-probs included."""
+
+    def part(value: Any) -> Any:
+        if isinstance(value, (Tensor, list)):
+            return value[rows]
+        return {key: part(item) for key, item in value.items()} if isinstance(value, dict) else value
+
+    return {key: part(value) for key, value in batch.items()}
+
+
 def per_pair_influence(losses: PairLosses, batch: dict[str, Any], direction: dict[str, Tensor]) -> Tensor:
     """Reference implementation: one autograd gradient per pair, dotted with ``direction`` (the paper's way)."""
     named = dict(losses.named_parameters())
@@ -160,10 +171,7 @@ def per_pair_influence(losses: PairLosses, batch: dict[str, Any], direction: dic
     results = []
     try:
         for row in range(len(batch["pair_ids"])):
-            single = {
-                key: value[row : row + 1] if isinstance(value, (Tensor, list)) else value for key, value in batch.items()
-            }
-            loss = losses(single).sum()
+            loss = losses(batch_rows(batch, slice(row, row + 1))).sum()
             gradients = torch.autograd.grad(loss, parameters, allow_unused=True)
             dot = sum(
                 (g * direction[name]).sum() for name, g in zip(direction, gradients) if g is not None

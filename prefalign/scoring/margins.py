@@ -66,9 +66,10 @@ class ReferenceMarginScorer(Scorer):
         self.length_normalize = length_normalize
 
     def score_batch(self, context: ScoringContext, batch: dict[str, Any], shared: dict[str, Tensor]) -> Tensor:
-        if "reference_chosen_logps" not in batch:
+        reference = batch.get("reference")
+        if reference is None:
             raise ValueError("reference_margin needs the cached reference log-probs of the training pairs")
-        chosen, rejected = batch["reference_chosen_logps"].double(), batch["reference_rejected_logps"].double()
+        chosen, rejected = reference["chosen_logps"].double(), reference["rejected_logps"].double()
         if self.length_normalize:
             chosen = chosen / batch["chosen_attention_mask"].sum(-1)
             rejected = rejected / batch["rejected_attention_mask"].sum(-1)
@@ -164,12 +165,9 @@ class IFDScorer(Scorer):
         # padded passes with the prompt shared (LogpSettings' default), whatever the run's settings
         with torch.no_grad():
             unconditional = pair_logps(self._model, bare)
-            conditional = batch.get("reference_chosen_logps")
-            if conditional is None:
-                conditional_logps = pair_logps(self._model, batch)
-                chosen_given, rejected_given = conditional_logps["chosen_logps"], conditional_logps["rejected_logps"]
-            else:
-                chosen_given, rejected_given = batch["reference_chosen_logps"], batch["reference_rejected_logps"]
+            # s(y|x) under the reference: the cached log-probs, when the batch has them
+            conditional = batch.get("reference") or pair_logps(self._model, batch)
+            chosen_given, rejected_given = conditional["chosen_logps"], conditional["rejected_logps"]
         lengths_w, lengths_l = unconditional["chosen_lengths"], unconditional["rejected_lengths"]
         ifd_w = torch.exp((unconditional["chosen_logps"] - chosen_given) / lengths_w)
         ifd_l = torch.exp((unconditional["rejected_logps"] - rejected_given) / lengths_l)
@@ -180,9 +178,9 @@ class IFDScorer(Scorer):
 
 
 class WithReference:
-    """A loader whose batches carry another reference's log-probs (``reference_chosen_logps`` and
-    ``reference_rejected_logps`` of ``reference``, computed batch by batch): the DPO training of a separate
-    BeeS proxy is regularised towards that proxy's own initial weights."""
+    """A loader whose batches carry another reference's log-probs (their ``reference`` field holds the chosen and
+    rejected log-probs of ``reference``, computed batch by batch): the DPO training of a separate BeeS proxy is
+    regularised towards that proxy's own initial weights."""
 
     def __init__(self, loader: Any, reference: torch.nn.Module, context: ScoringContext) -> None:
         self.loader, self.reference, self.context = loader, reference, context
@@ -196,8 +194,7 @@ class WithReference:
             with torch.no_grad():
                 logps = self.context.pair_logps(self.reference, {k: v.to(self.context.device) if isinstance(v, Tensor) else v
                                                                  for k, v in batch.items()})
-            batch["reference_chosen_logps"] = logps["chosen_logps"].float().cpu()
-            batch["reference_rejected_logps"] = logps["rejected_logps"].float().cpu()
+            batch["reference"] = {name: logps[name].float().cpu() for name in ("chosen_logps", "rejected_logps")}
             yield batch
 
 
@@ -321,7 +318,7 @@ class BeesImplicitScorer(Scorer):
             if self._proxy_reference is not None:
                 reference = context.pair_logps(self._proxy_reference, batch)
             else:
-                reference = {key[len("reference_") :]: value for key, value in batch.items() if key.startswith("reference_")}
+                reference = batch["reference"]
         return (proxy["chosen_logps"] - reference["chosen_logps"]) - (proxy["rejected_logps"] - reference["rejected_logps"])
 
     def release(self) -> None:

@@ -22,6 +22,7 @@ metrics, held-out success with its 95% interval, wall times) and the last round'
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -33,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from prefalign.atomic import write_json, write_jsonl
 from prefalign.config import group_option
 from prefalign.data.datamodule import data_split_pairs
+from prefalign.data.restrictions import PairRestrictions
 from prefalign.stages.sample import run_sampling
 from prefalign.stages.pipeline import derive, needs_selection, run_selection_pipeline
 from prefalign.stages.train import run_training
@@ -61,9 +63,11 @@ def check_online(cfg: DictConfig) -> None:
         raise ValueError(f"online.reference must be one of {REFERENCES}, got {online.reference!r}")
     if online.get("prompts_per_round") is not None and int(online.prompts_per_round) < 1:
         raise ValueError(f"online.prompts_per_round must be a positive number of prompts or null, got {online.prompts_per_round}")
-    if cfg.data.get("selection") or cfg.data.get("weights") or cfg.data.get("order_by"):
-        raise ValueError("online=iterative trains on the pairs of each round: data.selection, data.weights and "
-                         "data.order_by name pairs of another data set; drop them")
+    choices = PairRestrictions.from_config(cfg.data).choices
+    if choices:
+        named = ", ".join(f"data.{key}" for key in choices)
+        raise ValueError(f"online=iterative trains on the pairs of each round: {named} name pairs of another data set; "
+                         "drop them")
 
 
 def round_done(train_dir: Path) -> bool:
@@ -112,7 +116,7 @@ def train_config(cfg: DictConfig, pairs_file: Path, val_file: Path, policy: str 
         "data.max_train_pairs": None,
         "data.max_val_pairs": None,
         # the validation pairs were written with the run's noise: none is added again
-        "data.val_flip_fraction": 0.0,
+        **dataclasses.replace(PairRestrictions.from_config(cfg.data), val_flip_fraction=0.0).config_changes(),
         "paths.output_dir": str(folder),
         "online": None,
         "evaluate_after_training": False,

@@ -45,6 +45,7 @@ from prefalign.atomic import (
 from prefalign.config import launched_rank
 from prefalign.data.datamodule import data_split_pairs
 from prefalign.data.records import pairs_fingerprint
+from prefalign.data.restrictions import PairRestrictions
 from prefalign.keys import training_key
 from prefalign.models import ModelSource
 from prefalign.run_setup import setup_run
@@ -107,9 +108,8 @@ def warmup_config(cfg: DictConfig) -> tuple[DictConfig, Path]:
         # validated at its end only: the final run's validation schedule (curves of the selected run) is not the
         # warm-up's, which is then shared by the runs that differ only there
         "trainer.val_check_interval": None,
-        "data.selection": None,
-        "data.weights": None,
-        "data.order_by": None,
+        # all the pairs, unweighted and shuffled: the same pairs as the final run's, noise included
+        **PairRestrictions.from_config(cfg.data).without_choices().config_changes(),
         "ckpt_path": None,
         "evaluate_after_training": False,
         "select": {"_target_": "prefalign.selection.FullSelection", "keep_fraction": None},

@@ -15,8 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from prefalign import distributed
-from prefalign.data.datamodule import PreferenceDataModule
+from prefalign.data.datamodule import PreferenceDataModule, datamodule_from_config
 from prefalign.data.records import DataError, pairs_fingerprint
+from prefalign.data.restrictions import PairRestrictions
 from prefalign.data.sampling import OrderedBatchSampler
 from prefalign.data.scores_file import PROVENANCE_KEY
 from prefalign.data.sources import LocalSource
@@ -44,8 +45,10 @@ def scores(tmp_path):
 
 
 def datamodule(source: LocalSource, batch_size: int = 2, **options) -> PreferenceDataModule:
-    tokenizer = CharTokenizer(template_writes_bos=False)
-    dm = PreferenceDataModule(source, tokenizer, max_length=30, max_prompt_length=20, batch_size=batch_size, **options)
+    """The data module of a data config with ``options`` (``order_by=...``, as on the command line)."""
+    node = {"_target_": "prefalign.data.datamodule.PreferenceDataModule", "_partial_": True, "max_length": 30,
+            "max_prompt_length": 20, "batch_size": batch_size, **options}
+    dm = datamodule_from_config(node, source=source, tokenizer=CharTokenizer(template_writes_bos=False))
     dm.setup()
     return dm
 
@@ -125,4 +128,6 @@ def test_a_bad_scores_column_is_named(source, scores, tmp_path):
 
 def test_an_unknown_order_is_a_value_error_naming_the_key(source):
     with pytest.raises(ValueError, match=r"data\.order='easy': expected ascending or descending"):
-        PreferenceDataModule(source, CharTokenizer(template_writes_bos=False), order="easy")
+        PairRestrictions(order="easy")
+    with pytest.raises(ValueError, match=r"data\.order='easy': expected ascending or descending"):
+        datamodule(source, order="easy")  # from a config, before any pair is read

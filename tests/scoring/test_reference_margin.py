@@ -15,8 +15,7 @@ from tests.test_cli import ROOT
 from tests.test_configs import compose_with
 
 BATCH = {
-    "reference_chosen_logps": torch.tensor([-3.0, -5.0]),
-    "reference_rejected_logps": torch.tensor([-4.0, -1.0]),
+    "reference": {"chosen_logps": torch.tensor([-3.0, -5.0]), "rejected_logps": torch.tensor([-4.0, -1.0])},
     # 2 and 5 chosen tokens, 4 and 1 rejected tokens
     "chosen_attention_mask": torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]),
     "rejected_attention_mask": torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]]),
