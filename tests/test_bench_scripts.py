@@ -16,6 +16,8 @@ import torch
 
 from bench import gpu
 from bench.influence_peers import CountSketch, kronfluence_scores, linear_modules, linear_parameters, tif_kept
+from tests.entry import run_cli
+from tests.test_pipeline import TOKENIZER
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,15 +151,14 @@ def test_gpu_script_runs_every_step_on_the_tiny_model(tmp_path):
 
 
 @pytest.mark.slow
-def test_influence_peers_runs_on_the_tiny_model():
+def test_influence_peers_runs_on_the_tiny_model(monkeypatch, capsys):
     pytest.importorskip("kronfluence")
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.influence_peers", "--model", "tiny_llama", "--pairs", "16", "--val-pairs", "8",
-         "--warmup-pairs", "0", "--methods", "kronfluence", "ekfac", "less", "--no-record"],
-        cwd=ROOT, capture_output=True, text=True, timeout=1800,
-    )
-    assert result.returncode == 0, result.stderr[-5000:]
-    lines = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    from bench import influence_peers
+
+    monkeypatch.setattr(sys, "argv", ["bench/influence_peers.py", "--model", "tiny_llama", "--pairs", "16", "--val-pairs", "8",
+                                      "--warmup-pairs", "0", "--methods", "kronfluence", "ekfac", "less", "--no-record"])
+    influence_peers.main()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     header = next(cells(line) for line in lines if line.startswith("| method |"))
     rows = {row[0]: dict(zip(header, row)) for row in map(cells, lines) if len(row) == len(header)}
     for method in ("prefalign JVP, all parameters", "prefalign JVP, nn.Linear", "kronfluence identity", "kronfluence ekfac",
@@ -215,24 +216,55 @@ def test_scale_projection_by_hand():
     assert growth(10, 20, 100, 400) == pytest.approx(0.5)
 
 
-@pytest.mark.slow
-def test_scale_runs_the_stages_on_the_tiny_model_and_resumes(tmp_path):
-    command = [sys.executable, "-m", "bench.scale", "--sizes", "8", "16", "--out", str(tmp_path), "--no-record",
-               "--", "model=tiny_llama", "data.max_val_pairs=4", f"paths.cache_dir={tmp_path / 'cache'}"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-5000:]
+def stages_in_this_process(command: list[str], log: Path) -> float:
+    """:func:`bench.scale.run_stage` for ``[python, "<script>.py", *overrides]`` with the script's Hydra ``main()`` run
+    in this process (:func:`tests.entry.run_cli`): its output into ``log``, a failure stops the script; wall seconds."""
+    assert command[0] == sys.executable and command[1].endswith(".py"), command
+    start = time.perf_counter()
+    result = run_cli(command[1].removesuffix(".py"), *command[2:])
+    seconds = time.perf_counter() - start
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr[-5000:]}"
+    return seconds
+
+
+def test_scale_runs_the_stages_on_the_tiny_model_and_resumes(tmp_path, monkeypatch, capsys):
+    import bench.scale
+
+    # the stages' commands run in this process (each would otherwise pay an interpreter and torch's imports); the
+    # stage runner itself is tested below. This CPU's matmul peak is a timing, which no test checks: a fixed one
+    # (measuring it takes about 10 s of 2048 x 2048 products)
+    monkeypatch.setattr(bench.scale, "run_stage", stages_in_this_process)
+    monkeypatch.setattr(bench.scale, "matmul_peak", lambda: 123.4e9)
+    argv = ["bench/scale.py", "--sizes", "8", "16", "--out", str(tmp_path), "--no-record",
+            "--", "model=tiny_llama", "data.max_val_pairs=4", f"paths.cache_dir={tmp_path / 'cache'}", TOKENIZER]
+    monkeypatch.setattr(sys, "argv", argv)
+    bench.scale.main()
+    output = capsys.readouterr().out
     for n in (8, 16):
         record = json.loads((tmp_path / str(n) / "timings.json").read_text())
         assert record["pairs"] == n and record["val_pairs"] == 4 and not record["score_from_cache"]
         assert record["train_tokens"] > 0 and 0 < record["warmup_s"] < record["warmup_wall_s"]
         assert {"prepare/influence", "influence", "prepare/lossdiff", "lossdiff", "irm"} <= set(record["timings_s"])
-    lines = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    lines = [line for line in output.splitlines() if line.startswith("| ")]
     assert any(line.startswith("| influence: per-pair JVP | train pairs |") for line in lines)
     assert any(line.startswith("| **total** |") for line in lines)
+    assert "(123.4 GFLOP/s float32, measured now)" in output  # the projection is relative to the peak
     # a second run reads every size back instead of running it again
-    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert again.returncode == 0, again.stderr[-5000:]
-    assert again.stdout.count("read back from") == 2
+    monkeypatch.setattr(bench.scale, "run_stage", lambda command, log: pytest.fail(f"ran {command} again"))
+    bench.scale.main()
+    assert capsys.readouterr().out.count("read back from") == 2
+
+
+def test_scale_stage_runner_logs_the_output_and_stops_on_a_failure(tmp_path):
+    from bench.scale import run_stage
+
+    seconds = run_stage([sys.executable, "-c", "import sys; print('to stdout'); print('to stderr', file=sys.stderr)"],
+                        tmp_path / "logs" / "ok.log")
+    assert seconds > 0 and (tmp_path / "logs" / "ok.log").read_text().split() == ["to", "stdout", "to", "stderr"]
+    with pytest.raises(SystemExit, match=r"failed \(exit 3\); its output: .*failed.log"):
+        run_stage([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "failed.log")
 
 
 def test_online_table_counts_the_ground_truth_of_the_pairs_a_step_trained_on(tmp_path):

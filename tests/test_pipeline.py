@@ -1,5 +1,8 @@
 """The selection pipeline end to end with the tiny models: warm-up, scores, selection, training; caching;
-score.py and select.py; and every experiment sweep."""
+score.py and select.py; and every experiment sweep.
+
+Each command runs its entry script's Hydra ``main()`` in this process (:func:`tests.entry.run_cli`), ``-m`` sweeps
+included; the pipeline in a new interpreter is tested once, in ``tests/test_stages.py``."""
 
 from __future__ import annotations
 
@@ -12,13 +15,19 @@ import pandas as pd
 import pytest
 
 from prefalign.data.sources import BuiltinSource
+from prefalign.models import default_cache_dir
 from prefalign.scoring.base import read_scores
-from tests.test_cli import ROOT, check, train
+from tests.entry import run_cli
+from tests.test_cli import ROOT, check
 
 SMALL = ["model=tiny_llama", "data.max_train_pairs=40", "data.max_val_pairs=12", "optimizer.lr=1e-3", "logger=csv"]
+# the embedded tokenizer from the default cache, for a run with a cache of its own, which would otherwise convert it
+# from GGUF again (about 6 s); not for a -m sweep, whose job folders are named by such overrides
+TOKENIZER = f"model.cache_dir={default_cache_dir()}"
 
 
 def script(name: str, *args: str) -> subprocess.CompletedProcess:
+    """``python <name> <args>`` in a new interpreter."""
     return subprocess.run([sys.executable, name, *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
@@ -29,8 +38,8 @@ def runs_of(sweep: Path) -> list[dict]:
 
 def test_keep_fraction_sweep_warms_up_and_scores_once(tmp_path):
     sweep, cache = tmp_path / "sweep", tmp_path / "cache"
-    result = train(
-        "-m", *SMALL, "select=lossdiff_irm", "select.keep_fraction=0.5,0.64,0.8",
+    result = run_cli(
+        "train", "-m", *SMALL, "select=lossdiff_irm", "select.keep_fraction=0.5,0.64,0.8",
         f"paths.cache_dir={cache}", f"hydra.sweep.dir={sweep}",
     )
     check(result)
@@ -55,7 +64,8 @@ def test_keep_fraction_sweep_warms_up_and_scores_once(tmp_path):
 
 def test_tif_bees_and_random_pipelines(tmp_path):
     sweep = tmp_path / "sweep"
-    check(train("-m", *SMALL, "select=tif,bees,random", "++scorers.bees_implicit.seed_pairs=24", f"hydra.sweep.dir={sweep}"))
+    check(run_cli("train", "-m", *SMALL, "select=tif,bees,random", "++scorers.bees_implicit.seed_pairs=24",
+                  f"hydra.sweep.dir={sweep}"))
     runs = {r["selection"]["rule"]: r for r in runs_of(sweep)}
     assert set(runs) == {"tif", "bees", "random"}
     tif = json.loads((runs["tif"]["dir"] / "select" / "selection.json").read_text())
@@ -72,16 +82,17 @@ def test_tif_bees_and_random_pipelines(tmp_path):
 
 def test_restart_from_reference(tmp_path):
     run = tmp_path / "run"
-    check(train(*SMALL, "select=irm", "select.keep_fraction=0.5", "pipeline.restart_from=reference", f"hydra.run.dir={run}"))
+    check(run_cli("train", *SMALL, "select=irm", "select.keep_fraction=0.5", "pipeline.restart_from=reference",
+                  f"hydra.run.dir={run}"))
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["selection"]["restart_from"] == "reference" and metrics["run"]["train_pairs"] == 20
 
 
 def test_score_select_and_analysis_scripts(tmp_path):
     scored = tmp_path / "scored"
-    result = script("score.py", "model=tiny_llama", "data.max_train_pairs=40", "data.max_val_pairs=12",
-                    "scores=[irm,annotator,random,influence,ifd,ground_truth,logp_gap]", "shard_size=16",
-                    f"hydra.run.dir={scored}")
+    result = run_cli("score", "model=tiny_llama", "data.max_train_pairs=40", "data.max_val_pairs=12",
+                     "scores=[irm,annotator,random,influence,ifd,ground_truth,logp_gap]", "shard_size=16",
+                     f"hydra.run.dir={scored}")
     assert result.returncode == 0, result.stderr[-3000:]
     scores, provenance = read_scores(scored)
     assert list(scores.columns) == ["pair_id", "irm", "annotator", "random", "influence", "ifd", "ground_truth", "logp_gap"]
@@ -92,8 +103,8 @@ def test_score_select_and_analysis_scripts(tmp_path):
     assert abs(summary["statistics"]["irm"]["max"]) < 1e-5 and abs(summary["statistics"]["irm"]["min"]) < 1e-5
     # select.py applies a rule to the file
     selected = tmp_path / "selected"
-    result = script("select.py", f"scores={scored}", "select=topk", "select.score=annotator", "select.keep_fraction=0.25",
-                    f"hydra.run.dir={selected}")
+    result = run_cli("select", f"scores={scored}", "select=topk", "select.score=annotator", "select.keep_fraction=0.25",
+                     f"hydra.run.dir={selected}")
     assert result.returncode == 0, result.stderr[-3000:]
     selection = json.loads((selected / "selection.json").read_text())
     top = scores.sort_values("annotator", ascending=False, kind="stable")["pair_id"].head(10)
@@ -101,7 +112,7 @@ def test_score_select_and_analysis_scripts(tmp_path):
     # its complement (select.invert), the oracle (the clean pairs by metadata) and M_AP
     for rule, extra in (("topk", ["select.invert=true", "select.score=annotator", "select.keep_fraction=0.25"]),
                         ("oracle", []), ("map", []), ("if_group", ["select.group=large"])):
-        result = script("select.py", f"scores={scored}", f"select={rule}", *extra, f"hydra.run.dir={selected}_{rule}")
+        result = run_cli("select", f"scores={scored}", f"select={rule}", *extra, f"hydra.run.dir={selected}_{rule}")
         assert result.returncode == 0, result.stderr[-3000:]
     dropped = json.loads((tmp_path / "selected_topk" / "selection.json").read_text())
     assert dropped["rule"] == "topk_dropped" and sorted(dropped["kept"]) == sorted(set(scores["pair_id"]) - set(top))
@@ -116,9 +127,9 @@ def test_score_select_and_analysis_scripts(tmp_path):
     assert large["rule"] == "influence_large" and sorted(large["kept"]) == sorted(by_influence.tail(13))
     # and the analysis: overlap with TIF, correlations, noise kept, plots
     analysis = tmp_path / "analysis"
-    result = script("select.py", f"scores={scored}", "analyze=true",
-                    "analysis.rules=[tif,topk,random,irm,oracle]", "analysis.scatter=[[influence,annotator]]",
-                    f"hydra.run.dir={analysis}")
+    result = run_cli("select", f"scores={scored}", "analyze=true",
+                     "analysis.rules=[tif,topk,random,irm,oracle]", "analysis.scatter=[[influence,annotator]]",
+                     f"hydra.run.dir={analysis}")
     assert result.returncode == 0, result.stderr[-3000:]
     report = (analysis / "analysis.md").read_text()
     assert "Overlap coefficient with tif" in report and "Noise kept" in report
@@ -140,9 +151,9 @@ def test_score_select_and_analysis_scripts(tmp_path):
 
 
 def test_scoring_resumes_after_an_interruption(tmp_path):
-    first = script("score.py", "model=tiny_llama", "data.max_train_pairs=40", "data.max_val_pairs=8",
-                   "scores=[irm,random]", "shard_size=16", f"paths.cache_dir={tmp_path / 'cache'}",
-                   f"hydra.run.dir={tmp_path / 'a'}")
+    common = ["model=tiny_llama", "data.max_train_pairs=40", "data.max_val_pairs=8", "scores=[irm,random]", "shard_size=16",
+              f"paths.cache_dir={tmp_path / 'cache'}", TOKENIZER]
+    first = run_cli("score", *common, f"hydra.run.dir={tmp_path / 'a'}")
     assert first.returncode == 0, first.stderr[-2000:]
     shards = sorted((tmp_path / "cache" / "scores").glob("*/shards/shard-*.parquet"))
     assert len(shards) == 3  # 40 pairs in shards of 16
@@ -151,9 +162,7 @@ def test_scoring_resumes_after_an_interruption(tmp_path):
     shards[-1].unlink()
     (shards[-1].parent.parent / "scores.parquet").unlink()
     before = {path: path.stat().st_mtime_ns for path in shards[:-1]}
-    second = script("score.py", "model=tiny_llama", "data.max_train_pairs=40", "data.max_val_pairs=8",
-                    "scores=[irm,random]", "shard_size=16", f"paths.cache_dir={tmp_path / 'cache'}",
-                    f"hydra.run.dir={tmp_path / 'b'}")
+    second = run_cli("score", *common, f"hydra.run.dir={tmp_path / 'b'}")
     assert second.returncode == 0, second.stderr[-2000:]
     assert "resuming, 2 of 3 shards already done" in second.stdout + second.stderr
     assert {path: path.stat().st_mtime_ns for path in shards[:-1]} == before  # finished shards untouched
@@ -164,12 +173,21 @@ def test_scoring_resumes_after_an_interruption(tmp_path):
 EXPERIMENTS = sorted(path.stem for path in (ROOT / "conf" / "experiment").glob("*.yaml"))
 
 
+@pytest.fixture(scope="module")
+def experiment_cache(tmp_path_factory) -> Path:
+    """One cache for every experiment's sweep: a warm-up or a score that another experiment already computed
+    (same model, data and settings) is read from it, as a user's cache would serve it."""
+    return tmp_path_factory.mktemp("experiment-cache")
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_runs_on_a_tiny_model(experiment, tmp_path):
+def test_every_experiment_runs_on_a_tiny_model(experiment, experiment_cache, tmp_path):
     sweep = tmp_path / "sweep"
-    result = train("-m", f"experiment={experiment}", "model=tiny_llama", "data.max_train_pairs=24", "data.max_val_pairs=8",
-                   "++scorers.bees_implicit.seed_pairs=16", "logger=csv", f"hydra.sweep.dir={sweep}",
-                   f"paths.cache_dir={tmp_path / 'cache'}")
+    # little data (16 training pairs in two batches, 4 validation pairs); the BeeS proxy of the test bed (one epoch,
+    # here on all 16 pairs) for every experiment, so that the shared cache trains it once
+    result = run_cli("train", "-m", f"experiment={experiment}", "model=tiny_llama", "data.max_train_pairs=16",
+                     "data.max_val_pairs=4", "++scorers.bees_implicit.seed_pairs=16", "++scorers.bees_implicit.epochs=1",
+                     "logger=csv", f"hydra.sweep.dir={sweep}", f"paths.cache_dir={experiment_cache}")
     check(result)
     runs = runs_of(sweep)
     assert runs and all((run["dir"] / "policy" / "config.json").exists() for run in runs)

@@ -1,5 +1,8 @@
 """The stages meet through files: the selection pipeline run by hand gives what ``train.py select=...`` gives;
-training on a selection or with per-pair weights; the checks of those files; the papercuts of a new user."""
+training on a selection or with per-pair weights; the checks of those files; the papercuts of a new user.
+
+The one-command pipeline runs in a new interpreter, as a user starts it; every other command runs its entry
+script's Hydra ``main()`` in this process (:func:`tests.entry.run_cli`)."""
 
 from __future__ import annotations
 
@@ -10,8 +13,9 @@ import time
 import pandas as pd
 import pytest
 
+from tests.entry import run_cli
 from tests.test_cli import check, train
-from tests.test_pipeline import script
+from tests.test_pipeline import TOKENIZER
 
 SMALL = ["model=tiny_llama", "data.max_train_pairs=40", "data.max_val_pairs=12", "optimizer.lr=1e-3", "logger=csv"]
 METRICS = ("train/loss", "val/loss", "val/rewards/margins", "val/rewards/accuracies", "val/logps/chosen")
@@ -20,18 +24,21 @@ METRICS = ("train/loss", "val/loss", "val/rewards/margins", "val/rewards/accurac
 def test_stages_by_hand_equal_the_one_command_pipeline(tmp_path):
     cache = f"paths.cache_dir={tmp_path / 'cache'}"
     pipeline = tmp_path / "pipeline"
-    check(train(*SMALL, cache, "select=lossdiff_irm", "select.keep_fraction=0.64", f"hydra.run.dir={pipeline}"))
+    # the pipeline in a new interpreter, as a user starts it (the stages by hand below run in this one)
+    check(train(*SMALL, cache, TOKENIZER, "select=lossdiff_irm", "select.keep_fraction=0.64", f"hydra.run.dir={pipeline}"))
 
     # the same stages by hand, in other folders and with a cache of their own (nothing is reused from the pipeline)
-    own = f"paths.cache_dir={tmp_path / 'cache-by-hand'}"
+    own = [f"paths.cache_dir={tmp_path / 'cache-by-hand'}", TOKENIZER]
     warm, scored, selected, final = (tmp_path / name for name in ("warm", "scored", "selected", "final"))
-    check(train(*SMALL, own, "trainer.max_epochs=1", f"hydra.run.dir={warm}"))
-    result = script("score.py", *SMALL, own, "select=lossdiff_irm", f"policy={warm}", "scores=[lossdiff,irm]",
-                    f"hydra.run.dir={scored}")
+    check(run_cli("train", *SMALL, *own, "trainer.max_epochs=1", f"hydra.run.dir={warm}"))
+    result = run_cli("score", *SMALL, *own, "select=lossdiff_irm", f"policy={warm}", "scores=[lossdiff,irm]",
+                     f"hydra.run.dir={scored}")
     assert result.returncode == 0, result.stderr[-3000:]
-    result = script("select.py", f"scores={scored}", "select=lossdiff_irm", "select.keep_fraction=0.64", f"hydra.run.dir={selected}")
+    result = run_cli("select", f"scores={scored}", "select=lossdiff_irm", "select.keep_fraction=0.64",
+                     f"hydra.run.dir={selected}")
     assert result.returncode == 0, result.stderr[-3000:]
-    check(train(*SMALL, own, f"data.selection={selected / 'selection.json'}", f"model.init_from={warm}", f"hydra.run.dir={final}"))
+    check(run_cli("train", *SMALL, *own, f"data.selection={selected / 'selection.json'}", f"model.init_from={warm}",
+                  f"hydra.run.dir={final}"))
 
     one, by_hand = (json.loads((run / "metrics.json").read_text()) for run in (pipeline, final))
     kept = [json.loads(path.read_text())["kept"] for path in (pipeline / "select" / "selection.json", selected / "selection.json")]
@@ -53,39 +60,41 @@ def test_stages_by_hand_equal_the_one_command_pipeline(tmp_path):
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
     folder = tmp_path_factory.mktemp("scored")
-    result = script("score.py", *SMALL[:3], "scores=[random,annotator]", f"hydra.run.dir={folder}")
+    result = run_cli("score", *SMALL[:3], "scores=[random,annotator]", f"hydra.run.dir={folder}")
     assert result.returncode == 0, result.stderr[-3000:]
     return folder
 
 
 def test_training_on_a_selection_and_its_checks(scored, tmp_path):
     selected = tmp_path / "selected"
-    result = script("select.py", f"scores={scored}", "select=topk", "select.score=random", "select.keep_fraction=0.5",
-                    f"hydra.run.dir={selected}")
+    result = run_cli("select", f"scores={scored}", "select=topk", "select.score=random", "select.keep_fraction=0.5",
+                     f"hydra.run.dir={selected}")
     assert result.returncode == 0, result.stderr[-3000:]
     selection = json.loads((selected / "selection.json").read_text())
     run = tmp_path / "run"
-    check(train(*SMALL, f"data.selection={selected}", f"hydra.run.dir={run}"))
+    check(run_cli("train", *SMALL, f"data.selection={selected}", f"hydra.run.dir={run}"))
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["run"]["train_pairs"] == 20 == metrics["selection"]["kept_count"]
     assert metrics["selection"]["rule"] == "topk" and metrics["selection"]["thresholds"]["score"] == "random"
     assert metrics["run"]["global_steps"] == 3  # 20 pairs in batches of 8
     # other data than the scores were computed on: a clear error before any training
-    other = train(*SMALL[:1], "data.max_train_pairs=30", f"data.selection={selected}", f"hydra.run.dir={tmp_path / 'other'}")
+    other = run_cli("train", *SMALL[:1], "data.max_train_pairs=30", f"data.selection={selected}",
+                    f"hydra.run.dir={tmp_path / 'other'}")
     assert other.returncode != 0
     assert f"data.selection: {selected / 'selection.json'} was made on other data" in other.stderr
-    missing = train(*SMALL[:1], f"data.selection={tmp_path / 'nothing.json'}", f"hydra.run.dir={tmp_path / 'm'}")
+    missing = run_cli("train", *SMALL[:1], f"data.selection={tmp_path / 'nothing.json'}",
+                      f"hydra.run.dir={tmp_path / 'm'}")
     assert missing.returncode != 0 and "nothing.json does not exist" in missing.stderr
-    both = train(*SMALL, "select=random", f"data.selection={selected}", f"hydra.run.dir={tmp_path / 'both'}")
+    both = run_cli("train", *SMALL, "select=random", f"data.selection={selected}", f"hydra.run.dir={tmp_path / 'both'}")
     assert both.returncode != 0 and "both choose the training pairs" in both.stderr
 
 
 def test_per_pair_weights_from_a_scores_column(scored, tmp_path):
     scores = pd.read_parquet(scored / "scores.parquet")
     weighted, zero = tmp_path / "weighted", tmp_path / "zero"
-    check(train(*SMALL, f"data.weights={scored / 'scores.parquet'}:random", f"hydra.run.dir={weighted}"))
+    check(run_cli("train", *SMALL, f"data.weights={scored / 'scores.parquet'}:random", f"hydra.run.dir={weighted}"))
     plain = tmp_path / "plain"
-    check(train(*SMALL, f"hydra.run.dir={plain}"))
+    check(run_cli("train", *SMALL, f"hydra.run.dir={plain}"))
     first, second = (json.loads((run / "metrics.json").read_text()) for run in (plain, weighted))
     assert second["run"]["weights"].endswith(":random")
     assert second["val/loss"] != first["val/loss"]  # the weights changed the updates
@@ -93,9 +102,9 @@ def test_per_pair_weights_from_a_scores_column(scored, tmp_path):
     bad = tmp_path / "bad.parquet"
     frame = scores.assign(random=-scores["random"])
     frame.to_parquet(bad)
-    result = train(*SMALL, f"data.weights={bad}:random", f"hydra.run.dir={zero}")
+    result = run_cli("train", *SMALL, f"data.weights={bad}:random", f"hydra.run.dir={zero}")
     assert result.returncode != 0 and f"column 'random' of {bad} is negative or not finite for 40 pairs" in result.stderr
-    result = train(*SMALL, f"data.weights={scored}:nothing", f"hydra.run.dir={zero}")
+    result = run_cli("train", *SMALL, f"data.weights={scored}:nothing", f"hydra.run.dir={zero}")
     assert result.returncode != 0 and "has no column 'nothing'" in result.stderr
 
 
@@ -129,15 +138,15 @@ def test_weights_scale_each_pair_loss():
 
 def test_trainer_keys_people_type_work(tmp_path):
     run = tmp_path / "run"
-    check(train(*SMALL, "trainer.max_steps=2", f"hydra.run.dir={run}"))
+    check(run_cli("train", *SMALL, "trainer.max_steps=2", f"hydra.run.dir={run}"))
     assert json.loads((run / "metrics.json").read_text())["run"]["global_steps"] == 2
     run = tmp_path / "limited"
-    check(train(*SMALL, "trainer.limit_train_batches=1", f"hydra.run.dir={run}"))
+    check(run_cli("train", *SMALL, "trainer.limit_train_batches=1", f"hydra.run.dir={run}"))
     assert json.loads((run / "metrics.json").read_text())["run"]["global_steps"] == 1
 
 
 def test_a_sweep_experiment_without_multirun_is_refused(tmp_path):
-    result = train(*SMALL, "experiment=main_comparison", f"hydra.run.dir={tmp_path / 'r'}")
+    result = run_cli("train", *SMALL, "experiment=main_comparison", f"hydra.run.dir={tmp_path / 'r'}")
     assert result.returncode != 0
     assert "experiment=main_comparison is a sweep" in result.stderr and "-m" in result.stderr
     assert not (tmp_path / "r" / "metrics.json").exists()
@@ -145,10 +154,10 @@ def test_a_sweep_experiment_without_multirun_is_refused(tmp_path):
 
 def test_an_unknown_score_fails_before_any_training(tmp_path):
     run = tmp_path / "r"
-    result = train(*SMALL, "select=topk", "select.score=no_such_score", f"hydra.run.dir={run}")
+    result = run_cli("train", *SMALL, "select=topk", "select.score=no_such_score", f"hydra.run.dir={run}")
     assert result.returncode != 0 and "no scorer 'no_such_score'" in result.stderr
     assert "warm-up" not in result.stderr and not (tmp_path / "r" / "score").exists()
-    result = train(*SMALL, "select=lossdiff_irm", "pipeline.extra_scores=[nope]", f"hydra.run.dir={run}")
+    result = run_cli("train", *SMALL, "select=lossdiff_irm", "pipeline.extra_scores=[nope]", f"hydra.run.dir={run}")
     assert result.returncode != 0 and "no scorer 'nope'" in result.stderr
 
 
@@ -160,12 +169,12 @@ def test_the_analysis_reads_the_data_the_scores_were_computed_on(tmp_path):
             for i in range(16)]
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     scored = tmp_path / "scored"
-    result = script("score.py", "model=tiny_llama", "data=local", f"data.source.train_path={data}", f"data.source.val_path={data}",
-                    "scores=[annotator,random]", f"hydra.run.dir={scored}")
+    result = run_cli("score", "model=tiny_llama", "data=local", f"data.source.train_path={data}", f"data.source.val_path={data}",
+                     "scores=[annotator,random]", f"hydra.run.dir={scored}")
     assert result.returncode == 0, result.stderr[-3000:]
     analysis = tmp_path / "analysis"
-    result = script("select.py", f"scores={scored}", "analyze=true", "analysis.rules=[topk,random]", "analysis.against=topk",
-                    "analysis.scatter=[[annotator,random]]", f"hydra.run.dir={analysis}")
+    result = run_cli("select", f"scores={scored}", "analyze=true", "analysis.rules=[topk,random]", "analysis.against=topk",
+                     "analysis.scatter=[[annotator,random]]", f"hydra.run.dir={analysis}")
     assert result.returncode == 0, result.stderr[-3000:]
     noise = pd.read_csv(analysis / "noise.csv").set_index("selection")
     assert noise.loc["random", "label_flipped_base_rate"] == pytest.approx(4 / 16)
@@ -188,10 +197,10 @@ def test_the_analysis_reads_the_data_the_scores_were_computed_on(tmp_path):
 def test_bad_settings_fail_before_any_model_is_loaded(overrides, message, tmp_path):
     cache, run = tmp_path / "cache", tmp_path / "run"
     start = time.perf_counter()
-    result = train(*SMALL, *overrides, f"paths.cache_dir={cache}", f"hydra.run.dir={run}")
+    result = run_cli("train", *SMALL, *overrides, f"paths.cache_dir={cache}", f"hydra.run.dir={run}")
     elapsed = time.perf_counter() - start
     assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
-    # the interpreter, imports and config composition only (about 5 s here; a warm-up alone takes longer)
+    # config composition and the checks only (about a second in this process; a warm-up alone takes longer)
     assert elapsed < 60, elapsed
     # nothing was computed: no warm-up, no reference log-probs, no scores
     assert not (cache / "warmup").exists() and not (cache / "reference_logps").exists() and not (run / "score").exists()

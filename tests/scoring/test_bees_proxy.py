@@ -8,15 +8,18 @@ import pytest
 
 from prefalign.data.scores_file import read_scores
 from prefalign.models import TinyModel
-from tests.test_pipeline import script
+from tests.entry import CliResult, run_cli
+from tests.test_pipeline import TOKENIZER
 
 SCORE = ["model=tiny_llama", "data.max_train_pairs=24", "data.max_val_pairs=8", "scores=[bees_implicit]",
          "++scorers.bees_implicit.seed_pairs=16", "++scorers.bees_implicit.epochs=1", "optimizer.lr=1e-3"]
 
 
-def score(tmp_path, name: str, *args: str):
-    result = script("score.py", *SCORE, f"paths.cache_dir={tmp_path / name / 'cache'}", *args, f"hydra.run.dir={tmp_path / name}")
-    return result
+def score(tmp_path, name: str, *args: str) -> CliResult:
+    """``score.py`` in this process with a cache of its own: nothing of another run's is reused (the embedded
+    tokenizer comes from the default cache, converted once)."""
+    return run_cli("score", *SCORE, f"paths.cache_dir={tmp_path / name / 'cache'}", TOKENIZER, *args,
+                   f"hydra.run.dir={tmp_path / name}")
 
 
 def test_a_separate_proxy_with_the_policys_weights_gives_the_default_margins(tmp_path, tokenizer):

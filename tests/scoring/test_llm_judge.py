@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import torch
@@ -14,8 +12,9 @@ from prefalign.data.records import PreferencePair
 from prefalign.evaluation.client import ChatClient
 from prefalign.scoring.base import read_scores
 from prefalign.scoring.llm_judge import LLMJudgeScorer
+from tests.entry import run_cli
 from tests.evaluation.judge_server import JudgeServer
-from tests.test_cli import ROOT
+from tests.test_pipeline import TOKENIZER
 
 
 def test_margin_is_the_difference_of_the_two_ratings(tmp_path):
@@ -49,11 +48,10 @@ def test_score_py_computes_the_llm_judge_column(tmp_path):
              "rejected": "wrong answer"} for i in range(6)]
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     with JudgeServer() as server:
-        result = subprocess.run(
-            [sys.executable, "score.py", "model=tiny_llama", "data=local", f"data.source.train_path={data}",
-             f"data.source.val_path={data}", "scores=[llm_judge]", f"+scorers.llm_judge.client.base_url={server.base_url}",
-             f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'scored'}"],
-            cwd=ROOT, capture_output=True, text=True, timeout=600,
+        result = run_cli(
+            "score", "model=tiny_llama", "data=local", f"data.source.train_path={data}", f"data.source.val_path={data}",
+            "scores=[llm_judge]", f"+scorers.llm_judge.client.base_url={server.base_url}",
+            f"paths.cache_dir={tmp_path / 'cache'}", TOKENIZER, f"hydra.run.dir={tmp_path / 'scored'}",
         )
         assert result.returncode == 0, result.stderr[-3000:]
         assert server.requests == 12

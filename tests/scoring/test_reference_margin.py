@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from prefalign.scoring.base import read_scores
 from prefalign.scoring.config import build_scorers
 from prefalign.scoring.margins import ReferenceMarginScorer
-from tests.test_cli import ROOT
+from tests.entry import run_cli
 from tests.test_configs import compose_with
 
 BATCH = {
@@ -38,12 +35,11 @@ def test_found_by_name_with_no_list_to_extend(tmp_path):
 
 
 def test_score_py_computes_it(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "score.py", "model=tiny_llama", "data.max_train_pairs=16", "data.max_val_pairs=8",
-         # a second configuration of the same class under its own column name
-         "scores=[reference_margin,irm,per_token]", "+scorers.per_token.option=reference_margin",
-         "+scorers.per_token.length_normalize=true", f"hydra.run.dir={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    result = run_cli(
+        "score", "model=tiny_llama", "data.max_train_pairs=16", "data.max_val_pairs=8",
+        # a second configuration of the same class under its own column name
+        "scores=[reference_margin,irm,per_token]", "+scorers.per_token.option=reference_margin",
+        "+scorers.per_token.length_normalize=true", f"hydra.run.dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     scores, provenance = read_scores(tmp_path)
