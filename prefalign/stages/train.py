@@ -64,21 +64,10 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
 
 def _run_training(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
-    checkpoint = resume_checkpoint(cfg)
-    saved, resumed_with = None, {}
-    if checkpoint is not None:
-        saved = read_checkpoint(checkpoint)  # as data (weights_only); a truncated file is named
-        resumed_with = resume_changes(saved, cfg)  # another run's settings are refused here, before any model loads
-        if training_complete(saved.progress, cfg.trainer):
-            return completed_run(checkpoint, saved.progress, cfg)
-        if not saved.training_state:
-            raise ValueError(
-                f"ckpt_path={checkpoint}: the run finished at step {saved.progress['global_step']} and its checkpoint "
-                "keeps its progress and settings only, not the optimiser's state that extending it needs "
-                f"({', '.join(f'{key}={new}' for key, (_, new) in resumed_with.items()) or 'nothing left to train'}). "
-                "Start a new run from its policy (model.init_from=<run>, another folder), or keep the whole state "
-                "in the runs you mean to extend (callbacks.checkpoint.keep_training_state=true)"
-            )
+    checkpoint, saved, resumed_with = checked_resume(cfg)  # refused here, before any model loads, if it differs
+    if saved is not None and training_complete(saved.progress, cfg.trainer):
+        return completed_run(checkpoint, saved.progress, cfg)
+
     setup = setup_run(cfg)
     if saved is not None:  # the same settings, and the same pairs too (checked before the model loads)
         check_resumed_data(saved, setup.datamodule.fingerprints["train"])
@@ -86,66 +75,24 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
     if getattr(model, "peft_config", None):
         model.print_trainable_parameters()
     cache_hits = setup.attach_reference(model) if setup.loss.requires_reference else {}
-
     module = run_module(cfg, model, setup.loss, setup.logp_settings)
+
     gathered = GatherFullPolicy()
     trainer = build_trainer(cfg, setup.output_dir, extra_callbacks=[gathered])
     checkpointing = [callback for callback in trainer.callbacks if isinstance(callback, ResumableCheckpoint)]
     for callback in checkpointing:  # every checkpoint records the settings a resume must keep
         callback.run_record = run_record(cfg, resumed_with, setup.datamodule.fingerprints["train"])
-    global_batch = setup.datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
-    log.info(
-        "%s on %d process(es): global batch %d = %d per device x %d device(s) x %d accumulated",
-        type(trainer.strategy).__name__,
-        trainer.world_size,
-        global_batch,
-        setup.datamodule.batch_size,
-        trainer.world_size,
-        trainer.accumulate_grad_batches,
-    )
+    log_batch_layout(trainer, setup.datamodule.batch_size)
     with compiled_decoder(model, bool(cfg.get("compile", False))):
-        fit_start = time.perf_counter()
-        trainer.fit(module, datamodule=setup.datamodule, ckpt_path=checkpoint, weights_only=True)
-        throughput = module.pairs_trained / max(time.perf_counter() - fit_start, 1e-9)
-        has_val = len(setup.datamodule.datasets["val"]) > 0 and trainer.limit_val_batches != 0
-        if has_val and module.validated_at_step != trainer.global_step:
-            # a run that stopped before an epoch's end (max_steps) ends with a validation all the same, so that
-            # metrics.json and a sweeper's optimized_metric always have val/*
-            log.info("training stopped at step %d, before an end-of-epoch validation: validating now", trainer.global_step)
-            trainer.validate(module, datamodule=setup.datamodule, verbose=False)
+        throughput = fit(trainer, module, setup.datamodule, checkpoint)
 
     metrics = final_metrics(trainer)
     policy_dir = setup.output_dir / "policy"
     if trainer.is_global_zero:  # the other processes of a DDP or FSDP run write nothing
         save_policy(module.policy, setup.tokenizer, policy_dir, state_dict=gathered.state)
-    datamodule = setup.datamodule
-    result: dict[str, Any] = {
-        **metrics,
-        "run": {
-            "model": setup.source.name,
-            "loss": type(setup.loss).__name__,
-            "data": datamodule.source.name,
-            "data_fingerprint": datamodule.fingerprints["train"],
-            "train_pairs": len(datamodule.datasets["train"]),
-            "val_pairs": len(datamodule.datasets["val"]),
-            "init_from": setup.source.init_from,
-            "weights": datamodule.restrictions.weights,
-            "order_by": datamodule.restrictions.order_by,
-            "order": datamodule.restrictions.order,
-            "flip_fraction": {split: datamodule.restrictions.flips(split) for split in ("train", "val")},
-            "global_steps": trainer.global_step,
-            "strategy": type(trainer.strategy).__name__,
-            "world_size": trainer.world_size,
-            "global_batch_size": global_batch,
-            "train_pairs_per_s_per_device": round(throughput, 2),
-            "reference_from_cache": cache_hits,
-            "elapsed_s": round(time.perf_counter() - start, 1),
-            "output_dir": str(setup.output_dir),
-            "policy_dir": str(policy_dir),
-        },
-    }
-    if datamodule.selection is not None:
-        result["selection"] = dict(datamodule.selection)
+    result = {**metrics, "run": run_facts(setup, trainer, throughput, cache_hits, start)}
+    if setup.datamodule.selection is not None:
+        result["selection"] = dict(setup.datamodule.selection)
     if resumed_with:
         result["resumed_with"] = resumed_with
     if not trainer.is_global_zero:
@@ -153,18 +100,107 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
     write_json(result, setup.output_dir / "metrics.json")
     for callback in checkpointing:  # the run is complete: its checkpoint keeps what keep_training_state says
         callback.run_finished()
+    log_done(result, metrics, throughput, trainer.world_size, setup.output_dir)
+    return result
+
+
+def checked_resume(cfg: DictConfig) -> tuple[str | None, Any, dict[str, list[Any]]]:
+    """The checkpoint to resume from (``ckpt_path``), read as data, and the settings the resume changes.
+
+    Returns:
+        ``(checkpoint, saved, resumed_with)``: ``(None, None, {})`` for a fresh run.
+
+    Raises:
+        ValueError: the resume changes a setting that can change a result
+            (:func:`prefalign.checkpointing.resume_changes`), or extends a finished run whose checkpoint kept no
+            training state.
+    """
+    checkpoint = resume_checkpoint(cfg)
+    if checkpoint is None:
+        return None, None, {}
+    saved = read_checkpoint(checkpoint)  # as data (weights_only); a truncated file is named
+    resumed_with = resume_changes(saved, cfg)  # another run's settings are refused here
+    if not training_complete(saved.progress, cfg.trainer) and not saved.training_state:
+        raise ValueError(
+            f"ckpt_path={checkpoint}: the run finished at step {saved.progress['global_step']} and its checkpoint "
+            "keeps its progress and settings only, not the optimiser's state that extending it needs "
+            f"({', '.join(f'{key}={new}' for key, (_, new) in resumed_with.items()) or 'nothing left to train'}). "
+            "Start a new run from its policy (model.init_from=<run>, another folder), or keep the whole state "
+            "in the runs you mean to extend (callbacks.checkpoint.keep_training_state=true)"
+        )
+    return checkpoint, saved, resumed_with
+
+
+def global_batch_size(trainer: Any, batch_size: int) -> int:
+    return batch_size * trainer.world_size * trainer.accumulate_grad_batches
+
+
+def log_batch_layout(trainer: Any, batch_size: int) -> None:
+    log.info(
+        "%s on %d process(es): global batch %d = %d per device x %d device(s) x %d accumulated",
+        type(trainer.strategy).__name__,
+        trainer.world_size,
+        global_batch_size(trainer, batch_size),
+        batch_size,
+        trainer.world_size,
+        trainer.accumulate_grad_batches,
+    )
+
+
+def fit(trainer: Any, module: Any, datamodule: Any, checkpoint: str | None) -> float:
+    """``trainer.fit`` (from ``checkpoint`` when resuming), then a last validation if the run stopped between
+    validations; returns the training throughput in pairs per second per device."""
+    fit_start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
+    throughput = module.pairs_trained / max(time.perf_counter() - fit_start, 1e-9)
+    has_val = len(datamodule.datasets["val"]) > 0 and trainer.limit_val_batches != 0
+    if has_val and module.validated_at_step != trainer.global_step:
+        # a run that stopped before an epoch's end (max_steps) ends with a validation all the same, so that
+        # metrics.json and a sweeper's optimized_metric always have val/*
+        log.info("training stopped at step %d, before an end-of-epoch validation: validating now", trainer.global_step)
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    return throughput
+
+
+def run_facts(setup: Any, trainer: Any, throughput: float, cache_hits: dict[str, bool], start: float) -> dict[str, Any]:
+    """The ``run`` record of ``metrics.json``: what was trained, on what, how and how fast."""
+    datamodule = setup.datamodule
+    return {
+        "model": setup.source.name,
+        "loss": type(setup.loss).__name__,
+        "data": datamodule.source.name,
+        "data_fingerprint": datamodule.fingerprints["train"],
+        "train_pairs": len(datamodule.datasets["train"]),
+        "val_pairs": len(datamodule.datasets["val"]),
+        "init_from": setup.source.init_from,
+        "weights": datamodule.restrictions.weights,
+        "order_by": datamodule.restrictions.order_by,
+        "order": datamodule.restrictions.order,
+        "flip_fraction": {split: datamodule.restrictions.flips(split) for split in ("train", "val")},
+        "global_steps": trainer.global_step,
+        "strategy": type(trainer.strategy).__name__,
+        "world_size": trainer.world_size,
+        "global_batch_size": global_batch_size(trainer, datamodule.batch_size),
+        "train_pairs_per_s_per_device": round(throughput, 2),
+        "reference_from_cache": cache_hits,
+        "elapsed_s": round(time.perf_counter() - start, 1),
+        "output_dir": str(setup.output_dir),
+        "policy_dir": str(setup.output_dir / "policy"),
+    }
+
+
+def log_done(result: dict[str, Any], metrics: dict[str, float], throughput: float, world_size: int, output_dir: Path) -> None:
     summary = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("train/loss", "val/loss", "val/rewards/accuracies") if k in metrics)
-    summary += f" ({throughput:.1f} pairs/s per device, {trainer.world_size} device(s))"
+    summary += f" ({throughput:.1f} pairs/s per device, {world_size} device(s))"
     log.info(
         "done in %.0f s: %s\n  outputs: %s\n  policy (Hugging Face format): %s\n  metrics: %s\n  logs: tensorboard --logdir %s",
         result["run"]["elapsed_s"],
         summary,
-        setup.output_dir,
-        policy_dir,
-        setup.output_dir / "metrics.json",
-        setup.output_dir / "tensorboard",
+        output_dir,
+        output_dir / "policy",
+        output_dir / "metrics.json",
+        output_dir / "tensorboard",
     )
-    return result
 
 
 def resume_checkpoint(cfg: DictConfig) -> str | None:
