@@ -17,6 +17,7 @@ from prefalign.scoring.base import read_scores
 from prefalign.scoring.config import build_scorers
 from prefalign.selection.analysis import plot_scores, score_labels
 from tests.entry import compose_config, run_cli
+from tests.test_pipeline import TOKENIZER
 
 ROOT = Path(__file__).resolve().parents[2]
 OPTIONS = sorted(path.stem for path in (ROOT / "conf" / "score").glob("*.yaml"))
@@ -69,7 +70,7 @@ def test_the_scores_file_records_the_labels_and_the_analysis_names_scores_by_the
         "score", "model=tiny_llama", "data.max_train_pairs=8", "data.max_val_pairs=4",
         "scores=[reference_margin,random,per_token]", "+scorers.per_token.option=reference_margin",
         "+scorers.per_token.length_normalize=true",
-        f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={scored}",
+        f"paths.cache_dir={tmp_path / 'cache'}", TOKENIZER, f"hydra.run.dir={scored}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     scores, provenance = read_scores(scored)
