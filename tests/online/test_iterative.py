@@ -1,5 +1,6 @@
 """Iterative DPO end to end on the tiny model: rounds that sample from the previous round's policy, the per-round
-table, resumption at the first unfinished round, the reference options and BeeS's proxy trained once."""
+table, resumption at the first unfinished round, the reference options and BeeS's proxy trained once. The commands
+run in-process (:func:`tests.entry.run_cli`), as the command line runs them."""
 
 from __future__ import annotations
 
@@ -9,19 +10,23 @@ import pytest
 from omegaconf import OmegaConf
 
 from prefalign.models import directory_fingerprint
-from tests.test_cli import check, train
+from tests.entry import run_cli
+from tests.test_cli import check
 
+# 10 prompts a round, 8 validation pairs, answers of 8 tokens
 ONLINE = ["model=tiny_llama", "online=iterative", "online.prompts_per_round=10", "online.samples_per_prompt=3",
-          "online.generation.max_new_tokens=8", "online.reward=annotator", "logger=csv", "optimizer.lr=1e-3"]
+          "online.generation.max_new_tokens=8", "online.reward=annotator", "data.max_val_pairs=8", "logger=csv",
+          "optimizer.lr=1e-3"]
 
 
 def test_rounds_sample_from_the_previous_policy_and_resume_at_the_first_unfinished_round(tmp_path):
     run, cache = tmp_path / "run", f"paths.cache_dir={tmp_path / 'cache'}"
-    common = [*ONLINE, cache, "evaluation.bench.limit=6", "online.reference=previous", f"hydra.run.dir={run}"]
-    check(train(*common, "online.rounds=1"))
+    common = [*ONLINE, cache, "evaluation.bench.limit=6", "evaluation.bench.max_new_tokens=8", "online.reference=previous",
+              f"hydra.run.dir={run}"]
+    check(run_cli("train", *common, "online.rounds=1"))
     first = (run / "round-1" / "train" / "metrics.json").read_text()
     # the same command with more rounds: round 1 is done (not trained again), round 2 starts from its policy
-    check(train(*common, "online.rounds=2"))
+    check(run_cli("train", *common, "online.rounds=2"))
     assert (run / "round-1" / "train" / "metrics.json").read_text() == first
 
     metrics = json.loads((run / "metrics.json").read_text())
@@ -48,8 +53,8 @@ def test_rounds_sample_from_the_previous_policy_and_resume_at_the_first_unfinish
 
 def test_bees_in_online_rounds_trains_its_proxy_in_the_first_round_only(tmp_path):
     run, cache = tmp_path / "run", tmp_path / "cache"
-    check(train(*ONLINE, f"paths.cache_dir={cache}", "online.rounds=2", "online.evaluate=false", "select=bees",
-                "select.keep_fraction=0.5", f"hydra.run.dir={run}"))
+    check(run_cli("train", *ONLINE, f"paths.cache_dir={cache}", "online.rounds=2", "online.evaluate=false", "select=bees",
+                  "select.keep_fraction=0.5", f"hydra.run.dir={run}"))
     rounds = json.loads((run / "metrics.json").read_text())["rounds"]
     assert [r["pairs_kept"] for r in rounds] == [r["pairs_built"] // 2 for r in rounds]
     proxies = []
