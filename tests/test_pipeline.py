@@ -7,6 +7,7 @@ included; the pipeline in a new interpreter is tested once, in ``tests/test_stag
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import pandas as pd
 import pytest
 
 from prefalign.data.sources import BuiltinSource
-from prefalign.models import default_cache_dir
+from prefalign.models import default_cache_dir, embedded_tokenizer_dir
 from prefalign.scoring.base import read_scores
 from tests.entry import run_cli
 from tests.test_cli import ROOT, check
@@ -24,6 +25,14 @@ SMALL = ["model=tiny_llama", "data.max_train_pairs=40", "data.max_val_pairs=12",
 # the embedded tokenizer from the default cache, for a run with a cache of its own, which would otherwise convert it
 # from GGUF again (about 6 s); not for a -m sweep, whose job folders are named by such overrides
 TOKENIZER = f"model.cache_dir={default_cache_dir()}"
+
+
+def cache_with_tokenizer(folder: Path) -> Path:
+    """A new cache folder that holds only the embedded tokenizer, copied from the default cache (a verified entry,
+    checked again where it is read): the cache of a -m sweep, which cannot take ``TOKENIZER``."""
+    converted = embedded_tokenizer_dir()
+    shutil.copytree(converted, folder / converted.relative_to(default_cache_dir()))
+    return folder
 
 
 def script(name: str, *args: str) -> subprocess.CompletedProcess:
@@ -37,7 +46,7 @@ def runs_of(sweep: Path) -> list[dict]:
 
 
 def test_keep_fraction_sweep_warms_up_and_scores_once(tmp_path):
-    sweep, cache = tmp_path / "sweep", tmp_path / "cache"
+    sweep, cache = tmp_path / "sweep", cache_with_tokenizer(tmp_path / "cache")
     result = run_cli(
         "train", "-m", *SMALL, "select=lossdiff_irm", "select.keep_fraction=0.5,0.64,0.8",
         f"paths.cache_dir={cache}", f"hydra.sweep.dir={sweep}",
@@ -177,7 +186,7 @@ EXPERIMENTS = sorted(path.stem for path in (ROOT / "conf" / "experiment").glob("
 def experiment_cache(tmp_path_factory) -> Path:
     """One cache for every experiment's sweep: a warm-up or a score that another experiment already computed
     (same model, data and settings) is read from it, as a user's cache would serve it."""
-    return tmp_path_factory.mktemp("experiment-cache")
+    return cache_with_tokenizer(tmp_path_factory.mktemp("experiment-cache"))
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
