@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -33,11 +31,6 @@ def cache_with_tokenizer(folder: Path) -> Path:
     converted = embedded_tokenizer_dir()
     shutil.copytree(converted, folder / converted.relative_to(default_cache_dir()))
     return folder
-
-
-def script(name: str, *args: str) -> subprocess.CompletedProcess:
-    """``python <name> <args>`` in a new interpreter."""
-    return subprocess.run([sys.executable, name, *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
 def runs_of(sweep: Path) -> list[dict]:
