@@ -62,7 +62,8 @@ def test_loss_decreases_on_a_fixed_batch(tokenizer, pair_file, architecture, los
     module = PreferenceModule(model, loss, optimizer=partial(torch.optim.AdamW, lr=2e-3))
     optimizer = module.configure_optimizers()
     losses = []
-    for _ in range(30):
+    # 15 steps: SFT, the slowest to fall, is about 30 % down by then; the preference losses fall faster
+    for _ in range(15):
         out, _ = module(batch)
         value = out.losses.mean()
         optimizer.zero_grad()
