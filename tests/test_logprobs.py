@@ -32,11 +32,30 @@ def plain_logp(model, prompt, completion):
     return sum(logits[len(prompt) - 1 + t, token] for t, token in enumerate(completion))
 
 
+@pytest.fixture(scope="module")
+def unpadded():
+    """``unpadded(architecture)``: the float64 tiny model and every sequence of :func:`make_batch`'s batch scored
+    on its own (:func:`plain_logp`), computed once for the four modes of an architecture."""
+    computed = {}
+
+    def get(architecture: str):
+        if architecture not in computed:
+            model = tiny_model(architecture, dtype="float64")
+            items, _ = make_batch(mismatched=True)
+            with torch.no_grad():
+                expected = {name: torch.stack([plain_logp(model, it["prompt_ids"], it[f"{name}_ids"]) for it in items])
+                            for name in ("chosen", "rejected", "kl_chosen", "kl_rejected")}
+            computed[architecture] = model, expected
+        return computed[architecture]
+
+    return get
+
+
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 @pytest.mark.parametrize("mode", ["shared_prompt", "concatenated", "packed", "packed_shared_prompt"])
-def test_pair_logps_match_unpadded_sequences(architecture, mode):
-    model = tiny_model(architecture, dtype="float64")
-    items, batch = make_batch(mismatched=True)
+def test_pair_logps_match_unpadded_sequences(architecture, mode, unpadded):
+    model, expected = unpadded(architecture)
+    _, batch = make_batch(mismatched=True)
     # pack_length 12 puts several sequences in one packed row and gives the longest one a row of its own; with a
     # shared prompt a segment is the prompt + 4 completions less their last tokens (chosen, rejected, KTO's two
     # mismatched): 12, 12 and 14 tokens, so 24 packs two segments into the first row (the second pair's rejected
@@ -45,8 +64,7 @@ def test_pair_logps_match_unpadded_sequences(architecture, mode):
     share = mode in ("shared_prompt", "packed_shared_prompt")
     out = pair_logps(model, batch, LogpSettings(share_prompt=share, pack_length=pack_length), mismatched=True)
     for name in ("chosen", "rejected", "kl_chosen", "kl_rejected"):
-        expected = torch.stack([plain_logp(model, it["prompt_ids"], it[f"{name}_ids"]) for it in items])
-        assert_close(out[f"{name}_logps"], expected, rtol=1e-10, atol=1e-10)
+        assert_close(out[f"{name}_logps"], expected[name], rtol=1e-10, atol=1e-10)
     # lengths count completion tokens only, never the prompt or padding
     assert out["chosen_lengths"].tolist() == [3.0, 6.0, 2.0]
     assert out["rejected_lengths"].tolist() == [4.0, 1.0, 2.0]
