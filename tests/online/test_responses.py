@@ -17,7 +17,7 @@ import pytest
 
 from prefalign.evaluation.benchmarks import BuiltinBenchmark
 from prefalign.evaluation.judges import EvalItem, RewardModelJudge
-from prefalign.online.responses import SamplingSettings, sample_and_reward, sample_shards
+from prefalign.online.responses import SamplingSettings, sample_shards
 from prefalign.online.rewards import AnnotatorReward, JudgeReward, VerifierReward
 from tests.entry import run_cli
 
