@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 # torch, Lightning and transformers load inside run() and main(), once Hydra has composed the config: a typo or
 # --help is answered in about a second instead of after the heavy imports
 from prefalign.config import (
+    FULL_DATA_TARGETS,
     hydra_quoted,
     log_from_rank_zero,
     refuse_multirun_with_process_launch,
@@ -29,16 +30,11 @@ from prefalign.folder_lock import hold_folder
 log = logging.getLogger(__name__)
 
 
-# the target of ``select=full`` (as conf/select/full.yaml names it, or by its module): a plain training run,
-# which needs none of the scoring and selection code
-FULL_DATA = ("prefalign.selection.FullSelection", "prefalign.selection.rules.FullSelection")
-
-
 def trains_all_pairs(cfg: DictConfig) -> bool:
     """Whether ``cfg`` asks for a plain training run (``select=full`` or no ``select``), decided from the config
     alone for the default, so that a plain ``python train.py`` imports no scoring or selection code."""
     node = cfg.get("select")
-    if node is None or (node.get("_target_") in FULL_DATA and not node.get("invert", False)):
+    if node is None or (node.get("_target_") in FULL_DATA_TARGETS and not node.get("invert", False)):
         return True
     from prefalign.stages.pipeline import needs_selection
 

@@ -138,6 +138,11 @@ def group_option(group: str, node: Any) -> Any:
     return OmegaConf.merge(merged, loaded)
 
 
+# the targets of ``select=full`` (as conf/select/full.yaml names it, or by its module), read from the config alone:
+# a plain training run needs none of the selection code to know it is one
+FULL_DATA_TARGETS = ("prefalign.selection.FullSelection", "prefalign.selection.rules.FullSelection")
+
+
 def unread_selection_settings(cfg: Any) -> list[str]:
     """The selection settings a run sets that no stage reads: under ``select=full`` (training on every pair, no
     pipeline), a budget or other rule setting (``select.keep_fraction=0.5``) and ``pipeline.extra_scores``.
@@ -146,7 +151,7 @@ def unread_selection_settings(cfg: Any) -> list[str]:
         ``key=value`` for each, empty when the rule reads them all (or there is no ``select``).
     """
     select = cfg.get("select")
-    if not select or select.get("_target_") != "prefalign.selection.FullSelection":
+    if not select or select.get("_target_") not in FULL_DATA_TARGETS:
         return []
     # full.yaml's own values (null budget, no inversion) are what "unset" means; anything else is ignored
     unread = [
