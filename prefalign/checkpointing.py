@@ -50,7 +50,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
 from prefalign.atomic import atomic_write
-from prefalign.keys import NO_EFFECT, TRAINING_INPUTS, UNCHANGED_AT, plain
+from prefalign.keys import NO_EFFECT, OPTIONAL_INPUTS, TRAINING_INPUTS, UNCHANGED_AT, plain
 
 log = logging.getLogger(__name__)
 
@@ -339,7 +339,9 @@ def run_record(cfg: Any, resumed_with: dict[str, list[Any]] | None = None, data_
     """What a checkpoint records of its run: the resolved training inputs (:data:`prefalign.keys.TRAINING_INPUTS`),
     the logger and the checkpoint settings, as plain data; the extensions of earlier resumes; and the content
     fingerprint of the training pairs (a data file rewritten under the same name is other data)."""
-    settings = {name: plain(cfg.get(name)) for name in TRAINING_INPUTS}
+    settings = {
+        name: plain(cfg.get(name)) for name in TRAINING_INPUTS if cfg.get(name) is not None or name not in OPTIONAL_INPUTS
+    }
     settings["logger"] = plain(cfg.get("logger"))
     checkpoint = plain((cfg.get("callbacks") or {}).get("checkpoint")) or {}
     # where the checkpoints go is the run folder's business (a run may be resumed into another folder)

@@ -27,7 +27,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 LOGP_SETTINGS = ("share_prompt", "pack_length", "head_chunk_tokens")
 
 # what a training run's result depends on (the warm-up of the selection pipeline is one)
-TRAINING_INPUTS = ("model", "data", "loss", "optimizer", "scheduler", "trainer", "seed", *LOGP_SETTINGS, "compile")
+TRAINING_INPUTS = ("model", "data", "loss", "optimizer", "scheduler", "trainer", "seed", *LOGP_SETTINGS, "compile", "inrun")
+# top-level inputs added after caches existed, left out of keys and records while absent (null): the in-run
+# influence record (inrun=influence) is part of a run's result, but a run without one keeps its old key
+OPTIONAL_INPUTS = ("inrun",)
 
 # settings inside those nodes that cannot change a number (dotted paths)
 NO_EFFECT = (
@@ -79,7 +82,7 @@ def _node(inputs: dict[str, Any], path: str) -> tuple[Any, str | None]:
 def config_inputs(cfg: DictConfig, names: tuple[str, ...] | list[str], drop: tuple[str, ...] = NO_EFFECT) -> dict[str, Any]:
     """The resolved top-level entries ``names`` of ``cfg`` (absent ones as ``None``), less the dotted ``drop`` paths
     and the options of :data:`UNCHANGED_AT` at their old-result value (and :data:`ONLY_WITH`'s without theirs)."""
-    inputs = {name: plain(cfg.get(name)) for name in names}
+    inputs = {name: plain(cfg.get(name)) for name in names if cfg.get(name) is not None or name not in OPTIONAL_INPUTS}
 
     def value(path: str) -> Any:
         node, key = _node(inputs, path)

@@ -23,6 +23,7 @@ chunks of tokens (``head_chunk_tokens``, :func:`chunked_head_logps`).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,10 @@ class LogpSettings:
         head_logps: a vocabulary step of packed passes that replaces both of those, ``(hidden (N, H), head,
             targets (N,)) -> (N,)``; not a config option: the JVP influence passes its forward-mode one
             (:mod:`prefalign.scoring.jvp_head`) for its own passes only.
+        tracer: not a config option either: the in-run influence's
+            :class:`~prefalign.inrun.ghost.GhostInfluence`, told by each pass which tokens belong to which pair
+            (its ``tokens(owners)``) and given the chunked vocabulary step's logit gradients (its
+            ``head_ghost()``). It changes no number of the pass.
 
     Raises:
         ValueError: ``pack_length`` or ``head_chunk_tokens`` is not a positive integer or ``None``, or
@@ -69,6 +74,7 @@ class LogpSettings:
     pack_length: int | None = None
     head_chunk_tokens: int | None = None
     head_logps: HeadLogps | None = None
+    tracer: Any = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.share_prompt, bool):
@@ -91,8 +97,14 @@ class LogpSettings:
         if self.head_logps is not None:
             return self.head_logps(hidden, head, targets)
         if self.head_chunk_tokens is not None:
-            return chunked_head_logps(hidden, head, targets, self.head_chunk_tokens)
+            ghost = self.tracer.head_ghost() if self.tracer is not None else None
+            return chunked_head_logps(hidden, head, targets, self.head_chunk_tokens, ghost)
         return token_logps(head(hidden), targets)
+
+
+def _owned(tracer: Any, owners: Tensor) -> AbstractContextManager[Any]:
+    """The tracer's ``tokens(owners)`` (which pair each token of the next model call belongs to), if there is one."""
+    return tracer.tokens(owners) if tracer is not None else nullcontext()
 
 
 def _positions(attention_mask: Tensor) -> Tensor:
@@ -108,6 +120,7 @@ def completion_logits(
     completion_attention_mask: Tensor,
     prompt_index: Tensor | None = None,
     share_prompt: bool = True,
+    tracer: Any = None,
 ) -> Tensor:
     """Logits ``(N, C, V)`` whose position ``t`` predicts completion token ``t``.
 
@@ -117,20 +130,23 @@ def completion_logits(
         completion_input_ids, completion_attention_mask: ``(N, C)``, right-padded.
         prompt_index: ``(N,)`` row of the prompt each completion follows; default ``arange(N)`` (``N == B``).
         share_prompt: run each prompt once and reuse its cache (see module docstring).
+        tracer: told that each row's tokens belong to its prompt's row (:attr:`LogpSettings.tracer`).
     """
     n_completions, length = completion_input_ids.shape
     if prompt_index is None:
         prompt_index = torch.arange(n_completions, device=completion_input_ids.device)
     # the last completion token is never an input: nothing after it is scored
     inputs = completion_input_ids[:, :-1]
+    prompt_rows = torch.arange(prompt_input_ids.shape[0], device=inputs.device)[:, None]
     if share_prompt:
-        prompt_out = model(
-            input_ids=prompt_input_ids,
-            attention_mask=prompt_attention_mask,
-            position_ids=_positions(prompt_attention_mask),
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        with _owned(tracer, prompt_rows):
+            prompt_out = model(
+                input_ids=prompt_input_ids,
+                attention_mask=prompt_attention_mask,
+                position_ids=_positions(prompt_attention_mask),
+                use_cache=True,
+                logits_to_keep=1,
+            )
         first = prompt_out.logits[prompt_index, -1:]  # predicts completion token 0
         if length == 1:
             return first
@@ -140,23 +156,25 @@ def completion_logits(
         attention_mask = torch.cat([prompt_mask, completion_attention_mask[:, :-1]], dim=1)
         start = prompt_mask.sum(-1, keepdim=True)
         positions = start + torch.arange(length - 1, device=inputs.device)
-        rest = model(
-            input_ids=inputs,
-            attention_mask=attention_mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-        ).logits
+        with _owned(tracer, prompt_index[:, None]):
+            rest = model(
+                input_ids=inputs,
+                attention_mask=attention_mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            ).logits
         return torch.cat([first, rest], dim=1)
     input_ids = torch.cat([prompt_input_ids[prompt_index], inputs], dim=1)
     attention_mask = torch.cat([prompt_attention_mask[prompt_index], completion_attention_mask[:, :-1]], dim=1)
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=_positions(attention_mask),
-        use_cache=False,
-        logits_to_keep=length,
-    )
+    with _owned(tracer, prompt_index[:, None]):
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=_positions(attention_mask),
+            use_cache=False,
+            logits_to_keep=length,
+        )
     return out.logits
 
 
@@ -232,6 +250,8 @@ def packed_completion_logps(
     # segment number and part (0: prompt, j: j-th completion of the segment) of every token; the tail of a row is
     # one more segment of its own, attended by nothing real
     segment_ids = torch.full((len(rows), width), -1, dtype=torch.long)
+    # the prompt row (the pair, in pair_logps) each token belongs to, -1 for a row's tail: for a tracer
+    prompt_of = torch.full((len(rows), width), -1, dtype=torch.long)
     part_ids = torch.zeros((len(rows), width), dtype=torch.long)
     gather_rows, gather_positions, targets, owner = [], [], [], []
     for row, row_segments in enumerate(rows):
@@ -244,6 +264,7 @@ def packed_completion_logps(
             input_ids[row, offset : offset + p] = ids
             position_ids[row, offset : offset + p] = torch.arange(p)
             segment_ids[row, offset : offset + p] = number
+            prompt_of[row, offset : offset + p] = prompt
             last_prompt_token = offset + p - 1
             offset += p
             for part, completion in enumerate(numbers, start=1):
@@ -255,6 +276,7 @@ def packed_completion_logps(
                 input_ids[row, offset : offset + inputs] = tokens[:-1]
                 position_ids[row, offset : offset + inputs] = torch.arange(p, p + inputs)
                 segment_ids[row, offset : offset + inputs] = number
+                prompt_of[row, offset : offset + inputs] = prompt
                 part_ids[row, offset : offset + inputs] = part
                 predicting = torch.cat([torch.tensor([last_prompt_token]), torch.arange(offset, offset + inputs)])
                 gather_rows.append(torch.full_like(predicting, row))
@@ -269,32 +291,38 @@ def packed_completion_logps(
     allowed = (causal & same_segment & visible_part).unsqueeze(1).to(device)  # (rows, 1, query, key)
     dtype = next(model.parameters()).dtype
     attention_mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
-    hidden = model.get_decoder()(
-        input_ids=input_ids.to(device),
-        attention_mask=attention_mask,
-        position_ids=position_ids.to(device),
-        use_cache=False,
-    ).last_hidden_state
+    with _owned(settings.tracer, prompt_of.to(device)):
+        hidden = model.get_decoder()(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask,
+            position_ids=position_ids.to(device),
+            use_cache=False,
+        ).last_hidden_state
     sums = torch.zeros(n_completions, dtype=torch.promote_types(hidden.dtype, torch.float32), device=device)
     if gather_rows:
         selected = hidden[torch.cat(gather_rows).to(device), torch.cat(gather_positions).to(device)]
         head, target_ids = model.get_output_embeddings(), torch.cat(targets).to(device)
-        per_token = settings.vocabulary_logps(selected, head, target_ids)
-        sums = sums.to(per_token.dtype).index_add(0, torch.cat(owner).to(device), per_token)
+        owners = torch.cat(owner).to(device)
+        with _owned(settings.tracer, prompt_index[owners]):
+            per_token = settings.vocabulary_logps(selected, head, target_ids)
+        sums = sums.to(per_token.dtype).index_add(0, owners, per_token)
     counts = completion_attention_mask.sum(-1).to(sums.dtype)
     return sums, counts
 
 
 class _ChunkedHeadLogps(torch.autograd.Function):
-    """``(hidden (N, H), weight (V, H), bias (V,) or None, targets (N,), chunk) -> log softmax(W h + b)[target]``.
+    """``(hidden (N, H), weight (V, H), bias (V,) or None, targets (N,), chunk, ghost) -> log softmax(W h + b)[target]``.
 
     Chunks of ``chunk`` tokens: the forward keeps only each token's log-sum-exp, the backward recomputes each
     chunk's logits, so no ``N x V`` tensor is ever kept (at most one ``chunk x V`` at a time). With
-    ``G = dL/dz = g (onehot(y) - softmax(z))``: ``dh = G W``, ``dW = G^T h``, ``db = sum_t G``.
+    ``G = dL/dz = g (onehot(y) - softmax(z))``: ``dh = G W``, ``dW = G^T h``, ``db = sum_t G``. ``ghost``
+    (the in-run influence's, or ``None``) is handed each chunk's ``G`` in the backward pass.
     """
 
     @staticmethod
-    def forward(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
+    def forward(
+        hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, chunk: int, ghost: Any = None
+    ) -> tuple[Tensor, Tensor]:
         dtype = torch.promote_types(hidden.dtype, torch.float32)
         picked = torch.empty(hidden.shape[0], dtype=dtype, device=hidden.device)
         lse = torch.empty_like(picked)
@@ -307,15 +335,18 @@ class _ChunkedHeadLogps(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-        hidden, weight, bias, targets, chunk = inputs
+        hidden, weight, bias, targets, chunk, ghost = inputs
         _picked, lse = output
         ctx.chunk = chunk
+        ctx.ghost = ghost
         ctx.has_bias = bias is not None
         ctx.mark_non_differentiable(lse)
         ctx.save_for_backward(hidden, weight, bias if bias is not None else torch.empty(0), targets, lse)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor, _grad_lse: Any) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
+    def backward(
+        ctx: Any, grad: Tensor, _grad_lse: Any
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None, None]:
         hidden, weight, bias, targets, lse = ctx.saved_tensors
         bias = bias if ctx.has_bias else None
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
@@ -330,6 +361,8 @@ class _ChunkedHeadLogps(torch.autograd.Function):
             # G = g (onehot(y) - p), in place on the recomputed logits
             dlogits = logits.sub_(lse[part].unsqueeze(-1)).exp_().mul_(-g.unsqueeze(-1))
             dlogits[rows[: len(g)], targets[part]] += g
+            if ctx.ghost is not None:
+                ctx.ghost(part, dlogits, hidden[part], weight, bias)
             if dhidden is not None:
                 dhidden[part] = dlogits.to(weight.dtype) @ weight
             if dweight is not None:
@@ -342,16 +375,22 @@ class _ChunkedHeadLogps(torch.autograd.Function):
             None if dbias is None else dbias.to(weight.dtype),
             None,
             None,
+            None,
         )
 
 
-def chunked_head_logps(hidden: Tensor, head: torch.nn.Module, targets: Tensor, chunk_tokens: int) -> Tensor:
+def chunked_head_logps(
+    hidden: Tensor, head: torch.nn.Module, targets: Tensor, chunk_tokens: int, ghost: Any = None
+) -> Tensor:
     """``log softmax(head(hidden))[target]`` per row, ``(N, H), (N,) -> (N,)``, in chunks of ``chunk_tokens``
     tokens that never keep an ``N x V`` tensor (one more head matmul in the backward pass, which recomputes the
-    logits). A head other than a plain ``nn.Linear`` (a LoRA-wrapped head, say) takes the generic path."""
+    logits). A head other than a plain ``nn.Linear`` (a LoRA-wrapped head, say) takes the generic path.
+
+    ``ghost``: called in the backward pass with each chunk's ``(rows, dlogits, hidden, weight, bias)``
+    (:meth:`prefalign.inrun.ghost.GhostInfluence.head_ghost`)."""
     if type(head) is not torch.nn.Linear:
         return token_logps(head(hidden), targets)
-    return _ChunkedHeadLogps.apply(hidden, head.weight, head.bias, targets, chunk_tokens)[0]
+    return _ChunkedHeadLogps.apply(hidden, head.weight, head.bias, targets, chunk_tokens, ghost)[0]
 
 
 def token_logps(logits: Tensor, token_ids: Tensor) -> Tensor:
@@ -369,6 +408,7 @@ def completion_logps(
     completion_attention_mask: Tensor,
     prompt_index: Tensor | None = None,
     share_prompt: bool = True,
+    tracer: Any = None,
 ) -> tuple[Tensor, Tensor]:
     """Summed completion log-probs ``s(y)`` and completion lengths ``|y|``, both ``(N,)`` (float32 or wider).
 
@@ -382,6 +422,7 @@ def completion_logps(
         completion_attention_mask,
         prompt_index,
         share_prompt,
+        tracer,
     )
     per_token = token_logps(logits, completion_input_ids)
     mask = completion_attention_mask.to(per_token.dtype)
@@ -421,7 +462,14 @@ def pair_logps(
         )
     else:
         logps, lengths = completion_logps(
-            model, batch["prompt_input_ids"], batch["prompt_attention_mask"], ids, mask, prompt_index, settings.share_prompt
+            model,
+            batch["prompt_input_ids"],
+            batch["prompt_attention_mask"],
+            ids,
+            mask,
+            prompt_index,
+            settings.share_prompt,
+            settings.tracer,
         )
     out: dict[str, Tensor] = {}
     for k, name in enumerate(names):

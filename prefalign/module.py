@@ -167,6 +167,9 @@ class PreferenceModule(L.LightningModule):
         self._step_pair_ids: list[str] = []
         # validation pairs with a non-finite loss in the validation under way
         self._nonfinite_val_pairs: list[str] = []
+        # called with each training batch and its loss output before the backward pass (the in-run influence,
+        # prefalign.inrun, hooks the per-pair losses there); None: nothing
+        self.pair_observer: Callable[[dict[str, Any], LossOutput], None] | None = None
 
     def on_fit_start(self) -> None:
         # from_pretrained returns models in eval mode, scorers leave the policy and the loss in eval mode, and
@@ -232,6 +235,8 @@ class PreferenceModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out, policy = self(batch)
+        if self.pair_observer is not None:
+            self.pair_observer(batch, out)
         weights = batch.get("weights")
         weights = None if weights is None else weights.to(out.losses.dtype)
         self._check_finite(out, batch, weights)

@@ -160,7 +160,7 @@ def test_settings_are_validated_by_their_config_keys():
 def test_head_chunks_and_a_replaced_vocabulary_step_are_used_by_packed_passes(monkeypatch):
     calls = []
     apply = logprobs._ChunkedHeadLogps.apply
-    monkeypatch.setattr(logprobs._ChunkedHeadLogps, "apply", lambda *args: calls.append(args[-1]) or apply(*args))
+    monkeypatch.setattr(logprobs._ChunkedHeadLogps, "apply", lambda *args: calls.append(args[4]) or apply(*args))
     model = tiny_model("llama", dtype="float64")
     generator = torch.Generator().manual_seed(4)
     prompts = torch.randint(5, 100, (2, 4), generator=generator)
@@ -206,7 +206,7 @@ def test_two_runs_in_one_process_keep_their_own_head_chunks(tmp_path, monkeypatc
     assert plain.logp_settings == LogpSettings(pack_length=64)
     calls = []
     apply = logprobs._ChunkedHeadLogps.apply
-    monkeypatch.setattr(logprobs._ChunkedHeadLogps, "apply", lambda *args: calls.append(args[-1]) or apply(*args))
+    monkeypatch.setattr(logprobs._ChunkedHeadLogps, "apply", lambda *args: calls.append(args[4]) or apply(*args))
     model = tiny_model("llama")
     losses = {}
     # the first run's passes after the second run was set up, then the second run's

@@ -45,7 +45,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import re
 from typing import Any
 
 import torch
@@ -54,6 +53,7 @@ from torch.func import functional_call, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from prefalign import distributed
+from prefalign.inrun.ghost import select_parameters
 from prefalign.logprobs import LogpSettings
 from prefalign.losses import PreferenceLoss
 from prefalign.models import DTYPES
@@ -79,28 +79,6 @@ class PairLosses(torch.nn.Module):
 
     def forward(self, batch: dict[str, Any], logp_settings: LogpSettings | None = None) -> Tensor:
         return self.module(batch, logp_settings)[0].losses
-
-
-def select_parameters(model: torch.nn.Module, parameters: str | list[str] = "trainable") -> dict[str, Tensor]:
-    """The parameters the influence is taken over, by name.
-
-    Args:
-        model: the policy.
-        parameters: ``"trainable"`` (those with ``requires_grad``: all under full fine-tuning, the adapters under
-            LoRA), ``"all"``, or a list of regular expressions matched against parameter names
-            (e.g. ``["layers\\.2[0-9]\\.", "lm_head"]``).
-    """
-    named = dict(model.named_parameters())
-    if parameters == "trainable":
-        chosen = {name: p for name, p in named.items() if p.requires_grad}
-    elif parameters == "all":
-        chosen = named
-    else:
-        patterns = [re.compile(pattern) for pattern in parameters]
-        chosen = {name: p for name, p in named.items() if any(pattern.search(name) for pattern in patterns)}
-    if not chosen:
-        raise ValueError(f"score.influence.parameters={parameters!r} matches no parameter of the model")
-    return chosen
 
 
 def validation_gradient(

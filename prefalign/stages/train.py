@@ -18,6 +18,8 @@ Output directory layout (the run's Hydra directory)::
     policy/              the final policy in Hugging Face format (save_pretrained + tokenizer)
     metrics.json         final metrics, sizes, timings, and the selection trained on (rule, thresholds, kept);
                          after a resume that extended the run, ``resumed_with`` ({setting: [first, now]})
+    inrun/               with inrun=influence: every trained pair's influence at every step, and its per-pair
+                         summaries as inrun/scores.parquet (prefalign/inrun/record.py)
     .lock                held while the run writes here (prefalign/folder_lock.py): one run per folder
 """
 
@@ -78,7 +80,7 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
     module = run_module(cfg, model, setup.loss, setup.logp_settings)
 
     gathered = GatherFullPolicy()
-    trainer = build_trainer(cfg, setup.output_dir, extra_callbacks=[gathered])
+    trainer = build_trainer(cfg, setup.output_dir, extra_callbacks=[gathered, *inrun_callbacks(cfg, setup)])
     checkpointing = [callback for callback in trainer.callbacks if isinstance(callback, ResumableCheckpoint)]
     for callback in checkpointing:  # every checkpoint records the settings a resume must keep
         callback.run_record = run_record(cfg, resumed_with, setup.datamodule.fingerprints["train"])
@@ -102,6 +104,15 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
         callback.run_finished()
     log_done(result, metrics, throughput, trainer.world_size, setup.output_dir)
     return result
+
+
+def inrun_callbacks(cfg: DictConfig, setup: Any) -> list[Any]:
+    """The in-run influence callback of ``inrun=influence`` (:mod:`prefalign.inrun`), or none."""
+    if not cfg.get("inrun"):
+        return []
+    from hydra.utils import instantiate
+
+    return [instantiate(cfg.inrun, output_dir=str(setup.output_dir), data_fingerprint=setup.datamodule.fingerprints["train"])]
 
 
 def checked_resume(cfg: DictConfig) -> tuple[str | None, Any, dict[str, list[Any]]]:
