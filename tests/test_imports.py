@@ -26,6 +26,7 @@ LOW_LAYERS = (
     "prefalign.reference",
     "prefalign.atomic",
     "prefalign.rewards",
+    "prefalign.inrun",
 )
 
 

@@ -81,6 +81,9 @@ def recorded_rule_label(rule: str, scores: tuple[str, ...]) -> str:
 def method_label(metrics: dict[str, Any]) -> str:
     """A run's row name: the label its selection records (the rule's own), ``Full Data`` without a selection."""
     selection = metrics.get("selection")
+    online = (metrics.get("inrun") or {}).get("online")
+    if online and not selection:  # inrun=online_tif: the pairs were chosen while training
+        return f"Online TIF ({online['mode'].replace('_', ' ')}, {online['action']})"
     if not selection:
         return FullSelection.label
     if selection.get("label"):

@@ -23,6 +23,20 @@ resumed run continues with the same ``v``). ``python -m bench.inrun`` measures t
 
 Several processes (DDP): each rank records its own pairs (its own shard folder); ``v`` is computed data-parallel
 and summed over the ranks. Sharded training (FSDP) is refused: the hooks would see sharded parameters.
+
+**Selection that follows the model** (``online``, :class:`OnlineBand`): while training, the pairs whose current IF
+falls outside the TIF band ``(low, high)`` of a running percentile estimate (the last ``window`` in-run IF values
+of the run, on this process) are dropped from the step (weight 0) or down-weighted, the batch's other weights
+rescaled so that its mean weight is unchanged. Two modes:
+
+* ``same_step``: before each step, a scoring pass (forward and backward, its gradients discarded) gives every pair
+  of the batch its IF at ``theta_t``; the update then runs on the kept pairs. Exact to the step, about twice the
+  cost of a step.
+* ``previous_visit``: a pair's IF from its last visit (an earlier epoch) decides its next one; nearly free, but
+  the first epoch trains on every pair, and a dropped pair, which gets no gradient, keeps its last measured IF.
+
+Each record row says which weight the rule gave the pair (``weight``), and ``inrun/online.json`` counts what
+was dropped or down-weighted, per epoch.
 """
 
 from __future__ import annotations
@@ -30,8 +44,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 import lightning as L
 import torch
@@ -43,6 +60,7 @@ from prefalign.data.datamodule import PairDataset
 from prefalign.inrun.ghost import GhostInfluence, select_parameters
 from prefalign.inrun.record import RecordWriter, read_records, summarise, write_scores
 from prefalign.reference import move_to
+from prefalign.selection.rules import band_mask
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +77,8 @@ class InRunInfluence(L.Callback):
         val_pairs: compute ``v`` on this many validation pairs, a fixed random subset (``None``: all of them).
         seed: the seed of that subset.
         data_fingerprint: the training pairs' fingerprint, recorded in the summaries' provenance.
+        online: the settings of an :class:`OnlineBand` that drops or down-weights pairs while training
+            (``None``: record only, change nothing).
     """
 
     def __init__(
@@ -70,6 +90,7 @@ class InRunInfluence(L.Callback):
         val_pairs: int | None = None,
         seed: int = 0,
         data_fingerprint: str | None = None,
+        online: dict[str, Any] | None = None,
     ) -> None:
         for key, value in (("refresh_every_n_steps", refresh_every_n_steps), ("val_pairs", val_pairs)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
@@ -83,6 +104,7 @@ class InRunInfluence(L.Callback):
         self.val_pairs = val_pairs
         self.seed = seed
         self.data_fingerprint = data_fingerprint
+        self.online = OnlineBand(**online) if online else None
         self.direction: dict[str, Tensor] | None = None
         self.refreshes: list[dict[str, Any]] = []
         self.ghost: GhostInfluence | None = None
@@ -93,11 +115,16 @@ class InRunInfluence(L.Callback):
 
     # -- checkpoint state: v and the refresh log, so that a resumed run continues with the same v ------------
     def state_dict(self) -> dict[str, Any]:
-        return {"direction": self.direction, "refreshes": list(self.refreshes)}
+        state = {"direction": self.direction, "refreshes": list(self.refreshes)}
+        if self.online is not None:
+            state["online"] = self.online.state_dict()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.direction = state_dict.get("direction")
         self.refreshes = list(state_dict.get("refreshes") or [])
+        if self.online is not None and state_dict.get("online"):
+            self.online.load_state_dict(state_dict["online"])
         self._restored = True
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -146,23 +173,57 @@ class InRunInfluence(L.Callback):
             "lr": float(optimizer.param_groups[0]["lr"]),
             "refresh": self.refreshes[-1]["refresh"],
         }
-        self.ghost.begin(len(batch["pair_ids"]), pl_module.device)
+        pair_ids = list(batch["pair_ids"])
+        if self.online is not None and self.online.mode == "same_step":
+            # the scoring pass at theta_t; the step itself then needs no ghost products
+            self._current.update(self._scoring_pass(pl_module, batch))
+            factors = self.online.factors(self._current["influence"])
+        elif self.online is not None:
+            factors = self.online.factors(np.array([self.online.last.get(pair_id, np.nan) for pair_id in pair_ids]))
+            self.ghost.begin(len(pair_ids), pl_module.device)
+        else:
+            factors = np.ones(len(pair_ids))
+            self.ghost.begin(len(pair_ids), pl_module.device)
+        self._current["weight"] = factors
+        if self.online is not None:
+            self.online.apply(batch, factors, trainer.current_epoch)
 
     def _observe(self, batch: dict[str, Any], out: Any) -> None:
         """The module's training step, before its backward: hook the per-pair losses (``dL/d ell_i``)."""
         assert self.ghost is not None and self._current is not None
-        out.losses.register_hook(self.ghost.pair_scale)
+        if self.ghost.active:
+            out.losses.register_hook(self.ghost.pair_scale)
         self._current["pair_id"] = list(batch["pair_ids"])
         self._current["loss"] = out.losses.detach().double().cpu().numpy()
         self._current["margin"] = (out.chosen_rewards - out.rejected_rewards).detach().double().cpu().numpy()
+
+    def _scoring_pass(self, pl_module: L.LightningModule, batch: dict[str, Any]) -> dict[str, Any]:
+        """Every pair's IF at the current weights, from a forward and backward pass of the batch whose gradients
+        are discarded (``torch.autograd.grad``: the parameters' ``.grad`` is not touched)."""
+        assert self.ghost is not None
+        named = dict(pl_module.policy.named_parameters())
+        parameters = [named[name] for name in self.ghost.names]
+        self.ghost.begin(len(batch["pair_ids"]), pl_module.device)
+        try:
+            with torch.random.fork_rng(devices=[]):  # the step itself draws the same dropout as without this pass
+                out, _ = pl_module(batch)
+                out.losses.register_hook(self.ghost.pair_scale)
+                torch.autograd.grad(out.losses.sum(), parameters, allow_unused=True)
+            influence = self.ghost.influence().cpu().numpy()
+        finally:
+            self.ghost.end()
+        return {"influence": influence}
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         assert self.ghost is not None and self.writer is not None and self._current is not None
-        influence = self.ghost.influence().cpu().numpy()
+        if "influence" not in self._current:
+            self._current["influence"] = self.ghost.influence().cpu().numpy()
         self.ghost.end()
-        self.writer.add(influence=influence, **self._current)
+        if self.online is not None:
+            self.online.observe(self._current["pair_id"], self._current["influence"])
+        self.writer.add(**self._current)
         self._current = None
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
@@ -202,6 +263,23 @@ class InRunInfluence(L.Callback):
             self.writer.flush()
         if trainer.is_global_zero and self.refreshes:
             write_json(self.refreshes, self.folder / "refreshes.json")
+        if self.online is not None:
+            write_json(self.online.report(), self.folder / "records" / f"online-rank-{trainer.global_rank:02d}.json")
+
+    def summary(self) -> dict[str, Any]:
+        """What ``metrics.json`` records of the in-run influence: where the record is, how many ``v``, and what the
+        online rule did (its settings and the pairs it dropped or down-weighted on this process)."""
+        facts: dict[str, Any] = {"record": str(self.folder), "refreshes": len(self.refreshes), "parameters": self.parameters}
+        if self.online is not None:
+            report = self.online.report()
+            facts["online"] = {
+                "mode": report["mode"],
+                "action": report["action"],
+                "band": report["band"],
+                "outside": sum(epoch["outside"] for epoch in report["per_epoch"].values()),
+                "pairs": sum(epoch["pairs"] for epoch in report["per_epoch"].values()),
+            }
+        return facts
 
     # -- v ------------------------------------------------------------------------------------------------------
     def _maybe_refresh(self, trainer: L.Trainer, pl_module: L.LightningModule, batch_idx: int) -> None:
@@ -271,3 +349,102 @@ class InRunInfluence(L.Callback):
             pl_module.train(was_training)
         distributed.all_reduce_sum(sums)
         return {name: total.detach() for name, total in zip(self.ghost.names, sums)}, len(dataset)
+
+
+class OnlineBand:
+    """The online TIF rule of ``inrun.online``: which pairs of a batch to drop or down-weight from their in-run IF.
+
+    A pair is in the band when its IF lies strictly between the ``low``-th and ``high``-th percentiles of the
+    running estimate (the TIF selector, ``I[delta_small < IF < delta_large]``, :func:`~prefalign.selection.rules.band_mask`),
+    here over the last ``window`` IF values measured in this run. Until ``min_values`` values are in, and for a
+    pair without an IF yet (``previous_visit``'s first epoch), every pair is kept.
+
+    Args:
+        mode: ``same_step`` or ``previous_visit`` (:mod:`prefalign.inrun.callback`).
+        low, high: the band's percentiles (the TIF paper's 10 and 90 by default).
+        action: ``drop`` (weight 0) or ``downweight`` (weight ``downweight``).
+        downweight: the weight of a pair outside the band under ``action=downweight``.
+        window: how many of the latest IF values the percentiles are taken over.
+        min_values: how many values the estimate needs before it drops anything.
+    """
+
+    MODES = ("same_step", "previous_visit")
+    ACTIONS = ("drop", "downweight")
+
+    def __init__(
+        self,
+        mode: str = "previous_visit",
+        low: float = 10.0,
+        high: float = 90.0,
+        action: str = "drop",
+        downweight: float = 0.1,
+        window: int = 2048,
+        min_values: int = 64,
+    ) -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"inrun.online.mode must be one of {self.MODES}, got {mode!r}")
+        if action not in self.ACTIONS:
+            raise ValueError(f"inrun.online.action must be one of {self.ACTIONS}, got {action!r}")
+        if not 0 <= low < high <= 100:
+            raise ValueError(f"inrun.online needs 0 <= low < high <= 100, got ({low}, {high})")
+        if not 0 <= downweight <= 1:
+            raise ValueError(f"inrun.online.downweight must be in [0, 1], got {downweight}")
+        if window < 1 or min_values < 1:
+            raise ValueError(f"inrun.online.window and min_values must be positive, got {window} and {min_values}")
+        self.mode, self.low, self.high, self.action = mode, float(low), float(high), action
+        self.downweight, self.window, self.min_values = float(downweight), int(window), int(min_values)
+        self.values: deque[float] = deque(maxlen=self.window)
+        self.last: dict[str, float] = {}  # each pair's latest measured IF
+        self.counts: dict[int, dict[str, int]] = {}
+
+    def factors(self, influence: np.ndarray) -> np.ndarray:
+        """The rule's factor for each pair (1 in the band or without a value, else 0 or ``downweight``)."""
+        influence = np.asarray(influence, dtype=float)
+        factors = np.ones(len(influence))
+        if len(self.values) < self.min_values:
+            return factors
+        _, band = band_mask(np.asarray(self.values), self.low, self.high)  # the thresholds of the window
+        inside = (influence > band["low_value"]) & (influence < band["high_value"])
+        outside = np.isfinite(influence) & ~inside
+        factors[outside] = 0.0 if self.action == "drop" else self.downweight
+        return factors
+
+    def apply(self, batch: dict[str, Any], factors: np.ndarray, epoch: int) -> None:
+        """Put the factors into the batch's per-pair weights, rescaled so that the batch's mean weight is the same
+        as without the rule (an all-outside batch is trained as it is: nothing to rescale to)."""
+        counts = self.counts.setdefault(epoch, {"pairs": 0, "outside": 0})
+        counts["pairs"] += len(factors)
+        counts["outside"] += int((factors < 1).sum())
+        if (factors == 1).all() or not (factors > 0).any():
+            return
+        weights = batch.get("weights")
+        base = torch.ones(len(factors), dtype=torch.float64) if weights is None else weights.detach().double().cpu()
+        scaled = base * torch.as_tensor(factors, dtype=torch.float64)
+        if scaled.sum() <= 0:
+            return
+        scaled *= base.sum() / scaled.sum()
+        device = batch["prompt_input_ids"].device
+        batch["weights"] = scaled.to(device=device, dtype=torch.float32 if weights is None else weights.dtype)
+
+    def observe(self, pair_ids: list[str], influence: np.ndarray) -> None:
+        """Add the measured IF values to the running estimate and to each pair's latest value."""
+        for pair_id, value in zip(pair_ids, np.asarray(influence, dtype=float)):
+            if np.isfinite(value):
+                self.values.append(float(value))
+                self.last[pair_id] = float(value)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "action": self.action,
+            "band": [self.low, self.high],
+            "per_epoch": {str(epoch): counts for epoch, counts in sorted(self.counts.items())},
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"values": list(self.values), "last": dict(self.last), "counts": {str(k): v for k, v in self.counts.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.values = deque(state.get("values") or [], maxlen=self.window)
+        self.last = dict(state.get("last") or {})
+        self.counts = {int(k): dict(v) for k, v in (state.get("counts") or {}).items()}

@@ -5,6 +5,7 @@ Layout (in the training run's folder)::
     inrun/
       records/rank-00/steps-00000000-00000041.parquet   one shard per flush (each checkpoint, and the run's end)
       records/rank-01/...                               one folder per process of a DDP run
+      records/online-rank-00.json                       with inrun.online: what the rule dropped, per epoch
       refreshes.json                                    every validation gradient v: its number, step, epoch,
                                                         pairs, norm and seconds
       scores.parquet                                    the per-pair summaries, an ordinary scores file
@@ -12,7 +13,8 @@ Layout (in the training run's folder)::
 Columns of a shard (:data:`COLUMNS`): ``step`` (the optimiser step whose weights ``theta_t`` the pair was
 evaluated at, before that step's update), ``epoch``, ``pair_id``, ``influence`` (``<v, grad ell(theta_t; d)>``),
 ``loss`` and ``margin`` (the pair's training loss and reward margin in that step), ``lr`` (the learning rate of the
-step's update) and ``refresh`` (which ``v``: a number in ``refreshes.json``).
+step's update), ``refresh`` (which ``v``: a number in ``refreshes.json``) and ``weight`` (the factor the online
+rule, ``inrun.online``, gave the pair in that step: 1 without one; 0 for a dropped pair).
 
 Shards are flushed when a checkpoint is saved, so a run resumed from its ``last.ckpt`` finds exactly the records
 of the steps before it; records of later steps (a shard flushed by a save that the checkpoint did not survive)
@@ -49,6 +51,7 @@ SCHEMA = pa.schema(
         ("margin", pa.float64()),
         ("lr", pa.float64()),
         ("refresh", pa.int64()),
+        ("weight", pa.float64()),
     ]
 )
 COLUMNS = tuple(SCHEMA.names)

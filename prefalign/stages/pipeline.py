@@ -59,6 +59,12 @@ from prefalign.stages.train import run_training
 log = logging.getLogger(__name__)
 
 RESTARTS = ("warmup", "reference")
+SCORES_FROM = ("scoring", "warmup")
+# the in-run summaries pipeline.inrun_summary chooses from (columns inrun_if_last, ... of <warm-up>/inrun/scores.parquet)
+INRUN_SUMMARIES = ("last", "mean", "tracin", "first")
+# the in-run record of a warm-up that gives the influence columns (pipeline.scores_from=warmup); its parameters
+# are the influence scorer's, its other settings come from pipeline.inrun
+DEFAULT_INRUN = {"_target_": "prefalign.inrun.callback.InRunInfluence", "refresh_at_epoch_start": True}
 
 
 def needs_selection(cfg: DictConfig) -> bool:
@@ -87,6 +93,12 @@ def check_pipeline(cfg: DictConfig) -> tuple[SelectionRule, list[str]]:
         raise ValueError(f"pipeline.restart_from must be one of {RESTARTS}, got {pipeline.restart_from!r}")
     if int(pipeline.warmup_epochs) < 0:
         raise ValueError(f"pipeline.warmup_epochs must be 0 or more, got {pipeline.warmup_epochs}")
+    if pipeline.get("scores_from", "scoring") not in SCORES_FROM:
+        raise ValueError(f"pipeline.scores_from must be one of {SCORES_FROM}, got {pipeline.scores_from!r}")
+    if pipeline.get("inrun_summary", "last") not in INRUN_SUMMARIES:
+        raise ValueError(f"pipeline.inrun_summary must be one of {INRUN_SUMMARIES}, got {pipeline.inrun_summary!r}")
+    if pipeline.get("scores_from", "scoring") == "warmup" and int(pipeline.warmup_epochs) == 0:
+        raise ValueError("pipeline.scores_from=warmup takes the scores from the warm-up's in-run record: it needs pipeline.warmup_epochs >= 1")
     if int(pipeline.shard_size) <= 0:
         raise ValueError(f"pipeline.shard_size must be a positive number of pairs, got {pipeline.shard_size}")
     if cfg.data.get("selection"):
@@ -100,9 +112,36 @@ def check_pipeline(cfg: DictConfig) -> tuple[SelectionRule, list[str]]:
     return rule, names
 
 
-def warmup_config(cfg: DictConfig) -> tuple[DictConfig, Path]:
+def inrun_names(cfg: DictConfig, names: list[str]) -> list[str]:
+    """The scores of ``names`` that ``pipeline.scores_from=warmup`` takes from the warm-up's in-run record: the
+    exact-influence ones (:class:`~prefalign.scoring.influence.InfluenceScorer`); none otherwise."""
+    if cfg.pipeline.get("scores_from", "scoring") != "warmup":
+        return []
+    from prefalign.scoring.influence import InfluenceScorer
+
+    return [scorer.name for scorer in build_scorers(cfg, names) if isinstance(scorer, InfluenceScorer)]
+
+
+def warmup_inrun(cfg: DictConfig, names: list[str]) -> dict[str, Any] | None:
+    """The warm-up's ``inrun`` config under ``pipeline.scores_from=warmup`` (``None``: no record): the run's own
+    ``inrun`` if it has one, else :data:`DEFAULT_INRUN` with ``pipeline.inrun``'s settings, over the parameters of
+    the (first) influence score the rule reads."""
+    chosen = inrun_names(cfg, names)
+    if not chosen:
+        return None
+    from prefalign.keys import plain
+    from prefalign.scoring.config import scorer_config
+
+    inrun = plain(cfg.get("inrun")) or {**DEFAULT_INRUN, **(plain(cfg.pipeline.get("inrun")) or {}), "seed": int(cfg.seed)}
+    inrun["parameters"] = plain(scorer_config(cfg, chosen[0]).get("parameters", "trainable"))
+    inrun.pop("online", None)  # the warm-up trains on every pair: an online rule is the final run's business
+    return inrun
+
+
+def warmup_config(cfg: DictConfig, names: list[str] | None = None) -> tuple[DictConfig, Path]:
     """The warm-up stage: ``cfg`` as a plain training run on all pairs for ``pipeline.warmup_epochs``, and its
-    cached run directory (named by the key of that config)."""
+    cached run directory (named by the key of that config). With ``pipeline.scores_from=warmup`` and influence
+    scores among ``names`` it records the in-run influence (:func:`warmup_inrun`), which is then part of its key."""
     changes = {
         "trainer.max_epochs": int(cfg.pipeline.warmup_epochs),
         # validated at its end only: the final run's validation schedule (curves of the selected run) is not the
@@ -113,6 +152,7 @@ def warmup_config(cfg: DictConfig) -> tuple[DictConfig, Path]:
         "ckpt_path": None,
         "evaluate_after_training": False,
         "select": {"_target_": "prefalign.selection.FullSelection", "keep_fraction": None},
+        "inrun": warmup_inrun(cfg, names or []),
     }
     warm = derive(cfg, changes)
     source: ModelSource = instantiate(warm.model)
@@ -124,20 +164,28 @@ def warmup_config(cfg: DictConfig) -> tuple[DictConfig, Path]:
     return warm, folder
 
 
-def warmup_done(folder: Path, cache_dir: Path) -> bool:
+def warmup_files(folder: Path, inrun: bool) -> list[Path]:
+    """What later stages read of a warm-up entry, covered by its checksum record."""
+    return [folder / "metrics.json", *entry_files(folder / "policy"), *([folder / "inrun" / "scores.parquet"] if inrun else [])]
+
+
+def warmup_done(folder: Path, cache_dir: Path, inrun: bool = False) -> bool:
     """Whether the warm-up entry ``folder`` is finished and intact: its checksum record, written when the run has
-    finished, matches its ``metrics.json`` and policy. A corrupt one is named and moved aside
-    (:func:`prefalign.atomic.verified`); one without a record is unfinished (it resumes from its checkpoint)."""
-    return verified(folder, cache_dir, "warmup", required=("metrics.json", "policy/config.json"), written_in_place=True)
+    finished, matches its ``metrics.json`` and policy (and, with ``inrun``, its in-run summaries). A corrupt one
+    is named and moved aside (:func:`prefalign.atomic.verified`); one without a record is unfinished (it resumes
+    from its checkpoint)."""
+    required = ("metrics.json", "policy/config.json", *(("inrun/scores.parquet",) if inrun else ()))
+    return verified(folder, cache_dir, "warmup", required=required, written_in_place=True)
 
 
-def cached_warmup(cfg: DictConfig) -> tuple[Path, bool]:
+def cached_warmup(cfg: DictConfig, names: list[str] | None = None) -> tuple[Path, bool]:
     """The warm-up run of the pipeline (:func:`warmup_config`), from the cache or trained into it.
 
     Returns:
         Its folder and whether it came from the cache.
     """
-    warm_cfg, warm_dir = warmup_config(cfg)
+    warm_cfg, warm_dir = warmup_config(cfg, names)
+    inrun = bool(warm_cfg.get("inrun"))
     cache_dir = Path(str(cfg.paths.cache_dir)).expanduser()
 
     def warm_up() -> None:
@@ -154,15 +202,26 @@ def cached_warmup(cfg: DictConfig) -> tuple[Path, bool]:
         run_training(warm_cfg)
         shutil.rmtree(warm_dir / "checkpoints", ignore_errors=True)
         if launched_rank() == 0:  # the checksums of what later runs read, last: they mark the entry finished
-            write_checksums(warm_dir / CHECKSUMS, [warm_dir / "metrics.json", *entry_files(warm_dir / "policy")])
+            write_checksums(warm_dir / CHECKSUMS, warmup_files(warm_dir, inrun))
 
     # the jobs of a sweep that run at the same time share this warm-up: one trains it, the others wait for it
     # (two trainings into one folder would mix their checkpoints) and then read it from the cache
     lock = lock_path(cache_dir, "warmup", warm_dir.name)
-    hit = produce_once(lock, lambda: warmup_done(warm_dir, cache_dir), warm_up, what=f"the warm-up run {warm_dir}")
+    hit = produce_once(lock, lambda: warmup_done(warm_dir, cache_dir, inrun), warm_up, what=f"the warm-up run {warm_dir}")
     if hit:
         log.info("warm-up run from cache %s", warm_dir)
     return warm_dir, hit
+
+
+def override_value(value: Any) -> str:
+    """``value`` as a Hydra override writes it (``null``, ``true``, ``[a,b]``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(override_value(item) for item in value) + "]"
+    return str(value)
 
 
 def command(script: str, overrides: dict[str, Any], base: list[str]) -> str:
@@ -202,21 +261,27 @@ def run_selection_pipeline(cfg: DictConfig) -> dict[str, Any]:
         log.warning("pipeline.warmup_epochs=0: scoring the initial model (IRM is then zero for every pair)")
         warm_dir, warm_hit = None, False
     else:
-        warm_dir, warm_hit = cached_warmup(cfg)
+        warm_dir, warm_hit = cached_warmup(cfg, names)
 
-    # 2. the scores the rule reads (and the extra ones), against the warm-up policy
+    # 2. the scores the rule reads (and the extra ones), against the warm-up policy; with scores_from=warmup the
+    # influence ones are the warm-up's own in-run record, and only the others are scored
     score_dir = run_dir / "score"
+    from_record = inrun_names(cfg, names)
+    scored = [name for name in names if name not in from_record]
     score_cfg = derive(
         cfg,
         {
             "policy": str(warm_dir) if warm_dir else None,
-            "scores": names,
+            "scores": scored,
             "shard_size": int(cfg.pipeline.shard_size),
             "task_name": "score",
             "paths.output_dir": str(score_dir),
         },
     )
-    scoring = run_scoring(score_cfg) if names else None
+    scoring = run_scoring(score_cfg) if scored else None
+    if from_record:
+        assert warm_dir is not None
+        add_inrun_scores(score_dir / "scores.parquet", warm_dir, from_record, cfg.pipeline.get("inrun_summary", "last"), scored)
 
     # 3. the selection
     select_dir = run_dir / "select"
@@ -242,10 +307,20 @@ def run_selection_pipeline(cfg: DictConfig) -> dict[str, Any]:
     seed_args = [item for item in base if item.startswith("seed=")]
     commands = []
     if warm_by_hand is not None:
-        commands.append(command("train.py", {"trainer.max_epochs": epochs, "hydra.run.dir": warm_by_hand}, base))
-    if names:
-        policy = {"policy": warm_by_hand or "null", "scores": f"[{','.join(names)}]"}
+        warm_args = {"trainer.max_epochs": epochs}
+        if from_record:  # the warm-up records the in-run influence the scores are taken from
+            inrun = warmup_inrun(cfg, names) or {}
+            warm_args.update({"inrun": "influence", **{f"inrun.{key}": override_value(value) for key, value in inrun.items() if key != "_target_"}})
+        commands.append(command("train.py", {**warm_args, "hydra.run.dir": warm_by_hand}, base))
+    if from_record:  # no command of its own: the columns are copied from the record's summaries
+        commands.append(
+            f"# {', '.join(from_record)}: column inrun_{'tracin' if cfg.pipeline.inrun_summary == 'tracin' else 'if_' + cfg.pipeline.inrun_summary} "
+            f"of {warm_by_hand}/inrun/scores.parquet, added to {by_hand}/score/scores.parquet"
+        )
+    if scored:
+        policy = {"policy": warm_by_hand or "null", "scores": f"[{','.join(scored)}]"}
         commands.append(command("score.py", {**policy, "hydra.run.dir": by_hand / "score"}, [*base, *rule_args]))
+    if names:
         commands.append(
             command("select.py", {"scores": by_hand / "score", "hydra.run.dir": by_hand / "select"}, [*rule_args, *seed_args])
         )
@@ -256,7 +331,12 @@ def run_selection_pipeline(cfg: DictConfig) -> dict[str, Any]:
     commands.append(command("train.py", {**by_hand_final, "hydra.run.dir": by_hand / "train"}, base))
     record = {
         "warmup": {"dir": str(warm_dir) if warm_dir else None, "from_cache": warm_hit},
-        "score": {"dir": str(score_dir), "from_cache": scoring["from_cache"] if scoring else None, "scores": names},
+        "score": {
+            "dir": str(score_dir),
+            "from_cache": scoring["from_cache"] if scoring else None,
+            "scores": names,
+            "from_inrun_record": from_record,
+        },
         "select": {"dir": str(select_dir), "file": selection["path"]},
         "train": {"dir": str(run_dir), "restart_from": restart},
         "commands": commands,
@@ -277,6 +357,46 @@ def run_selection_pipeline(cfg: DictConfig) -> dict[str, Any]:
     result["run"]["elapsed_s"] = record["elapsed_s"]
     write_json(result, run_dir / "metrics.json")
     return result
+
+
+def add_inrun_scores(path: Path, warm_dir: Path, names: list[str], summary: str, scored: list[str]) -> Path:
+    """``names`` as columns of the scores file ``path``, each the warm-up's in-run summary ``summary``
+    (``<warm-up>/inrun/scores.parquet``'s ``inrun_if_<summary>`` or ``inrun_tracin``); added to the file the scoring
+    stage wrote (``scored`` non-empty), or a new one."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from prefalign.atomic import atomic_write
+    from prefalign.data.scores_file import PROVENANCE_KEY, read_scores_table
+
+    column = "inrun_tracin" if summary == "tracin" else f"inrun_if_{summary}"
+    record, record_provenance = read_scores_table(warm_dir / "inrun" / "scores.parquet")
+    values = dict(zip(record.column("pair_id").to_pylist(), record.column(column).to_pylist()))
+    if scored:
+        table, provenance = read_scores_table(path)
+    else:
+        table = pa.table({"pair_id": record.column("pair_id")})
+        provenance = {key: record_provenance.get(key) for key in ("data_fingerprint", "policy")}
+        provenance["scorers"] = {}
+    ids = table.column("pair_id").to_pylist()
+    missing = [pair_id for pair_id in ids if values.get(pair_id) is None]
+    if missing:
+        raise ValueError(
+            f"the warm-up's in-run record {warm_dir / 'inrun'} has no {column} for {len(missing)} pairs, e.g. "
+            f"{missing[:5]} (never trained, or trained only with weight 0)"
+        )
+    for name in names:
+        table = table.append_column(name, pa.array([float(values[pair_id]) for pair_id in ids], pa.float64()))
+        provenance["scorers"][name] = {
+            "class": "InRunInfluence",
+            "label": f"In-run IF ({summary}) of the warm-up",
+            "from": str(warm_dir / "inrun" / "scores.parquet"),
+            "column": column,
+        }
+    table = table.replace_schema_metadata({PROVENANCE_KEY: json.dumps(provenance, default=str).encode()})
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def select_without_scores(cfg: DictConfig, rule: SelectionRule, folder: Path) -> dict[str, Any]:

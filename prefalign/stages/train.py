@@ -80,7 +80,8 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
     module = run_module(cfg, model, setup.loss, setup.logp_settings)
 
     gathered = GatherFullPolicy()
-    trainer = build_trainer(cfg, setup.output_dir, extra_callbacks=[gathered, *inrun_callbacks(cfg, setup)])
+    inrun = inrun_callbacks(cfg, setup)
+    trainer = build_trainer(cfg, setup.output_dir, extra_callbacks=[gathered, *inrun])
     checkpointing = [callback for callback in trainer.callbacks if isinstance(callback, ResumableCheckpoint)]
     for callback in checkpointing:  # every checkpoint records the settings a resume must keep
         callback.run_record = run_record(cfg, resumed_with, setup.datamodule.fingerprints["train"])
@@ -97,6 +98,8 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
         result["selection"] = dict(setup.datamodule.selection)
     if resumed_with:
         result["resumed_with"] = resumed_with
+    for callback in inrun:
+        result["inrun"] = callback.summary()
     if not trainer.is_global_zero:
         return result
     write_json(result, setup.output_dir / "metrics.json")

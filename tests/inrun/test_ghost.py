@@ -58,10 +58,21 @@ def assert_relative(actual, expected, tolerance=1e-6):
     assert error < tolerance, (actual, expected, error)
 
 
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
-@pytest.mark.parametrize("layout", list(SETTINGS))
-@pytest.mark.parametrize("loss", [DPOLoss(beta=0.5), SLiCLoss(beta=0.5), IPOLoss(beta=0.5)], ids=["dpo", "slic", "ipo"])
-def test_in_run_influence_equals_the_jvp_scorer(tokenizer, pair_files, tmp_path, architecture, layout, loss):
+# every layout on llama, every architecture on the run's default layout, every pairwise loss on one of each
+CASES = [
+    *(("llama", layout, "dpo") for layout in SETTINGS),
+    ("gpt_neox", "packed-chunked", "dpo"),
+    ("qwen3", "packed-chunked", "dpo"),
+    ("qwen3", "padded", "slic"),
+    ("gpt_neox", "packed", "ipo"),
+    ("llama", "padded-unshared", "ipo"),
+]
+LOSSES = {"dpo": DPOLoss(beta=0.5), "slic": SLiCLoss(beta=0.5), "ipo": IPOLoss(beta=0.5)}
+
+
+@pytest.mark.parametrize(("architecture", "layout", "loss_name"), CASES)
+def test_in_run_influence_equals_the_jvp_scorer(tokenizer, pair_files, tmp_path, architecture, layout, loss_name):
+    loss = LOSSES[loss_name]
     context = make_context(tokenizer, pair_files, architecture, loss, tmp_path)
     expected, direction = scorer_influence(context)
     actual, _ = ghost_step(context, SETTINGS[layout], direction=direction)

@@ -9,7 +9,7 @@ from prefalign.inrun.record import RecordError, RecordWriter, read_records, summ
 
 def visit(writer, step, pairs, influence, lr=0.1, epoch=0, refresh=0):
     writer.add(step=step, epoch=epoch, pair_id=pairs, influence=influence, loss=[0.7] * len(pairs),
-               margin=[0.0] * len(pairs), lr=lr, refresh=refresh)
+               margin=[0.0] * len(pairs), lr=lr, refresh=refresh, weight=1.0)
 
 
 def test_summaries_by_hand(tmp_path):

@@ -52,8 +52,9 @@ def scorer_influence(overrides, run, cache) -> dict[str, float]:
         ["loss=dpo", "pack_length=null", "trainer.accumulate_grad_batches=2"],
         ["loss=slic", "trainer.accumulate_grad_batches=2"],
         ["loss=ipo", "pack_length=null", "share_prompt=false"],
+        ["loss=dpo", "model.lora={r: 4}"],
     ],
-    ids=["dpo-packed", "dpo-padded-accumulate2", "slic-packed-accumulate2", "ipo-padded-unshared"],
+    ids=["dpo-packed", "dpo-padded-accumulate2", "slic-packed-accumulate2", "ipo-padded-unshared", "dpo-lora"],
 )
 def test_the_first_steps_influence_equals_the_scorer_at_the_initial_weights(settings, cache, tmp_path):
     overrides = [*SMALL, *settings]
@@ -122,3 +123,22 @@ def test_a_killed_run_resumes_to_the_same_record(kill, cache, tmp_path):
     whole, again = read_records(tmp_path / "whole"), read_records(run)
     pd.testing.assert_frame_equal(again, whole, check_exact=False, rtol=1e-12)
     assert json.loads((run / "inrun" / "refreshes.json").read_text())[-1]["step"] == 7
+
+
+def test_two_processes_record_what_one_process_records(cache, tmp_path):
+    """DDP on two CPU processes (gloo), each half of the same global batch: every pair gets the IF it gets in one
+    process; v is computed data-parallel and summed over the ranks."""
+    common = [item for item in SMALL if not item.startswith("data.batch_size")] + ["inrun=influence", "trainer.max_steps=2",
+                                                                                  f"paths.cache_dir={cache}"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    check(run_cli("train", *common, "data.batch_size=8", f"hydra.run.dir={one}"))
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=4"]
+    check(train(*common, *ddp, f"hydra.run.dir={two}"))
+    assert sorted(path.name for path in (two / "inrun" / "records").iterdir()) == ["rank-00", "rank-01"]
+    single, ranks = read_records(one), read_records(two)
+    assert len(single) == len(ranks) == 16
+    merged = single.merge(ranks, on=["step", "pair_id"], suffixes=("", "_ddp"))
+    assert len(merged) == 16  # the same pairs at the same steps
+    relative = ((merged.influence - merged.influence_ddp).abs() / merged.influence.abs()).max()
+    assert relative < 1e-6, merged[["step", "pair_id", "influence", "influence_ddp"]]
+    assert len(pd.read_parquet(two / "inrun" / "scores.parquet")) == 16

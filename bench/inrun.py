@@ -1,0 +1,248 @@
+"""In-run influence: its cost per training step and per refresh of ``v``, its exactness on real weights, and the
+selection pipeline with the scores taken from the warm-up's record, each side by side with its baseline.
+
+    python -m bench.inrun [--model smollm2_135m] [--steps 12] [--check-pairs 64]
+    python -m bench.inrun --pipeline 384 [--pipeline 3000]      # the whole pipeline, twice per size (long)
+
+**Steps** (one process, the embedded default unless ``--model``): the run's training step (the module's forward
+with its log-prob settings, the mean loss's backward, an AdamW step) timed ``--steps`` times plain and
+``--steps`` times with the ghost products collected (:mod:`prefalign.inrun.ghost`), alternating in blocks so
+that drift on a shared machine falls on both; then one refresh of ``v`` on the validation pairs. It prints the
+median step of each, their ratio (the overhead without refreshes), and the overhead of a one-epoch run with the
+default schedule (one refresh at the epoch's start): ``(steps x ghost step + refresh) / (steps x plain step)``
+for the epoch's number of steps.
+
+**Exactness on real weights** (``--check-pairs``): the in-run IF of that many training pairs at the initial
+weights, from the training backward pass, against the ``influence`` scorer's JVP with the same ``v`` (float32,
+the model's dtype): the largest relative difference and its median.
+
+**Pipeline** (``--pipeline N``, each size twice, each run a process of its own with a cache of its own that holds
+only the converted model): ``train.py select=tif data.max_train_pairs=N`` with the influence scored on the
+warm-up policy (today's default, ``pipeline.scores_from=scoring``) and with it taken from the warm-up's in-run
+record (``pipeline.scores_from=warmup``); wall times of the whole pipelines and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.common import ROOT, append_result, machine, sync, train_config
+
+
+def setup(model: str, output: Path, overrides: list[str]) -> tuple[Any, Any, Any]:
+    from prefalign.run_setup import setup_run
+    from prefalign.trainer import run_module
+
+    cfg = train_config([f"model={model}", *overrides], output)
+    run = setup_run(cfg, write_files=False)
+    policy = run.load_model()
+    run.attach_reference(policy)
+    module = run_module(cfg, policy, run.loss, run.logp_settings)
+    policy.train()
+    return cfg, run, module
+
+
+def time_steps(module: Any, batches: list[dict[str, Any]], ghost: Any, optimizer: torch.optim.Optimizer) -> list[float]:
+    """Seconds of each training step over ``batches``; with ``ghost`` the in-run IF is collected in each."""
+    times = []
+    for batch in batches:
+        sync()
+        start = time.perf_counter()
+        if ghost is not None:
+            ghost.begin(len(batch["pair_ids"]), module.device)
+        out, _ = module(batch)
+        if ghost is not None:
+            out.losses.register_hook(ghost.pair_scale)
+        out.losses.mean().backward()
+        if ghost is not None:
+            ghost.influence()
+            ghost.end()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_steps(model: str, steps: int, check_pairs: int, overrides: list[str]) -> dict[str, Any]:
+    import dataclasses
+
+    from prefalign.inrun.ghost import GhostInfluence, select_parameters
+    from prefalign.reference import move_to
+    from prefalign.scoring.base import ScoringContext
+    from prefalign.scoring.influence import InfluenceScorer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, run, module = setup(model, Path(tmp), overrides)
+        policy = module.policy
+        device = run.device
+        datamodule = run.datamodule
+        result: dict[str, Any] = {"model": model, "pairs_per_step": datamodule.batch_size}
+
+        # exactness first, at the initial weights: the scorer's v and JVP, then the ghost products with that v
+        if check_pairs:
+            context = ScoringContext(policy, "initial", run.loss, datamodule, run.source, Path(tmp), Path(tmp), run.logp_settings)
+            scorer = InfluenceScorer()
+            start = time.perf_counter()
+            scorer.prepare(context)
+            result["scorer_v_s"] = round(time.perf_counter() - start, 2)
+            chosen = select_parameters(policy)
+            ghost = GhostInfluence(policy, chosen)
+            ghost.attach()
+            ghost.set_direction({name: scorer._direction["module.policy." + name] for name in chosen})
+            module.logp_settings = dataclasses.replace(run.logp_settings, tracer=ghost)
+            loader = datamodule.loader(datamodule.datasets["train"], datamodule.batch_size, shuffle=False)
+            errors, done = [], 0
+            for batch in loader:
+                if done >= check_pairs:
+                    break
+                batch = move_to(batch, device)
+                expected = scorer.score_batch(context, batch, {}).double()
+                ghost.begin(len(batch["pair_ids"]), device)
+                out, _ = module(batch)
+                out.losses.register_hook(ghost.pair_scale)
+                out.losses.mean().backward()
+                actual = ghost.influence()
+                ghost.end()
+                policy.zero_grad(set_to_none=True)
+                errors.extend(((actual - expected).abs() / expected.abs()).cpu().tolist())
+                done += len(batch["pair_ids"])
+            scorer.release()
+            result["check"] = {
+                "pairs": done,
+                "max_relative_difference": max(errors),
+                "median_relative_difference": statistics.median(errors),
+            }
+            print(f"exactness on {done} pairs ({model}, float32): max relative difference {max(errors):.2e}, "
+                  f"median {statistics.median(errors):.2e}", flush=True)
+        else:
+            chosen = select_parameters(policy)
+            ghost = GhostInfluence(policy, chosen)
+            ghost.attach()
+            module.logp_settings = dataclasses.replace(run.logp_settings, tracer=ghost)
+
+        # one refresh of v as the callback computes it (all validation pairs, autograd.grad, eval mode)
+        parameters = list(chosen.values())
+        policy.eval()
+        start = time.perf_counter()
+        sums = [torch.zeros_like(p) for p in parameters]
+        total = len(datamodule.datasets["val"])
+        for batch in datamodule.eval_loader("val"):
+            losses = module(move_to(batch, device))[0].losses
+            for acc, grad in zip(sums, torch.autograd.grad(losses.sum() / total, parameters, allow_unused=True)):
+                if grad is not None:
+                    acc += grad
+        sync()
+        result["refresh_s"] = round(time.perf_counter() - start, 2)
+        result["val_pairs"] = total
+        ghost.set_direction(dict(zip(chosen, sums)))
+        policy.train()
+        print(f"refresh of v on {total} validation pairs: {result['refresh_s']:.1f} s", flush=True)
+
+        # the steps, alternating plain and collected in blocks
+        optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-6)
+        batches = []
+        for batch in datamodule.train_dataloader():
+            batches.append(move_to(batch, device))
+            if len(batches) == steps:
+                break
+        time_steps(module, batches[:1], None, optimizer)  # warm-up of the allocator and kernels, not timed
+        plain, collected = [], []
+        block = max(1, steps // 4)
+        for first in range(0, len(batches), block):
+            part = batches[first : first + block]
+            plain += time_steps(module, part, None, optimizer)
+            collected += time_steps(module, part, ghost, optimizer)
+        ghost.detach()
+        epoch_steps = len(datamodule.train_dataloader())
+        plain_step, ghost_step = statistics.median(plain), statistics.median(collected)
+        result.update(
+            {
+                "steps_timed": len(plain),
+                "plain_step_s": round(plain_step, 3),
+                "inrun_step_s": round(ghost_step, 3),
+                "ratio_without_refresh": round(ghost_step / plain_step, 3),
+                "epoch_steps": epoch_steps,
+                "ratio_one_epoch_with_refresh": round((epoch_steps * ghost_step + result["refresh_s"]) / (epoch_steps * plain_step), 3),
+            }
+        )
+        print(
+            f"training step ({datamodule.batch_size} pairs, median of {len(plain)}): plain {plain_step:.3f} s, with in-run "
+            f"influence {ghost_step:.3f} s: {ghost_step / plain_step:.3f}x without refreshes; a one-epoch run of "
+            f"{epoch_steps} steps with one refresh: {result['ratio_one_epoch_with_refresh']:.3f}x",
+            flush=True,
+        )
+        return result
+
+
+def pipeline_run(pairs: int, scores_from: str, model_cache: Path, work: Path) -> float:
+    cache = work / f"cache-{scores_from}-{pairs}"
+    (cache / "models").mkdir(parents=True, exist_ok=True)
+    for entry in model_cache.iterdir():  # the converted model only: nothing else is reused
+        target = cache / "models" / entry.name
+        if not target.exists():
+            target.symlink_to(entry)
+    tokenizers = model_cache.parent / "tokenizers"
+    if tokenizers.exists():
+        shutil.copytree(tokenizers, cache / "tokenizers", dirs_exist_ok=True)
+    command = [
+        sys.executable, "train.py", "select=tif", f"data.max_train_pairs={pairs}", f"pipeline.scores_from={scores_from}",
+        f"paths.cache_dir={cache}", f"hydra.run.dir={work / f'run-{scores_from}-{pairs}'}",
+    ]
+    start = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def bench_pipeline(sizes: list[int], work: Path) -> dict[str, Any]:
+    model_cache = Path("~/.cache/prefalign/models").expanduser()
+    results = {}
+    for pairs in sizes:
+        times = {}
+        for scores_from in ("scoring", "warmup"):
+            times[scores_from] = round(pipeline_run(pairs, scores_from, model_cache, work), 1)
+            print(f"pipeline select=tif, {pairs} pairs, scores_from={scores_from}: {times[scores_from]:.0f} s", flush=True)
+        times["ratio"] = round(times["warmup"] / times["scoring"], 3)
+        print(f"  {pairs} pairs: scores_from=warmup takes {times['ratio']:.3f}x the time of warm-up + scoring pass", flush=True)
+        results[str(pairs)] = times
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2_135m")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--check-pairs", type=int, default=64)
+    parser.add_argument("--pipeline", type=int, action="append", default=[], help="pipeline sizes to compare (pairs)")
+    parser.add_argument("--work", default=None, help="where the pipeline runs go (default: a temporary folder)")
+    parser.add_argument("--overrides", nargs="*", default=[], help="train config overrides (e.g. trainer=gpu)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    if args.steps:
+        result = bench_steps(args.model, args.steps, args.check_pairs, args.overrides)
+        settings = {"model": args.model, "steps": args.steps, "check_pairs": args.check_pairs, "overrides": args.overrides}
+        append_result("In-run influence: the cost of a training step and of a refresh of v",
+                      "python -m bench.inrun " + " ".join(sys.argv[1:]), settings, "```\n" + json.dumps(result, indent=1) + "\n```", machine())
+    if args.pipeline:
+        work = Path(args.work or tempfile.mkdtemp(prefix="bench-inrun-"))
+        results = bench_pipeline(args.pipeline, work)
+        table = "| pairs | warm-up + scoring pass (s) | scores_from=warmup (s) | ratio |\n| --- | --- | --- | --- |\n" + "\n".join(
+            f"| {pairs} | {row['scoring']} | {row['warmup']} | {row['ratio']} |" for pairs, row in results.items()
+        )
+        append_result("In-run influence: the selection pipeline (select=tif) with scores_from=warmup vs scoring",
+                      "python -m bench.inrun " + " ".join(sys.argv[1:]), {"sizes": args.pipeline}, table, machine())
+
+
+if __name__ == "__main__":
+    main()
