@@ -11,8 +11,8 @@ warm-up, every final run from the initial weights, 67% kept). Two sweeps, each w
   epoch every pair is visited once, so ``last``, ``mean`` and ``first`` are the same scores and select the same
   pairs) and on its learning-rate-weighted TracIn sum (``inrun_summary=tracin``); the online rule ``same_step``
   (the band applied at every step from the step's own scoring pass; nothing is dropped until 64 values are in).
-* ``<out>/two_epochs``: Full Data, and the online rule in both modes, for two epochs (``previous_visit`` needs a
-  second visit to drop anything).
+* ``<out>/two_epochs``: Full Data and the online rule ``previous_visit`` for two epochs (it needs a second visit
+  to drop anything).
 
 Each run is a process of its own and is skipped when its ``metrics.json`` exists, so the script resumes. Then
 ``evaluate.py sweep=...`` writes each sweep's paired table (``results.md``: success on the 300 test prompts with
@@ -44,7 +44,6 @@ ONE_EPOCH = {
 TWO_EPOCHS = {
     "0_full": ["select=full", "trainer.max_epochs=2"],
     "1_online_previous_visit": ["select=full", "inrun=online_tif", "inrun.online.mode=previous_visit", "trainer.max_epochs=2"],
-    "2_online_same_step": ["select=full", "inrun=online_tif", "inrun.online.mode=same_step", "trainer.max_epochs=2"],
 }
 
 
