@@ -31,7 +31,7 @@ from pathlib import Path
 
 from bench.common import ROOT
 
-TESTBED = ["experiment=testbed", "select.keep_fraction=0.67"]
+TESTBED = ["experiment=testbed", "hydra.sweeper.params=null", "select.keep_fraction=0.67"]
 ONE_EPOCH = {
     "0_full": ["select=full"],
     "1_tif": ["select=tif"],

@@ -164,3 +164,18 @@ def test_the_loader_resumes_at_its_saved_position_and_refuses_another_data_order
     other = ResumableLoader(list(range(12)), batch_sampler=RandomBatchSampler(12, 2, seed=5))
     with pytest.raises(ValueError, match="4 training batches per epoch and seed 5; this run has 6"):
         other.load_state_dict(state)
+
+
+def test_a_checkpoint_at_an_epochs_last_batch_resumes_into_the_next_epoch(uninterrupted, tmp_path):
+    """Stopped at the end of the first of two epochs (its last batch, before the epoch's end): the resumed run
+    trains the whole second epoch, in that epoch's own order, and ends as an uninterrupted run."""
+    _, cache = uninterrupted
+    short = [*(item for item in RUN if not item.startswith("data.max_train_pairs")), "data.max_train_pairs=16",
+             "trainer.max_epochs=2", f"paths.cache_dir={cache}"]
+    whole, run = tmp_path / "whole", tmp_path / "run"
+    check(run_cli("train", *short, f"hydra.run.dir={whole}"))
+    stopped = run_cli("train", *short, f"hydra.run.dir={run}", f"{FAULT}SignalAtStep", "+callbacks.fault.step=4")
+    assert stopped.returncode == 130 and saved_step(run) == 4  # 16 pairs in batches of 4: the epoch's last batch
+    check(run_cli("train", *short, f"hydra.run.dir={run}", "ckpt_path=last"))
+    assert metrics_of(run)["run"]["global_steps"] == 8
+    assert_same_metrics(metrics_of(whole), metrics_of(run))

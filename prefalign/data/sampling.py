@@ -18,6 +18,16 @@ from torch.utils.data import DataLoader, Sampler
 from prefalign.data.tokenization import TokenizedPair
 
 
+class _EpochForward:
+    """``set_epoch`` forwarded to a :class:`ResumableBatchSampler` (its :attr:`~ResumableBatchSampler.sampler`)."""
+
+    def __init__(self, owner: ResumableBatchSampler) -> None:
+        self.owner = owner
+
+    def set_epoch(self, epoch: int) -> None:
+        self.owner.set_epoch(epoch)
+
+
 class ResumableBatchSampler(Sampler[list[int]]):
     """Shuffled batches, reseeded every epoch from ``seed + epoch``, that can start part-way into an epoch.
 
@@ -50,8 +60,17 @@ class ResumableBatchSampler(Sampler[list[int]]):
         self._resume: tuple[int, int] | None = None  # (epoch, batches already trained on)
 
     def set_epoch(self, epoch: int) -> None:
-        """Lightning calls this before each epoch."""
+        """The epoch whose order the next iteration draws; Lightning calls this before each epoch (through
+        :attr:`sampler`)."""
         self.epoch = epoch
+
+    @property
+    def sampler(self) -> _EpochForward:
+        """What Lightning's ``_set_sampler_epoch`` calls ``set_epoch`` on before every epoch: it reaches a loader's
+        ``sampler`` and its ``batch_sampler.sampler``, never a batch sampler itself. Without this the epoch stayed
+        0, so every epoch repeated the first one's order, and a run resumed from a checkpoint taken at an epoch's
+        last batch found that epoch's position (its end) in the next epoch and trained nothing in it."""
+        return _EpochForward(self)
 
     def resume_at(self, epoch: int, position: int) -> None:
         """Start epoch ``epoch`` at its batch ``position`` (the next iteration of that epoch only)."""
