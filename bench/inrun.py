@@ -59,15 +59,12 @@ def time_steps(module: Any, batches: list[dict[str, Any]], ghost: Any, optimizer
     for batch in batches:
         sync()
         start = time.perf_counter()
-        if ghost is not None:
-            ghost.begin(len(batch["pair_ids"]), module.device)
-        out, _ = module(batch)
-        if ghost is not None:
-            out.losses.register_hook(ghost.pair_scale)
-        out.losses.mean().backward()
-        if ghost is not None:
-            ghost.influence()
-            ghost.end()
+        if ghost is None:
+            module(batch)[0].losses.mean().backward()
+        else:
+            ghost.pass_influence(
+                lambda: module(batch)[0].losses, lambda losses: losses.mean().backward(), len(batch["pair_ids"]), module.device
+            )
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         sync()
@@ -78,7 +75,7 @@ def time_steps(module: Any, batches: list[dict[str, Any]], ghost: Any, optimizer
 def bench_steps(model: str, steps: int, check_pairs: int, overrides: list[str]) -> dict[str, Any]:
     import dataclasses
 
-    from prefalign.inrun.ghost import GhostInfluence, select_parameters
+    from prefalign.inrun.ghost import GhostInfluence, mean_gradient, select_parameters
     from prefalign.reference import move_to
     from prefalign.scoring.base import ScoringContext
     from prefalign.scoring.influence import InfluenceScorer
@@ -109,12 +106,9 @@ def bench_steps(model: str, steps: int, check_pairs: int, overrides: list[str]) 
                     break
                 batch = move_to(batch, device)
                 expected = scorer.score_batch(context, batch, {}).double()
-                ghost.begin(len(batch["pair_ids"]), device)
-                out, _ = module(batch)
-                out.losses.register_hook(ghost.pair_scale)
-                out.losses.mean().backward()
-                actual = ghost.influence()
-                ghost.end()
+                actual = ghost.pass_influence(
+                    lambda: module(batch)[0].losses, lambda losses: losses.mean().backward(), len(batch["pair_ids"]), device
+                )
                 policy.zero_grad(set_to_none=True)
                 errors.extend(((actual - expected).abs() / expected.abs()).cpu().tolist())
                 done += len(batch["pair_ids"])
@@ -132,21 +126,17 @@ def bench_steps(model: str, steps: int, check_pairs: int, overrides: list[str]) 
             ghost.attach()
             module.logp_settings = dataclasses.replace(run.logp_settings, tracer=ghost)
 
-        # one refresh of v as the callback computes it (all validation pairs, autograd.grad, eval mode)
-        parameters = list(chosen.values())
+        # one refresh of v as the callback computes it (all validation pairs, eval mode)
         policy.eval()
         start = time.perf_counter()
-        sums = [torch.zeros_like(p) for p in parameters]
         total = len(datamodule.datasets["val"])
-        for batch in datamodule.eval_loader("val"):
-            losses = module(move_to(batch, device))[0].losses
-            for acc, grad in zip(sums, torch.autograd.grad(losses.sum() / total, parameters, allow_unused=True)):
-                if grad is not None:
-                    acc += grad
+        direction = mean_gradient(
+            policy, list(chosen), lambda batch: module(move_to(batch, device))[0].losses, datamodule.eval_loader("val"), total
+        )
         sync()
         result["refresh_s"] = round(time.perf_counter() - start, 2)
         result["val_pairs"] = total
-        ghost.set_direction(dict(zip(chosen, sums)))
+        ghost.set_direction(direction)
         policy.train()
         print(f"refresh of v on {total} validation pairs: {result['refresh_s']:.1f} s", flush=True)
 

@@ -57,7 +57,7 @@ from torch import Tensor
 from prefalign import distributed
 from prefalign.atomic import write_json
 from prefalign.data.datamodule import PairDataset
-from prefalign.inrun.ghost import GhostInfluence, select_parameters
+from prefalign.inrun.ghost import GhostInfluence, mean_gradient, select_parameters
 from prefalign.inrun.record import RecordWriter, read_records, summarise, write_scores
 from prefalign.reference import move_to
 from prefalign.selection.rules import band_mask
@@ -203,16 +203,14 @@ class InRunInfluence(L.Callback):
         assert self.ghost is not None
         named = dict(pl_module.policy.named_parameters())
         parameters = [named[name] for name in self.ghost.names]
-        self.ghost.begin(len(batch["pair_ids"]), pl_module.device)
-        try:
-            with torch.random.fork_rng(devices=[]):  # the step itself draws the same dropout as without this pass
-                out, _ = pl_module(batch)
-                out.losses.register_hook(self.ghost.pair_scale)
-                torch.autograd.grad(out.losses.sum(), parameters, allow_unused=True)
-            influence = self.ghost.influence().cpu().numpy()
-        finally:
-            self.ghost.end()
-        return {"influence": influence}
+        with torch.random.fork_rng(devices=[]):  # the step itself draws the same dropout as without this pass
+            influence = self.ghost.pass_influence(
+                lambda: pl_module(batch)[0].losses,
+                lambda losses: torch.autograd.grad(losses.sum(), parameters, allow_unused=True),
+                len(batch["pair_ids"]),
+                pl_module.device,
+            )
+        return {"influence": influence.cpu().numpy()}
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -323,32 +321,27 @@ class InRunInfluence(L.Callback):
 
     def _validation_gradient(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[dict[str, Tensor], int]:
         """``v = grad (1/|D_val|) sum_i ell(theta; d_val_i)`` over the chosen parameters, in eval mode, by
-        ``torch.autograd.grad`` (the parameters' ``.grad``, which may hold accumulated gradients, is not touched);
-        data-parallel over the ranks and summed."""
+        :func:`~prefalign.inrun.ghost.mean_gradient` (the parameters' ``.grad``, which may hold accumulated
+        gradients, is not touched); data-parallel over the ranks and summed."""
         assert self.ghost is not None
         datamodule = trainer.datamodule
         dataset = self._validation_dataset(trainer)
         loader = datamodule.loader(dataset, datamodule.eval_batch_size, shuffle=False)
-        named = dict(pl_module.policy.named_parameters())
-        parameters = [named[name] for name in self.ghost.names]
-        sums = [torch.zeros_like(p) for p in parameters]
+
+        def losses_of(batch: dict[str, Any]) -> Tensor:
+            return pl_module(trainer.precision_plugin.convert_input(move_to(batch, pl_module.device)))[0].losses
+
         was_training = pl_module.training
         pl_module.eval()
         try:
             # the loader's iterator draws a seed from the global generator: restored after, so that training with
             # the record draws exactly the random numbers it draws without it
-            with torch.random.fork_rng(devices=[]), torch.enable_grad():
-                for batch in distributed.share_batches(loader, "in-run influence: v"):
-                    batch = trainer.precision_plugin.convert_input(move_to(batch, pl_module.device))
-                    losses = pl_module(batch)[0].losses
-                    grads = torch.autograd.grad(losses.sum() / len(dataset), parameters, allow_unused=True)
-                    for total, grad in zip(sums, grads):
-                        if grad is not None:
-                            total += grad
+            with torch.random.fork_rng(devices=[]):
+                batches = distributed.share_batches(loader, "in-run influence: v")
+                direction = mean_gradient(pl_module.policy, self.ghost.names, losses_of, batches, len(dataset))
         finally:
             pl_module.train(was_training)
-        distributed.all_reduce_sum(sums)
-        return {name: total.detach() for name, total in zip(self.ghost.names, sums)}, len(dataset)
+        return direction, len(dataset)
 
 
 class OnlineBand:

@@ -33,13 +33,15 @@ gradient in the step (data weight 0) has no in-run influence: NaN.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.func import functional_call, jvp
+
+from prefalign import distributed
 
 
 def select_parameters(
@@ -68,6 +70,44 @@ def select_parameters(
     if not chosen:
         raise ValueError(f"{option}={parameters!r} matches no parameter of the model")
     return chosen
+
+
+def mean_gradient(
+    module: torch.nn.Module, names: list[str], losses_of: Callable[[Any], Tensor], batches: Iterable[Any], total: int
+) -> dict[str, Tensor]:
+    """``grad (1/total) sum_i ell_i`` over the parameters ``names`` of ``module``: the validation gradient ``v`` of
+    the ``influence`` scorer and of the in-run influence, one implementation for both.
+
+    ``losses_of(batch)`` runs the forward pass of a batch and returns its per-pair losses. The gradient is taken by
+    ``torch.autograd.grad``, so no parameter's ``.grad`` is touched (safe in the middle of a gradient
+    accumulation); for the pass, exactly the named parameters require a gradient (the others are not
+    differentiated), and every flag is restored after. Under a launcher each rank passes its share of the batches
+    and the sums are added over the ranks, so every rank returns the whole mean.
+
+    Raises:
+        ValueError: ``total`` is not positive.
+    """
+    if total <= 0:
+        raise ValueError(f"the mean gradient needs at least one pair, got total={total}")
+    named = dict(module.named_parameters())
+    flags = {name: p.requires_grad for name, p in named.items()}
+    chosen = set(names)
+    parameters = [named[name] for name in names]
+    sums = [torch.zeros_like(p) for p in parameters]
+    try:
+        for name, parameter in named.items():
+            parameter.requires_grad_(name in chosen)
+        with torch.enable_grad():
+            for batch in batches:
+                grads = torch.autograd.grad(losses_of(batch).sum() / total, parameters, allow_unused=True)
+                for acc, grad in zip(sums, grads):
+                    if grad is not None:
+                        acc += grad
+    finally:
+        for name, parameter in named.items():
+            parameter.requires_grad_(flags[name])
+    distributed.all_reduce_sum(sums)
+    return {name: acc.detach() for name, acc in zip(names, sums)}
 
 
 def _reduce_to(values: Tensor, owners: Tensor) -> tuple[Tensor, Tensor]:
@@ -182,6 +222,24 @@ class GhostInfluence:
         self._totals, self._scale = None, None
         values = totals / scale
         return torch.where(scale != 0, values, torch.full_like(values, float("nan")))
+
+    def pass_influence(
+        self, losses_of: Callable[[], Tensor], backward: Callable[[Tensor], Any], n_pairs: int, device: torch.device
+    ) -> Tensor:
+        """One forward and backward pass with the products collected, and its pairs' IF.
+
+        ``losses_of()`` runs the forward pass and returns the per-pair losses; ``backward(losses)`` back-propagates
+        any objective of them (a weighted mean, a scaled mean for accumulation, a sum through
+        ``torch.autograd.grad``): :meth:`pair_scale` divides it out whatever it is.
+        """
+        self.begin(n_pairs, device)
+        try:
+            losses = losses_of()
+            losses.register_hook(self.pair_scale)
+            backward(losses)
+            return self.influence()
+        finally:
+            self.end()
 
     # -- the hooks --------------------------------------------------------------------------------------------
     def _add(self, values: Tensor, owners: Tensor, totals: Tensor) -> None:

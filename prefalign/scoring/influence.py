@@ -53,7 +53,7 @@ from torch.func import functional_call, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from prefalign import distributed
-from prefalign.inrun.ghost import select_parameters
+from prefalign.inrun.ghost import mean_gradient, select_parameters
 from prefalign.logprobs import LogpSettings
 from prefalign.losses import PreferenceLoss
 from prefalign.models import DTYPES
@@ -84,32 +84,15 @@ class PairLosses(torch.nn.Module):
 def validation_gradient(
     losses: PairLosses, loader: Any, names: list[str], device: torch.device, desc: str = "validation gradient"
 ) -> dict[str, Tensor]:
-    """``v = grad (1/|D_val|) sum_i ell(theta; d_val_i)`` over the named parameters (one backward pass).
+    """``v = grad (1/|D_val|) sum_i ell(theta; d_val_i)`` over the named parameters, in eval mode
+    (:func:`prefalign.inrun.ghost.mean_gradient`, which the in-run influence uses too).
 
     Under a launcher each rank back-propagates every ``world_size``-th batch and the gradients are summed over
     the ranks: every rank returns the whole ``v``.
     """
-    named = dict(losses.named_parameters())
-    total = len(loader.dataset)
-    flags = {name: p.requires_grad for name, p in named.items()}
-    for name, parameter in named.items():
-        parameter.requires_grad_(name in names)
-        parameter.grad = None
     losses.eval()
-    try:
-        for batch in distributed.share_batches(loader, desc):
-            # divided by the whole set's size on every rank, so that the ranks' sum is the mean
-            (losses(move_to(batch, device)).sum() / total).backward()
-        gradient = {}
-        for name in names:
-            grad = named[name].grad
-            gradient[name] = torch.zeros_like(named[name]) if grad is None else grad.detach().clone()
-    finally:
-        for name, parameter in named.items():
-            parameter.grad = None
-            parameter.requires_grad_(flags[name])
-    distributed.all_reduce_sum(list(gradient.values()))
-    return gradient
+    batches = distributed.share_batches(loader, desc)
+    return mean_gradient(losses, names, lambda batch: losses(move_to(batch, device)), batches, len(loader.dataset))
 
 
 def jvp_influence(losses: PairLosses, batch: dict[str, Any], direction: dict[str, Tensor]) -> tuple[Tensor, Tensor]:

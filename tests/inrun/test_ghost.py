@@ -34,15 +34,14 @@ def ghost_step(context, settings, parameters="trainable", weights=None, accumula
     ghost.set_direction({name: direction["module.policy." + name] for name in chosen})
     module = PreferenceModule(model, context.loss, optimizer=None, logp_settings=dataclasses.replace(settings, tracer=ghost))
     batch = next(iter(context.datamodule.eval_loader("train")))
-    size = len(batch["pair_ids"])
-    with ghost.collecting(size, torch.device("cpu")):
-        out, _ = module(batch)
-        out.losses.register_hook(ghost.pair_scale)
-        losses = out.losses if weights is None else out.losses * weights
-        (losses.mean() / accumulate).backward()
+
+    def backward(losses):
+        ((losses if weights is None else losses * weights).mean() / accumulate).backward()
+
+    influence = ghost.pass_influence(lambda: module(batch)[0].losses, backward, len(batch["pair_ids"]), torch.device("cpu"))
     model.zero_grad(set_to_none=True)
     ghost.detach()
-    return ghost.influence(), batch
+    return influence, batch
 
 
 def scorer_influence(context, parameters="trainable"):
