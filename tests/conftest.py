@@ -6,12 +6,22 @@ under ``$PREFALIGN_CACHE_DIR`` (default ``~/.cache/prefalign``), which is conten
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from transformers import AutoTokenizer
 
 from prefalign.models import TinyModel, embedded_tokenizer_dir, ensure_pad_token
 
 ARCHITECTURES = ("llama", "gpt_neox", "qwen3")
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # under pytest-xdist (the README's -n 2) each worker computes on one thread, and so do the processes its tests
+    # start: two workers with two threads each on two cores would only take turns
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

@@ -106,10 +106,20 @@ def test_the_record_changes_no_number_of_the_training(cache, tmp_path):
             assert traced[key] == value, key  # exactly
 
 
+RESUMED = [*SMALL, "inrun=influence", "trainer.max_epochs=2", "inrun.refresh_every_n_steps=3"]
+
+
+@pytest.fixture(scope="module")
+def whole(cache, tmp_path_factory):
+    """The uninterrupted run the killed-and-resumed ones must equal (one for both signals)."""
+    folder = tmp_path_factory.mktemp("whole")
+    check(run_cli("train", *RESUMED, f"paths.cache_dir={cache}", f"hydra.run.dir={folder}"))
+    return folder
+
+
 @pytest.mark.parametrize("kill", ["SIGINT", "SIGKILL"])
-def test_a_killed_run_resumes_to_the_same_record(kill, cache, tmp_path):
-    common = [*SMALL, "inrun=influence", "trainer.max_epochs=2", "inrun.refresh_every_n_steps=3", f"paths.cache_dir={cache}"]
-    check(run_cli("train", *common, f"hydra.run.dir={tmp_path / 'whole'}"))
+def test_a_killed_run_resumes_to_the_same_record(kill, cache, whole, tmp_path):
+    common = [*RESUMED, f"paths.cache_dir={cache}"]
     run = tmp_path / "run"
     resumed = [*common, f"hydra.run.dir={run}", "callbacks.checkpoint.every_n_train_steps=2"]
     # SIGINT: a checkpoint at the signal (step 5); SIGKILL: none, the run resumes from its step-6 checkpoint and
@@ -120,8 +130,7 @@ def test_a_killed_run_resumes_to_the_same_record(kill, cache, tmp_path):
     saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert saved["global_step"] == (6 if kill == "SIGKILL" else 5)
     check(run_cli("train", *resumed, "ckpt_path=last"))
-    whole, again = read_records(tmp_path / "whole"), read_records(run)
-    pd.testing.assert_frame_equal(again, whole, check_exact=False, rtol=1e-12)
+    pd.testing.assert_frame_equal(read_records(run), read_records(whole), check_exact=False, rtol=1e-12)
     assert json.loads((run / "inrun" / "refreshes.json").read_text())[-1]["step"] == 7
 
 
