@@ -2,7 +2,7 @@
 selection pipeline with the scores taken from the warm-up's record, each side by side with its baseline.
 
     python -m bench.inrun [--model smollm2_135m] [--steps 12] [--check-pairs 64]
-    python -m bench.inrun --pipeline 384 [--pipeline 3000]      # the whole pipeline, twice per size (long)
+    python -m bench.inrun --steps 0 --pipeline 384 [--pipeline 3000] --work W   # the whole pipeline, twice per size (long; resumable in W)
 
 **Steps** (one process, the embedded default unless ``--model``): the run's training step (the module's forward
 with its log-prob settings, the mean loss's backward, an AdamW step) timed ``--steps`` times plain and
@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from bench.common import ROOT, append_result, machine, sync, train_config
+from prefalign.atomic import write_json
 
 
 def setup(model: str, output: Path, overrides: list[str]) -> tuple[Any, Any, Any]:
@@ -178,6 +179,10 @@ def bench_steps(model: str, steps: int, check_pairs: int, overrides: list[str]) 
 
 def pipeline_run(pairs: int, scores_from: str, model_cache: Path, work: Path) -> float:
     cache = work / f"cache-{scores_from}-{pairs}"
+    run = work / f"run-{scores_from}-{pairs}"
+    # a run cut short is started again from nothing: its wall time must be the whole pipeline's
+    shutil.rmtree(cache, ignore_errors=True)
+    shutil.rmtree(run, ignore_errors=True)
     (cache / "models").mkdir(parents=True, exist_ok=True)
     for entry in model_cache.iterdir():  # the converted model only: nothing else is reused
         target = cache / "models" / entry.name
@@ -188,7 +193,7 @@ def pipeline_run(pairs: int, scores_from: str, model_cache: Path, work: Path) ->
         shutil.copytree(tokenizers, cache / "tokenizers", dirs_exist_ok=True)
     command = [
         sys.executable, "train.py", "select=tif", f"data.max_train_pairs={pairs}", f"pipeline.scores_from={scores_from}",
-        f"paths.cache_dir={cache}", f"hydra.run.dir={work / f'run-{scores_from}-{pairs}'}",
+        f"paths.cache_dir={cache}", f"hydra.run.dir={run}",
     ]
     start = time.perf_counter()
     subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -196,12 +201,20 @@ def pipeline_run(pairs: int, scores_from: str, model_cache: Path, work: Path) ->
 
 
 def bench_pipeline(sizes: list[int], work: Path) -> dict[str, Any]:
+    """Each size's two pipelines, one after the other; the finished ones' times are kept in ``<work>/times.json``,
+    so that a rerun with the same ``--work`` only runs what is missing."""
     model_cache = Path("~/.cache/prefalign/models").expanduser()
+    record = work / "times.json"
+    done = json.loads(record.read_text()) if record.exists() else {}
     results = {}
     for pairs in sizes:
         times = {}
         for scores_from in ("scoring", "warmup"):
-            times[scores_from] = round(pipeline_run(pairs, scores_from, model_cache, work), 1)
+            name = f"{pairs}-{scores_from}"
+            if name not in done:
+                done[name] = round(pipeline_run(pairs, scores_from, model_cache, work), 1)
+                write_json(done, record)
+            times[scores_from] = done[name]
             print(f"pipeline select=tif, {pairs} pairs, scores_from={scores_from}: {times[scores_from]:.0f} s", flush=True)
         times["ratio"] = round(times["warmup"] / times["scoring"], 3)
         print(f"  {pairs} pairs: scores_from=warmup takes {times['ratio']:.3f}x the time of warm-up + scoring pass", flush=True)
@@ -215,7 +228,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--check-pairs", type=int, default=64)
     parser.add_argument("--pipeline", type=int, action="append", default=[], help="pipeline sizes to compare (pairs)")
-    parser.add_argument("--work", default=None, help="where the pipeline runs go (default: a temporary folder)")
+    parser.add_argument("--work", default=None, help="where the pipeline runs go (default: a temporary folder); "
+                        "the same folder again runs only what did not finish")
     parser.add_argument("--overrides", nargs="*", default=[], help="train config overrides (e.g. trainer=gpu)")
     args = parser.parse_args()
     torch.manual_seed(0)
