@@ -150,6 +150,18 @@ def test_score_select_and_analysis_scripts(tmp_path):
     # the oracle at the analysis budget (64% of 40 = 26 pairs) keeps no flipped pair while clean ones remain
     if len(clean) >= 26:
         assert noise.loc["oracle", "label_flipped_kept"] == 0
+    # every score as a detector of the flipped pairs: the ground truth's code (2 for a flipped pair, at most 1 for
+    # the others) is a perfect one, from its high end
+    detection = pd.read_csv(analysis / "detection.csv").set_index(["score", "target"])
+    assert set(detection.index.get_level_values("score")) == set(scores.columns) - {"pair_id"}
+    assert "Noise detection" in report
+    if sum(flipped):
+        perfect = detection.loc[("ground_truth", "label_flipped")]
+        assert perfect["auroc"] == 1.0 and perfect["auprc"] == 1.0 and perfect["flagging_end"] == "high"
+        assert perfect["chance_auprc"] == pytest.approx(sum(flipped) / 40)
+        row = detection.loc[("random", "label_flipped")]
+        assert row["auroc_low"] <= row["auroc"] <= row["auroc_high"]
+        assert (analysis / "plots" / "roc_label_flipped.png").exists()
 
 
 def test_scoring_resumes_after_an_interruption(tmp_path):

@@ -6,6 +6,8 @@
 * **Noise**: on data with known noise (metadata ``label_flipped`` / ``ambiguous``, e.g. the built-in set), how
   many flipped and ambiguous pairs each selection keeps, against the base rate a random selection keeps in
   expectation. Only this analysis reads the ground truth; no rule does.
+* **Noise detection**, threshold-free: for every score, the AUROC and the AUPRC (average precision) of the score
+  as a detector of the flipped and of the ambiguous pairs, with bootstrap intervals over pairs, and ROC curves.
 * **Plots** (PNG): a histogram of each score, and the joint scatter of two scores (like Figure 1 of the BeeS
   paper), coloured by the ground-truth noise when it is known.
 
@@ -102,6 +104,148 @@ def noise_table(selections: dict[str, Selection], truth: pd.DataFrame) -> pd.Dat
             row[f"{column}_removed"] = 1 - count / total if total else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _binned(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each pair's bin (the rank of its value among the distinct values, ascending) and the number of bins."""
+    distinct, bins = np.unique(values, return_inverse=True)
+    return bins.reshape(-1), len(distinct)
+
+
+def _per_bin(weights: np.ndarray, bins: np.ndarray, size: int) -> np.ndarray:
+    """``(resamples, pairs)`` weights summed per bin: ``(resamples, size)``."""
+    rows = np.arange(weights.shape[0])[:, None] * size
+    return np.bincount((rows + bins[None, :]).ravel(), weights.ravel(), minlength=weights.shape[0] * size).reshape(-1, size)
+
+
+def _auroc_ap(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUROC and average precision from positive and negative counts per distinct value, ``(..., bins)`` in
+    ascending order of value, higher values flagging the positives; ties count half in the AUROC and as one
+    threshold in the average precision (as ``sklearn.metrics.roc_auc_score`` / ``average_precision_score``)."""
+    total_pos, total_neg = pos.sum(-1), neg.sum(-1)
+    below = np.cumsum(neg, -1) - neg  # negatives strictly below each value
+    auroc = (pos * (below + 0.5 * neg)).sum(-1) / (total_pos * total_neg)
+    # thresholds from the highest value down: precision at each, weighted by the recall it adds
+    tp, fp = np.cumsum(pos[..., ::-1], -1), np.cumsum(neg[..., ::-1], -1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+    ap = (pos[..., ::-1] * precision).sum(-1) / total_pos
+    return auroc, ap
+
+
+def detection_metrics(values: np.ndarray, positive: np.ndarray) -> dict[str, float]:
+    """AUROC and average precision (AUPRC) of ``values`` as a detector of ``positive`` (higher flags it).
+
+    AUROC = P(value of a positive > value of a negative) + P(equal) / 2 (the Mann-Whitney statistic; 0.5 is
+    chance, below 0.5 the low end flags the positives). AUPRC = sum over thresholds of precision times the
+    recall added; chance is the positives' share.
+    """
+    values, positive = np.asarray(values, dtype=float), np.asarray(positive, dtype=bool)
+    bins, size = _binned(values)
+    pos = np.bincount(bins[positive], minlength=size).astype(float)
+    neg = np.bincount(bins[~positive], minlength=size).astype(float)
+    auroc, ap = _auroc_ap(pos, neg)
+    return {"auroc": float(auroc), "auprc": float(ap)}
+
+
+def detection_table(
+    scores: pd.DataFrame, truth: pd.DataFrame, resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> pd.DataFrame:
+    """Every score as a detector of the flipped and of the ambiguous pairs: AUROC and AUPRC, each with a
+    percentile bootstrap interval over pairs (``resamples`` resamples of the scored pairs with replacement).
+
+    A score says nothing of which end flags noise, so the AUROC is reported as it is (higher values flagging:
+    below 0.5, the low end flags) and ``flagging_end`` names the end it points to; the AUPRC is that end's (for
+    ``low``, of the negated score), with ``chance_auprc`` (the positives' share) to read it against. Pairs
+    without a value of a score (NaN) are left out of its rows.
+    """
+    truth = truth.set_index("pair_id")
+    rng = np.random.default_rng(seed)
+    alpha = (1 - level) / 2
+    rows = []
+    for column in [c for c in scores.columns if c != "pair_id"]:
+        frame = scores[["pair_id", column]].dropna()
+        frame = frame[frame["pair_id"].isin(truth.index)]
+        values = frame[column].to_numpy(dtype=float)
+        draws = rng.integers(0, len(values), size=(resamples, len(values))) if len(values) else None
+        for target in [t for t in NOISE_COLUMNS if t in truth]:
+            positive = truth.loc[frame["pair_id"], target].to_numpy(dtype=bool)
+            row: dict[str, Any] = {"score": column, "target": target, "pairs": len(values), "positives": int(positive.sum())}
+            if not positive.any() or positive.all() or frame[column].nunique() < 2:
+                rows.append({**row, "auroc": float("nan"), "auprc": float("nan")})
+                continue
+            point = detection_metrics(values, positive)
+            end = "high" if point["auroc"] >= 0.5 else "low"
+            oriented = values if end == "high" else -values
+            bins, size = _binned(oriented)
+            # each resample as counts per pair, then per distinct value: the bootstrap without sorting again
+            n = len(values)
+            weights = np.bincount((np.arange(resamples)[:, None] * n + draws).ravel(), minlength=resamples * n)
+            weights = weights.reshape(resamples, n).astype(float)
+            pos = _per_bin(weights[:, positive], bins[positive], size)
+            neg = _per_bin(weights[:, ~positive], bins[~positive], size)
+            usable = (pos.sum(-1) > 0) & (neg.sum(-1) > 0)
+            auroc, ap = _auroc_ap(pos[usable], neg[usable])
+            auroc = auroc if end == "high" else 1 - auroc
+            row.update(
+                {
+                    "auroc": point["auroc"],
+                    "auroc_low": float(np.quantile(auroc, alpha)),
+                    "auroc_high": float(np.quantile(auroc, 1 - alpha)),
+                    "flagging_end": end,
+                    "auprc": detection_metrics(oriented, positive)["auprc"],
+                    "auprc_low": float(np.quantile(ap, alpha)),
+                    "auprc_high": float(np.quantile(ap, 1 - alpha)),
+                    "chance_auprc": float(positive.mean()),
+                }
+            )
+            rows.append(row)
+    columns = ["score", "target", "pairs", "positives", "auroc", "auroc_low", "auroc_high", "flagging_end", "auprc",
+               "auprc_low", "auprc_high", "chance_auprc"]
+    return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def plot_roc(scores: pd.DataFrame, truth: pd.DataFrame, out_dir: Path, labels: dict[str, str] | None = None) -> list[Path]:
+    """ROC curves of every score as a detector of each noise kind (``roc_<target>.png``), each score taken from
+    its flagging end (:func:`detection_table`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = labels or {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    indexed = truth.set_index("pair_id")
+    written = []
+    for target in [t for t in NOISE_COLUMNS if t in indexed]:
+        figure, axis = plt.subplots(figsize=(4.8, 4.5))
+        for column in [c for c in scores.columns if c != "pair_id"]:
+            frame = scores[["pair_id", column]].dropna()
+            frame = frame[frame["pair_id"].isin(indexed.index)]
+            positive = indexed.loc[frame["pair_id"], target].to_numpy(dtype=bool)
+            values = frame[column].to_numpy(dtype=float)
+            if not positive.any() or positive.all() or len(np.unique(values)) < 2:
+                continue
+            auroc = detection_metrics(values, positive)["auroc"]
+            oriented = values if auroc >= 0.5 else -values
+            order = np.argsort(-oriented, kind="stable")
+            _, first = np.unique(-oriented[order], return_index=True)  # one point per distinct threshold
+            ends = np.r_[first[1:], len(order)] - 1
+            tpr = np.r_[0, np.cumsum(positive[order])[ends] / positive.sum()]
+            fpr = np.r_[0, np.cumsum(~positive[order])[ends] / (~positive).sum()]
+            end = "" if auroc >= 0.5 else ", low end"
+            axis.plot(fpr, tpr, label=f"{labels.get(column, column)} ({max(auroc, 1 - auroc):.2f}{end})")
+        axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        axis.set_xlabel("false positive rate")
+        axis.set_ylabel("true positive rate")
+        axis.set_title(f"detecting {target.replace('_', ' ')} pairs")
+        axis.legend(fontsize=7, loc="lower right")
+        figure.tight_layout()
+        path = out_dir / f"roc_{target}.png"
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+        written.append(path)
+    return written
 
 
 def ground_truth(pairs: list[Any]) -> pd.DataFrame | None:

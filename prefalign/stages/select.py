@@ -4,7 +4,8 @@ Input: ``scores`` (a ``scores.parquet`` or a folder holding one); the data, mode
 provenance records, never this config's defaults. Outputs, in the stage's directory: ``selection.json`` (the
 kept pair ids, the rule, its resolved thresholds, the score columns it read and the data fingerprint that
 ``train.py data.selection=...`` checks), or with ``analyze=true`` ``analysis.md``, ``analysis.json``,
-``overlap.csv``, ``correlations.csv``, ``noise.csv`` and ``plots/``.
+``overlap.csv``, ``correlations.csv``, ``noise.csv``, ``detection.csv`` (the scores as noise detectors: AUROC, AUPRC)
+and ``plots/`` (ROC curves among them).
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from prefalign.safe_config import checked_config
 from prefalign.data.scores_file import read_scores
 from prefalign.selection.analysis import (
     correlation_table,
+    detection_table,
     ground_truth,
     markdown_table,
     noise_table,
     overlap_table,
+    plot_roc,
     plot_scores,
     score_labels,
 )
@@ -180,11 +183,23 @@ def _run_analysis(cfg: DictConfig) -> dict[str, Any]:
             + markdown_table(noise)
         )
         result["noise"] = noise.to_dict(orient="records")
+        detection = detection_table(scores, truth, seed=int(cfg.seed))
+        detection.to_csv(folder / "detection.csv", index=False)
+        sections.append(
+            "## Noise detection (threshold-free; 95% bootstrap intervals over pairs)\n\n"
+            "Each score as a detector of the flipped pairs and of the ambiguous pairs (each against all other "
+            "pairs): AUROC (0.5 is chance; below 0.5 the score's low end flags them, `flagging_end`) and AUPRC "
+            "of that end, against its chance level (the positives' share).\n\n"
+            + markdown_table(detection.replace({"score": labels}), digits=3)
+        )
+        result["detection"] = detection.to_dict(orient="records")
     else:
         sections.append("## Noise\n\nThe data carries no `label_flipped` / `ambiguous` metadata: no noise table.")
     if skipped:
         sections.append("## Skipped\n\n" + "\n".join(f"- {name}: {why}" for name, why in skipped.items()))
     plots = plot_scores(scores, folder / "plots", truth, [tuple(pair) for pair in analysis.scatter], labels)
+    if truth is not None:
+        plots += plot_roc(scores, truth, folder / "plots", labels)
     sections.append("## Plots\n\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in plots))
     (folder / "analysis.md").write_text("\n\n".join(sections) + "\n")
     result["overlap"] = overlap.to_dict()

@@ -3,11 +3,14 @@
 import builtins
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from prefalign.selection.analysis import (
     correlation_table,
+    detection_metrics,
+    detection_table,
     noise_table,
     overlap_coefficient,
     overlap_table,
@@ -67,3 +70,37 @@ def test_noise_table_by_hand():
     assert table["label_flipped_kept"] == 0 and table["label_flipped_removed"] == 1.0
     assert table["label_flipped_base_rate"] == 0.5
     assert table["ambiguous_kept"] == 1 and table["ambiguous_rate"] == 0.5 and table["ambiguous_removed"] == 0.0
+
+
+def test_detection_metrics_by_hand():
+    # values 1, 2, 2, 3 with positives at 2 (one of the tied pair) and 3; negatives at 1 and 2
+    values, positive = [1.0, 2.0, 2.0, 3.0], [False, True, False, True]
+    # AUROC: pairs (positive, negative) = (2,1) 1, (2,2) 1/2, (3,1) 1, (3,2) 1 -> 3.5 / 4
+    # AUPRC: threshold 3 -> precision 1/1, recall 1/2; threshold 2 (both tied pairs) -> precision 2/3, recall 1;
+    # 1/2 * 1 + 1/2 * 2/3 = 5/6
+    metrics = detection_metrics(values, positive)
+    assert metrics["auroc"] == pytest.approx(3.5 / 4)
+    assert metrics["auprc"] == pytest.approx(5 / 6)
+    sklearn = pytest.importorskip("sklearn.metrics")
+    assert metrics["auroc"] == pytest.approx(sklearn.roc_auc_score(positive, values))
+    assert metrics["auprc"] == pytest.approx(sklearn.average_precision_score(positive, values))
+
+
+def test_detection_table_reads_either_end_and_brackets_the_point_with_its_interval():
+    rng = np.random.default_rng(0)
+    flipped = rng.random(400) < 0.2
+    signal = rng.normal(size=400) + 1.5 * flipped
+    scores = pd.DataFrame({"pair_id": [f"p{i}" for i in range(400)], "up": signal, "down": -signal, "none": rng.normal(size=400)})
+    truth = pd.DataFrame({"pair_id": scores["pair_id"], "label_flipped": flipped, "ambiguous": np.arange(400) % 2 == 0})
+    table = detection_table(scores, truth, resamples=300).set_index(["score", "target"])
+    up, down = table.loc[("up", "label_flipped")], table.loc[("down", "label_flipped")]
+    assert up["auroc"] > 0.8 and up["flagging_end"] == "high"
+    # the negated score: the complementary AUROC, flagged from its low end, and the same AUPRC (that end's)
+    assert down["auroc"] == pytest.approx(1 - up["auroc"]) and down["flagging_end"] == "low"
+    assert down["auprc"] == pytest.approx(up["auprc"])
+    assert up["auprc"] > 2 * up["chance_auprc"] and up["chance_auprc"] == pytest.approx(flipped.mean())
+    for row in (up, down, table.loc[("none", "label_flipped")]):
+        assert row["auroc_low"] <= row["auroc"] <= row["auroc_high"]
+        assert row["auprc_low"] <= row["auprc_high"]
+    none = table.loc[("none", "label_flipped")]
+    assert none["auroc_low"] < 0.5 < none["auroc_high"]  # chance lies in a pure-noise score's interval
