@@ -107,6 +107,38 @@ class DPOLoss(PreferenceLoss):
         return -(1 - eps) * F.logsigmoid(logits) - eps * F.logsigmoid(-logits)
 
 
+class RDPOLoss(PreferenceLoss):
+    """Robust DPO, rDPO (Chowdhury, Kini and Natarajan, "Provably Robust DPO: Aligning Language Models with Noisy
+    Feedback", ICML 2024, Sec. 3: the de-biased loss), TRL's ``loss_type="robust"``.
+
+    With labels flipped independently with a known probability ``eps < 1/2``::
+
+        loss = [(1 - eps) * l(h) - eps * l(-h)] / (1 - 2 eps),   l(h) = -log sigma(beta * h)
+
+    Its expectation over the flip of a pair's label is the clean pair's DPO loss,
+    ``(1 - eps) * loss(h) + eps * loss(-h) = l(h)``: an unbiased estimate of the loss on clean labels (cDPO,
+    :class:`DPOLoss`'s ``label_smoothing``, is biased instead). Unlike DPO's, the per-pair loss is not bounded
+    below: a pair the policy already ranks with a large margin gets a negative loss, pushed further by
+    ``-eps / (1 - 2 eps)`` of the reversed pair's gradient.
+
+    Args:
+        beta: inverse temperature.
+        flip_rate: ``eps``, the assumed probability that a label is flipped, in ``[0, 0.5)`` (0 = plain DPO).
+    """
+
+    def __init__(self, beta: float = 0.1, flip_rate: float = 0.1) -> None:
+        super().__init__(beta)
+        if not 0 <= flip_rate < 0.5:
+            raise ValueError(f"loss.flip_rate must be in [0, 0.5), got {flip_rate}")
+        self.flip_rate = flip_rate
+
+    def pair_losses(self, policy: Logps, reference: Logps | None) -> Tensor:
+        chosen_ratio, rejected_ratio = self.log_ratios(policy, reference)
+        logits = self.beta * (chosen_ratio - rejected_ratio)
+        eps = self.flip_rate
+        return (-(1 - eps) * F.logsigmoid(logits) + eps * F.logsigmoid(-logits)) / (1 - 2 * eps)
+
+
 class SLiCLoss(PreferenceLoss):
     """SLiC hinge loss (Zhao et al., 2023, SLiC-HF Eq. 1; the RSO form of Liu et al., 2024, used by the TIF paper).
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from prefalign.losses import DPOLoss, IPOLoss, KTOLoss, SFTLoss, SimPOLoss, SLiCLoss
+from prefalign.losses import DPOLoss, IPOLoss, KTOLoss, RDPOLoss, SFTLoss, SimPOLoss, SLiCLoss
 
 T = lambda *values: torch.tensor(values, dtype=torch.float64)  # noqa: E731
 
@@ -55,6 +55,30 @@ def test_dpo_label_smoothing(policy, reference):
     out = DPOLoss(beta=0.1, label_smoothing=0.1)(policy, reference)
     # 0.9 * nls(0.15) + 0.1 * nls(-0.15), with nls(-0.15) = 0.15 + nls(0.15) = 0.770957
     assert_close(out.losses[0], torch.tensor(0.635957047789532, dtype=torch.float64))
+
+
+def test_rdpo(policy, reference):
+    out = RDPOLoss(beta=0.1, flip_rate=0.1)(policy, reference)
+    # [(1 - e) nls(x) - e nls(-x)] / (1 - 2e) with nls(-x) = x + nls(x) is nls(x) - e x / (1 - 2e):
+    # x = 0.15: 0.620957047789532 - 0.1 * 0.15 / 0.8 = 0.620957047789532 - 0.01875
+    # x = -0.2: 0.7981388693815917 + 0.1 * 0.2 / 0.8 = 0.7981388693815917 + 0.025
+    assert_close(out.losses, T(0.602207047789532, 0.8231388693815917))
+    assert_close(out.chosen_rewards, T(0.1, 0.0))
+    # no flips assumed: plain DPO
+    assert_close(RDPOLoss(beta=0.1, flip_rate=0.0)(policy, reference).losses, DPOLoss(beta=0.1)(policy, reference).losses)
+
+
+def test_rdpo_is_unbiased_under_flips_at_its_rate(policy, reference):
+    # a label kept with probability 1 - e and flipped with probability e: the expected rDPO loss is the clean
+    # pair's DPO loss (the paper's defining property)
+    flipped = {**policy, "chosen_logps": policy["rejected_logps"], "rejected_logps": policy["chosen_logps"]}
+    flipped_reference = {**reference, "chosen_logps": reference["rejected_logps"], "rejected_logps": reference["chosen_logps"]}
+    for eps in (0.1, 0.3):
+        loss = RDPOLoss(beta=0.1, flip_rate=eps)
+        expected = (1 - eps) * loss(policy, reference).losses + eps * loss(flipped, flipped_reference).losses
+        assert_close(expected, DPOLoss(beta=0.1)(policy, reference).losses)
+    with pytest.raises(ValueError, match="flip_rate must be in"):
+        RDPOLoss(flip_rate=0.5)
 
 
 def test_slic(policy, reference):
@@ -124,7 +148,7 @@ def test_invalid_beta():
 
 
 def test_gradients_flow_to_policy_logps(policy, reference):
-    for loss in (DPOLoss(), SLiCLoss(), IPOLoss(), SimPOLoss(), KTOLoss()):
+    for loss in (DPOLoss(), RDPOLoss(), SLiCLoss(), IPOLoss(), SimPOLoss(), KTOLoss()):
         chosen = policy["chosen_logps"].clone().requires_grad_()
         out = loss({**policy, "chosen_logps": chosen}, reference)
         out.losses.mean().backward()
