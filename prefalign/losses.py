@@ -18,6 +18,7 @@ Notation: ``rho_w = s(y_w) - s_ref(y_w)``, ``rho_l = s(y_l) - s_ref(y_l)``,
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +66,11 @@ class PreferenceLoss(nn.Module):
 
     def pair_losses(self, policy: Logps, reference: Logps | None) -> Tensor:
         raise NotImplementedError
+
+    def reduce(self, losses: Tensor, weights: Tensor | None = None) -> Tensor:
+        """The batch objective from the per-pair losses: their mean, each weighted by its pair's data weight
+        (``data.weights``; 1 without). A loss whose objective is not a mean (:class:`DrDPOLoss`) overrides it."""
+        return losses.mean() if weights is None else (losses * weights).mean()
 
     def forward(self, policy: Logps, reference: Logps | None = None) -> LossOutput:
         if self.requires_reference and reference is None:
@@ -137,6 +143,43 @@ class RDPOLoss(PreferenceLoss):
         logits = self.beta * (chosen_ratio - rejected_ratio)
         eps = self.flip_rate
         return (-(1 - eps) * F.logsigmoid(logits) + eps * F.logsigmoid(-logits)) / (1 - 2 * eps)
+
+
+class DrDPOLoss(DPOLoss):
+    """Distributionally robustified DPO, Dr. DPO (Wu et al., "Towards Robust Alignment of Language Models:
+    Distributionally Robustifying Direct Preference Optimization", ICLR 2025; the authors' code,
+    ``junkangwu/Dr_DPO``): DPO's per-pair losses ``l_i`` (:class:`DPOLoss`, label smoothing included), combined
+    over a batch of ``n`` pairs by a soft minimum instead of their mean::
+
+        L = -beta' * log( (1/n) * sum_i exp(-l_i / beta') )
+
+    Its gradient is ``sum_i w_i grad l_i`` with ``w_i = softmax(-l / beta')_i``: the pairs the policy finds hard
+    (large ``l_i``, among them flipped labels) weigh less, the more so the smaller ``beta'``; ``beta' -> inf`` gives
+    DPO's mean, and at ``beta' = 1`` ``exp(-l_i)`` is ``sigma(beta h_i)``, so ``L = -log mean_i sigma(beta h_i)``.
+    The objective depends on which pairs share a batch (as in the paper: one optimiser batch, here one
+    micro-batch of one device). With data weights ``w_i`` the mean inside the log is ``(1/n) sum_i w_i exp(...)``
+    (a pair of weight 0 takes no part). The per-pair losses it reports (``train/loss`` is the objective) and
+    that the scores and in-run influence differentiate are DPO's.
+
+    Args:
+        beta: inverse temperature.
+        beta_prime: ``beta'``, the temperature of the soft minimum over the batch (the paper's default 1.0).
+        label_smoothing: as in :class:`DPOLoss`.
+    """
+
+    def __init__(self, beta: float = 0.1, beta_prime: float = 1.0, label_smoothing: float = 0.0) -> None:
+        super().__init__(beta, label_smoothing)
+        if beta_prime <= 0:
+            raise ValueError(f"loss.beta_prime must be positive, got {beta_prime}")
+        self.beta_prime = beta_prime
+
+    def reduce(self, losses: Tensor, weights: Tensor | None = None) -> Tensor:
+        scaled = -losses / self.beta_prime
+        if weights is not None:
+            if not bool((weights > 0).any()):
+                return (losses * weights).sum()  # nothing to train on in this batch: zero, with a gradient of zero
+            scaled = scaled + torch.log(weights)
+        return -self.beta_prime * (torch.logsumexp(scaled, 0) - math.log(len(losses)))
 
 
 class SLiCLoss(PreferenceLoss):

@@ -240,8 +240,9 @@ class PreferenceModule(L.LightningModule):
         weights = batch.get("weights")
         weights = None if weights is None else weights.to(out.losses.dtype)
         self._check_finite(out, batch, weights)
-        # data.weights: the mean of weighted per-pair losses (unweighted pairs have weight 1); logged as train/loss
-        loss = out.losses.mean() if weights is None else (out.losses * weights).mean()
+        # the loss's batch objective: the mean of the weighted per-pair losses (data.weights; unweighted pairs have
+        # weight 1) unless the loss says otherwise; logged as train/loss
+        loss = self.loss_fn.reduce(out.losses, weights)
         size = len(batch["pair_ids"])
         self.pairs_trained += size
         self._step_pair_ids.extend(batch["pair_ids"])

@@ -10,11 +10,13 @@ Two pairs throughout:
 -log sigma(x) = log(1 + exp(-x)) is written ``nls(x)`` below.
 """
 
+import math
+
 import pytest
 import torch
 from torch.testing import assert_close
 
-from prefalign.losses import DPOLoss, IPOLoss, KTOLoss, RDPOLoss, SFTLoss, SimPOLoss, SLiCLoss
+from prefalign.losses import DPOLoss, DrDPOLoss, IPOLoss, KTOLoss, RDPOLoss, SFTLoss, SimPOLoss, SLiCLoss
 
 T = lambda *values: torch.tensor(values, dtype=torch.float64)  # noqa: E731
 
@@ -79,6 +81,35 @@ def test_rdpo_is_unbiased_under_flips_at_its_rate(policy, reference):
         assert_close(expected, DPOLoss(beta=0.1)(policy, reference).losses)
     with pytest.raises(ValueError, match="flip_rate must be in"):
         RDPOLoss(flip_rate=0.5)
+
+
+def test_drdpo(policy, reference):
+    loss = DrDPOLoss(beta=0.1, beta_prime=1.0)
+    out = loss(policy, reference)
+    # the per-pair losses are DPO's
+    assert_close(out.losses, T(0.620957047789532, 0.7981388693815917))
+    # beta' = 1: exp(-l_i) = sigma(beta h_i), so L = -log((sigma(0.15) + sigma(-0.2)) / 2)
+    #          = -log((0.5374298453437496 + 0.45016600268752216) / 2) = -log(0.4937979240156359)
+    assert_close(loss.reduce(out.losses), torch.tensor(0.705628906179458, dtype=torch.float64))
+    # beta' = 0.5: -0.5 log((sigma(0.15)^2 + sigma(-0.2)^2) / 2)
+    half = DrDPOLoss(beta=0.1, beta_prime=0.5)
+    assert_close(half.reduce(out.losses), torch.tensor(0.7017403329725489, dtype=torch.float64))
+    # a large beta' tends to DPO's mean (0.709547958585562); a weight of 0 leaves a pair out:
+    # -log(exp(-l_1) / 2) = l_1 + log 2
+    assert_close(DrDPOLoss(beta_prime=1e6).reduce(out.losses), out.losses.mean(), rtol=0, atol=1e-6)
+    assert_close(loss.reduce(out.losses, T(1.0, 0.0)), torch.tensor(0.620957047789532 + math.log(2), dtype=torch.float64))
+    # its gradient weighs each pair by softmax(-l / beta'): the harder pair (larger loss) weighs less
+    losses = out.losses.clone().requires_grad_()
+    loss.reduce(losses).backward()
+    assert_close(losses.grad, torch.softmax(-out.losses, 0))
+    assert losses.grad[1] < 0.5 < losses.grad[0]
+    with pytest.raises(ValueError, match="beta_prime must be positive"):
+        DrDPOLoss(beta_prime=0.0)
+
+
+def test_the_other_losses_reduce_to_the_weighted_mean(policy, reference):
+    out = DPOLoss()(policy, reference)
+    assert_close(DPOLoss().reduce(out.losses, T(2.0, 0.0)), out.losses[0])
 
 
 def test_slic(policy, reference):
@@ -148,7 +179,7 @@ def test_invalid_beta():
 
 
 def test_gradients_flow_to_policy_logps(policy, reference):
-    for loss in (DPOLoss(), RDPOLoss(), SLiCLoss(), IPOLoss(), SimPOLoss(), KTOLoss()):
+    for loss in (DPOLoss(), RDPOLoss(), DrDPOLoss(), SLiCLoss(), IPOLoss(), SimPOLoss(), KTOLoss()):
         chosen = policy["chosen_logps"].clone().requires_grad_()
         out = loss({**policy, "chosen_logps": chosen}, reference)
         out.losses.mean().backward()

@@ -10,7 +10,7 @@ import torch
 from prefalign.data.datamodule import PreferenceDataModule
 from prefalign.data.sources import LocalSource
 from prefalign.logprobs import LogpSettings
-from prefalign.losses import DPOLoss, IPOLoss, KTOLoss, RDPOLoss, SFTLoss, SLiCLoss, SimPOLoss
+from prefalign.losses import DPOLoss, DrDPOLoss, IPOLoss, KTOLoss, RDPOLoss, SFTLoss, SLiCLoss, SimPOLoss
 from prefalign.module import (
     KeepReferencePrecision,
     PreferenceModule,
@@ -23,6 +23,7 @@ from tests.conftest import ARCHITECTURES, tiny_model
 LOSSES = {
     "dpo": DPOLoss,
     "rdpo": RDPOLoss,
+    "drdpo": DrDPOLoss,
     "slic": SLiCLoss,
     "ipo": IPOLoss,
     "simpo": SimPOLoss,
