@@ -78,6 +78,50 @@ def paired_difference(
     return result
 
 
+def two_way_bootstrap(matrix: Any, resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The mean of a ``(seeds, items)`` matrix with a percentile bootstrap 95% interval that resamples both the
+    training seeds and the items (a hierarchical bootstrap: seeds with replacement, then items with replacement;
+    one draw of items serves every drawn seed, since every seed is measured on the same items). With one seed it
+    is :func:`bootstrap` over the items, draw for draw.
+
+    The interval covers the variance of the training run as well as the items': what two methods need before a
+    difference between them can be read.
+    """
+    data = np.asarray(matrix, dtype=np.float64)
+    data = data[None, :] if data.ndim == 1 else data
+    seeds, items = data.shape
+    if seeds == 1:
+        return {**bootstrap(data[0], resamples=resamples, seed=seed), "seeds": 1}
+    if items == 0:
+        return {"value": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 0, "seeds": seeds}
+    rng = np.random.default_rng(seed)
+    estimates = [data[np.ix_(rng.integers(0, seeds, seeds), rng.integers(0, items, items))].mean() for _ in range(resamples)]
+    low, high = np.percentile(estimates, [2.5, 97.5])
+    return {"value": float(data.mean()), "ci_low": float(low), "ci_high": float(high), "n": int(items), "seeds": int(seeds)}
+
+
+def hierarchical_paired_difference(first: Any, second: Any, resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """``mean(first - second)`` over ``(seeds, items)`` matrices measured on the same seeds and items, with the
+    interval of :func:`two_way_bootstrap` (seeds and items drawn once for both sides: the pairing is kept on both
+    levels), the two means, and how many items each side wins on its mean over the seeds. With one seed it is
+    :func:`paired_difference`.
+
+    Raises:
+        ValueError: the two matrices do not have the same shape.
+    """
+    a, b = np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64)
+    a, b = (a[None, :] if a.ndim == 1 else a), (b[None, :] if b.ndim == 1 else b)
+    if a.shape != b.shape:
+        raise ValueError(f"a paired difference needs the same seeds and items on both sides, got {a.shape} and {b.shape}")
+    if a.shape[0] == 1:
+        return {**paired_difference(a[0], b[0], resamples=resamples, seed=seed), "seeds": 1}
+    result = two_way_bootstrap(a - b, resamples=resamples, seed=seed)
+    per_item_a, per_item_b = a.mean(0), b.mean(0)
+    result.update({"first": float(a.mean()), "second": float(b.mean()),
+                   "first_better": int((per_item_a > per_item_b).sum()), "second_better": int((per_item_a < per_item_b).sum())})
+    return result
+
+
 def mean_of_known(values: Sequence[float | None]) -> float | None:
     """The mean of the values that are not ``None`` (unparsable judge replies), or ``None`` if none is known."""
     known = [v for v in values if v is not None]

@@ -25,7 +25,13 @@ from typing import Any
 
 import pandas as pd
 
-from prefalign.evaluation.metrics import bootstrap, mean_of_known, paired_difference
+from prefalign.evaluation.metrics import (
+    bootstrap,
+    hierarchical_paired_difference,
+    mean_of_known,
+    paired_difference,
+    two_way_bootstrap,
+)
 from prefalign.selection.rules import FullSelection
 
 log = logging.getLogger(__name__)
@@ -94,6 +100,17 @@ def method_label(metrics: dict[str, Any]) -> str:
     return recorded_rule_label(rule, tuple(selection.get("scores") or ()))
 
 
+def run_seed(run: Path) -> int | None:
+    """The training seed a run recorded in its resolved ``config.yaml`` (read as data), or ``None``."""
+    path = run / "config.yaml"
+    if not path.exists():
+        return None
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.to_container(OmegaConf.load(path)).get("seed")
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def collect(sweep: str | Path) -> pd.DataFrame:
     """One row per (run, benchmark, judge): method, ratio, model, loss, Single, WinRate and their intervals."""
     rows = []
@@ -123,6 +140,7 @@ def collect(sweep: str | Path) -> pd.DataFrame:
                     "baseline_single": result["single"]["baseline"]["value"],
                     "kept": selection.get("kept_count", metrics["run"].get("train_pairs")),
                     "train_s": metrics["run"].get("elapsed_s"),
+                    "seed": run_seed(run),
                     "eval_dir": str(path.parent),
                 }
             )
@@ -224,45 +242,104 @@ def paired_cells(values: pd.Series, baseline: pd.Series | None, is_baseline: boo
                     f"{diff['first_better']} / {diff['second_better']}"]
 
 
-def paired_table(results: pd.DataFrame) -> tuple[str, pd.DataFrame]:
-    """Every run against the Full Data run of its (model, loss) block on the same prompts and validation pairs.
+def seeded_cells(values: dict[int, pd.Series], baseline: dict[int, pd.Series] | None, is_baseline: bool) -> list[str]:
+    """:func:`paired_cells` over several training seeds: the mean over seeds and items with the interval of a
+    bootstrap over both (:func:`~prefalign.evaluation.metrics.two_way_bootstrap`), and the difference from the
+    baseline on the seeds both have, paired on seeds and items
+    (:func:`~prefalign.evaluation.metrics.hierarchical_paired_difference`)."""
+    items = functools.reduce(lambda a, b: a.intersection(b), [series.index for series in values.values()])
+    own = two_way_bootstrap([values[seed][items].to_numpy() for seed in sorted(values)], resamples=PAIRED_RESAMPLES)
+    cells = [f"{own['value']:.1f} [{own['ci_low']:.1f}, {own['ci_high']:.1f}]"]
+    if is_baseline:
+        return cells + ["baseline", ""]
+    seeds = sorted(set(values) & set(baseline or {}))
+    if not seeds:
+        return cells + ["- (no common seed)", ""]
+    assert baseline is not None
+    common = functools.reduce(lambda a, b: a.intersection(b), [baseline[seed].index for seed in seeds], items)
+    diff = hierarchical_paired_difference(
+        [values[seed][common].to_numpy() for seed in seeds], [baseline[seed][common].to_numpy() for seed in seeds],
+        resamples=PAIRED_RESAMPLES,
+    )
+    return cells + [f"{diff['value']:+.1f} [{diff['ci_low']:+.1f}, {diff['ci_high']:+.1f}]",
+                    f"{diff['first_better']} / {diff['second_better']}"]
 
-    One block per model, loss and benchmark column; rows: method, pairs trained on, the per-prompt value (success
-    % for the verifier, else Single) and the held-out reward accuracy (%), each with its bootstrap 95% interval,
-    the paired difference from Full Data with its interval, and how many items each side wins; then the run's wall
-    time (``metrics.json``: for a selection run the whole pipeline, with the warm-up and the scores where this run
-    was the one to compute them rather than read them from the cache). A block without a Full Data run gets no
-    differences.
+
+def paired_table(results: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """Every method against the Full Data run(s) of its (model, loss) block on the same prompts and validation
+    pairs.
+
+    One block per model, loss and benchmark column; rows: method, pairs trained on, the training seeds, the
+    per-prompt value (success % for the verifier, else Single) and the held-out reward accuracy (%), each with its
+    bootstrap 95% interval, the paired difference from Full Data with its interval, and how many items each side
+    wins; then the run's wall time (``metrics.json``: for a selection run the whole pipeline, with the warm-up and
+    the scores where this run was the one to compute them rather than read them from the cache). The runs of one
+    method (and kept fraction) that differ only in their training seed (``seed=0,1,2``) make one row: the mean
+    over seeds and items, an interval that resamples both, and the difference from Full Data paired on the seeds
+    and items both have (:func:`seeded_cells`); the wall time is their mean. A block without a Full Data run gets
+    no differences.
     """
     lines, rows = [], []
     for (model, loss, benchmark), block in results.groupby(["model", "loss", "benchmark"], sort=True):
         judge = block["judge"].iloc[0]
         metric = "success %" if judge == "verifier" else "Single"
-        full = block[block["method"] == FullSelection.label]
-        base = full.iloc[0] if len(full) else None
-        base_items = item_values(base["eval_dir"], judge) if base is not None else None
-        base_heldout = heldout_accuracy(base["eval_dir"]) if base is not None else None
+        groups = {key: list(group.itertuples()) for key, group in block.groupby(["method", "ratio"], sort=False)}
+        full = [runs for (method, _), runs in groups.items() if method == FullSelection.label]
+        base_runs = full[0] if full else []
+        seeded = any(len(runs) > 1 for runs in groups.values())
         lines += [
-            f"**{model} ({loss}), {benchmark}: against Full Data, paired over the same items**",
+            f"**{model} ({loss}), {benchmark}: against Full Data, paired over the same items"
+            + (" and training seeds**" if seeded else "**"),
             "",
-            f"| Method | kept pairs | {metric} [95% CI] | vs Full Data [95% CI] | better / worse prompts | "
+            f"| Method | kept pairs | seeds | {metric} [95% CI] | vs Full Data [95% CI] | better / worse prompts | "
             "val accuracy % [95% CI] | vs Full Data, pts [95% CI] | better / worse pairs | run wall s |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         order = {label: rank for rank, label in enumerate(ROW_ORDER)}
-        ordered = sorted(block.itertuples(), key=lambda row: (order.get(row.method, len(order)), row.method, row.ratio))
-        for row in ordered:
-            is_base = base is not None and row.eval_dir == base["eval_dir"]
-            items = paired_cells(item_values(row.eval_dir, judge), base_items, is_base)
-            accuracy = heldout_accuracy(row.eval_dir)
-            held = paired_cells(accuracy, base_heldout, is_base) if accuracy is not None else ["-", "-", ""]
-            train_s = f"{row.train_s:.0f}" if row.train_s is not None and not pd.isna(row.train_s) else "-"
-            lines.append(f"| {row.method} | {row.kept} | " + " | ".join(items + held) + f" | {train_s} |")
-            rows.append({"model": model, "loss": loss, "benchmark": benchmark, "method": row.method, "kept": row.kept,
-                         metric: items[0], f"{metric} vs full": items[1], "val accuracy %": held[0],
-                         "val accuracy vs full": held[1], "train_s": row.train_s, "run": row.run})
+        ordered = sorted(groups.items(), key=lambda item: (order.get(item[0][0], len(order)), item[0][0], item[0][1]))
+        for (method, _), runs in ordered:
+            is_base = method == FullSelection.label and runs is base_runs
+            first = runs[0]
+            if len(runs) == 1 and len(base_runs) <= 1:
+                base = base_runs[0] if base_runs else None
+                items = paired_cells(item_values(first.eval_dir, judge), item_values(base.eval_dir, judge) if base else None, is_base)
+                accuracy = heldout_accuracy(first.eval_dir)
+                base_accuracy = heldout_accuracy(base.eval_dir) if base else None
+                held = paired_cells(accuracy, base_accuracy, is_base) if accuracy is not None else ["-", "-", ""]
+            else:
+                items = seeded_cells(by_seed(runs, lambda run: item_values(run.eval_dir, judge)),
+                                     by_seed(base_runs, lambda run: item_values(run.eval_dir, judge)) if base_runs else None, is_base)
+                accuracies = by_seed(runs, lambda run: heldout_accuracy(run.eval_dir))
+                base_accuracies = by_seed(base_runs, lambda run: heldout_accuracy(run.eval_dir)) if base_runs else None
+                complete = all(value is not None for value in accuracies.values())
+                held = seeded_cells(accuracies, base_accuracies, is_base) if complete else ["-", "-", ""]
+            walls = [run.train_s for run in runs if run.train_s is not None and not pd.isna(run.train_s)]
+            train_s = sum(walls) / len(walls) if walls else None
+            seeds = ",".join(str(run.seed) for run in runs) if any(run.seed is not None for run in runs) else "-"
+            wall = f"{train_s:.0f}" if train_s is not None else "-"
+            lines.append(f"| {method} | {first.kept} | {seeds} | " + " | ".join(items + held) + f" | {wall} |")
+            rows.append({"model": model, "loss": loss, "benchmark": benchmark, "method": method, "kept": first.kept,
+                         "seeds": len(runs), metric: items[0], f"{metric} vs full": items[1], "val accuracy %": held[0],
+                         "val accuracy vs full": held[1], "train_s": train_s, "run": ",".join(run.run for run in runs)})
         lines.append("")
     return "\n".join(lines), pd.DataFrame(rows)
+
+
+def by_seed(runs: list[Any], value: Any) -> dict[int, Any]:
+    """``value(run)`` of each run by its training seed (runs without a recorded seed numbered from -1 down).
+
+    Raises:
+        ValueError: two runs of one method share a seed (a sweep over something else than the seed, or a run
+            repeated): their numbers would be mixed.
+    """
+    out: dict[int, Any] = {}
+    for index, run in enumerate(runs):
+        seed = run.seed if run.seed is not None and not pd.isna(run.seed) else -1 - index
+        if seed in out:
+            raise ValueError(f"two runs of {run.method!r} with seed {seed} in one block ({run.run} and another): "
+                             "a block's runs of one method may differ only in their seed")
+        out[int(seed)] = value(run)
+    return out
 
 
 def plot_winrate(results: pd.DataFrame, path: Path) -> Path:

@@ -70,3 +70,26 @@ def test_paired_difference_by_hand():
     assert shifted["ci_low"] == pytest.approx(0.5) and shifted["ci_high"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="one value per item on both sides, got 2 and 3"):
         paired_difference([1, 2], [1, 2, 3])
+
+
+def test_two_way_bootstrap_resamples_seeds_and_items():
+    from prefalign.evaluation.metrics import bootstrap, hierarchical_paired_difference, two_way_bootstrap
+
+    # every item alike within a seed, seeds at 0 and 10: all the variance is the seeds'. The mean is 5; an item
+    # bootstrap would give a zero-width interval, the two-way one spans the seeds' draws (0, 5 or 10 as means)
+    matrix = [[0.0] * 6, [10.0] * 6]
+    result = two_way_bootstrap(matrix, resamples=400)
+    assert result["value"] == 5.0 and result["seeds"] == 2 and result["n"] == 6
+    assert result["ci_low"] == 0.0 and result["ci_high"] == 10.0
+    # one seed: the item bootstrap, draw for draw
+    one = two_way_bootstrap([[1.0, 2.0, 4.0, 8.0]], resamples=300, seed=3)
+    plain = bootstrap([1.0, 2.0, 4.0, 8.0], resamples=300, seed=3)
+    assert (one["value"], one["ci_low"], one["ci_high"]) == (plain["value"], plain["ci_low"], plain["ci_high"])
+    # a paired difference that is the same at every seed and item has no spread at all: the pairing is kept
+    first = [[3.0, 5.0, 7.0], [1.0, 2.0, 9.0]]
+    second = [[1.0, 3.0, 5.0], [-1.0, 0.0, 7.0]]
+    diff = hierarchical_paired_difference(first, second, resamples=200)
+    assert diff["value"] == diff["ci_low"] == diff["ci_high"] == 2.0
+    assert diff["first_better"] == 3 and diff["second_better"] == 0 and diff["seeds"] == 2
+    with pytest.raises(ValueError, match="same seeds and items"):
+        hierarchical_paired_difference(first, [[1.0, 2.0, 3.0]])

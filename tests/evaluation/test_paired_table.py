@@ -11,10 +11,12 @@ from prefalign.evaluation.policy import check_samples, result_folder, sample_see
 from prefalign.evaluation.tables import build_tables, item_values
 
 
-def write_run(root, name, rule, kept, singles, accuracies, samples=None):
+def write_run(root, name, rule, kept, singles, accuracies, samples=None, seed=None):
     run = root / name
     folder = run / "eval" / "builtin-verifier-T0.7-s0-abcd1234"
     folder.mkdir(parents=True)
+    if seed is not None:
+        (run / "config.yaml").write_text(f"seed: {seed}\n")
     selection = None if rule == "full" else {"rule": rule, "kept_count": kept, "kept_fraction": kept / 8, "scores": []}
     metrics = {"run": {"model": "tiny", "loss": "DPOLoss", "train_pairs": kept, "elapsed_s": 12.0}, "selection": selection}
     (run / "metrics.json").write_text(json.dumps(metrics))
@@ -46,10 +48,35 @@ def test_every_run_is_compared_with_full_data_item_by_item(tmp_path):
     assert "50.0 [" in full_row and "baseline" in full_row and "75.0 [" in full_row
     rule_row = next(line for line in table.splitlines() if line.startswith("| Random | 4 |"))
     cells = [cell.strip() for cell in rule_row.strip("|").split("|")]
-    assert cells[2].startswith("62.5 [") and cells[3].startswith("+12.5 [") and cells[4] == "1 / 0"
-    assert cells[5].startswith("75.0 [") and cells[6].startswith("+0.0 [") and cells[7] == "1 / 1" and cells[8] == "12"
+    assert cells[2] == "-"  # no recorded seed
+    assert cells[3].startswith("62.5 [") and cells[4].startswith("+12.5 [") and cells[5] == "1 / 0"
+    assert cells[6].startswith("75.0 [") and cells[7].startswith("+0.0 [") and cells[8] == "1 / 1" and cells[9] == "12"
     paired = __import__("pandas").read_csv(paths["paired_csv"])
     assert list(paired["method"]) == ["Full Data", "Random"]
+
+
+def test_the_runs_of_a_method_over_seeds_make_one_row_paired_on_seeds_and_items(tmp_path):
+    # Full Data at seeds 0 and 1: success 100, 0, 0, 100 and 100, 100, 0, 0 -> 50% each, 50% over both
+    write_run(tmp_path, "0_full_s0", "full", 8, [10, 1, 1, 10], [1, 0, 1, 1], seed=0)
+    write_run(tmp_path, "1_full_s1", "full", 8, [10, 10, 1, 1], [1, 1, 0, 1], seed=1)
+    # the rule at seeds 0 and 1: 100, 100, 0, 100 (75%) and 100, 100, 100, 0 (75%): +25 points over both; per
+    # prompt over the seeds 100, 100, 50, 50 against Full Data's 100, 50, 0, 50 -> two prompts better, none worse
+    write_run(tmp_path, "2_random_s0", "random", 4, [10, 10, 1, 10], [1, 1, 1, 1], seed=0)
+    write_run(tmp_path, "3_random_s1", "random", 4, [10, 10, 10, 1], [1, 1, 1, 1], seed=1)
+    table = build_tables(tmp_path)["markdown"].read_text()
+    assert "paired over the same items and training seeds" in table
+    full_row = next(line for line in table.splitlines() if line.startswith("| Full Data | 8 |"))
+    assert "| 0,1 | 50.0 [" in full_row and "baseline" in full_row
+    cells = [cell.strip() for cell in next(line for line in table.splitlines() if line.startswith("| Random | 4 |")).strip("|").split("|")]
+    assert cells[2] == "0,1" and cells[3].startswith("75.0 [") and cells[4].startswith("+25.0 [") and cells[5] == "2 / 0"
+    # held-out accuracy: 100% against 75% at each seed
+    assert cells[6].startswith("100.0 [") and cells[7].startswith("+25.0 [")
+    low, high = (float(x) for x in cells[4].split("[")[1].rstrip("]").split(","))
+    assert low <= 25.0 <= high
+    # a repeated seed is two runs that would be mixed: named
+    write_run(tmp_path, "4_random_s1_again", "random", 4, [10, 10, 10, 1], [1, 1, 1, 1], seed=1)
+    with pytest.raises(ValueError, match="with seed 1 in one block"):
+        build_tables(tmp_path)
 
 
 def test_samples_are_checked_and_keep_earlier_result_keys():
