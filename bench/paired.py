@@ -2,6 +2,7 @@
 interval that resolves small differences.
 
     python -m bench.paired --baseline outputs/full outputs/oracle outputs/random [--resamples 2000]
+    python -m bench.paired --baseline full_s0,full_s1,full_s2 tif_s0,tif_s1,tif_s2      # over training seeds
 
 Every run's policy is scored on its validation pairs (the built-in set: 300 clean pairs) with the validation
 step's own per-pair values (:func:`prefalign.evaluation.policy.heldout_values`): reward accuracy
@@ -9,6 +10,12 @@ step's own per-pair values (:func:`prefalign.evaluation.policy.heldout_values`):
 baseline the paired difference (:func:`prefalign.evaluation.metrics.paired_difference`: the pairs resampled
 jointly), which removes the variance the two policies share through the pairs. The block goes to
 ``bench/RESULTS.md``.
+
+An argument that lists several run directories separated by commas is one method trained with several seeds
+(each run's ``seed`` from its ``config.yaml``): its row is the mean over seeds and pairs with a two-way bootstrap
+interval (seeds and pairs resampled, :func:`prefalign.evaluation.metrics.two_way_bootstrap`), and its difference
+from the baseline is paired on the seeds and pairs both have
+(:func:`prefalign.evaluation.metrics.hierarchical_paired_difference`).
 
 ``--val test_pairs`` (runs on ``data=builtin``) scores the ~4,300 clean programmatic pairs on the 300 test
 prompts instead (:mod:`prefalign.data.builtin.heldout_pairs`): 14x the pairs, so narrower intervals (by less than
@@ -22,7 +29,7 @@ import sys
 from pathlib import Path
 
 from bench.common import append_result, machine, markdown
-from prefalign.evaluation.metrics import bootstrap, paired_difference
+from prefalign.evaluation.metrics import hierarchical_paired_difference, two_way_bootstrap
 from prefalign.evaluation.policy import heldout_values, load_checkpoint, run_config
 
 
@@ -43,10 +50,29 @@ def interval(result: dict, scale: float = 1.0) -> str:
     return f"{scale * result['value']:.2f} [{scale * result['ci_low']:.2f}, {scale * result['ci_high']:.2f}]"
 
 
+def seeded_values(group: str, cache_dir: Path, val: str) -> dict[int, dict[str, list]]:
+    """The per-pair values of each run of a comma-separated group, by the seed its config records."""
+    out: dict[int, dict[str, list]] = {}
+    for part in group.split(","):
+        run = Path(part)
+        cfg = run_config(run)
+        seed = int(cfg.seed) if cfg is not None and "seed" in cfg else len(out)
+        if seed in out:
+            sys.exit(f"{group}: two runs with seed {seed}; a group lists one run per training seed")
+        out[seed] = values_of(run, cache_dir, val)
+    return out
+
+
+def matrix(values: dict[int, dict[str, list]], seeds: list[int], key: str) -> list[list[float]]:
+    return [values[seed][key] for seed in seeds]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories to compare with the baseline")
-    parser.add_argument("--baseline", type=Path, required=True, help="the run every other is compared with")
+    parser.add_argument("runs", nargs="+", help="run directories to compare with the baseline (a,b,c: one method, "
+                                                "one run per training seed)")
+    parser.add_argument("--baseline", required=True, help="the run (or comma-separated runs, one per seed) every other "
+                                                          "is compared with")
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache"), help="reference log-prob cache")
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--val", default="val", choices=["val", "test_pairs"],
@@ -55,20 +81,33 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true", help="print only, do not append to bench/RESULTS.md")
     args = parser.parse_args()
 
-    base = values_of(args.baseline, args.cache_dir, args.val)
-    rows = [{"run": str(args.baseline), "pairs": len(base["pair_id"]),
-             "accuracy_%": interval(bootstrap(base["rewards/accuracies"], resamples=args.resamples), 100),
-             "margin": interval(bootstrap(base["rewards/margins"], resamples=args.resamples)),
+    base = seeded_values(args.baseline, args.cache_dir, args.val)
+    base_seeds = sorted(base)
+    pair_ids = base[base_seeds[0]]["pair_id"]
+    if any(base[seed]["pair_id"] != pair_ids for seed in base_seeds):
+        sys.exit(f"{args.baseline}: its runs were validated on different pairs")
+
+    def own(values: dict[int, dict[str, list]], key: str, scale: float = 1.0) -> str:
+        return interval(two_way_bootstrap(matrix(values, sorted(values), key), resamples=args.resamples), scale)
+
+    rows = [{"run": args.baseline, "seeds": len(base), "pairs": len(pair_ids),
+             "accuracy_%": own(base, "rewards/accuracies", 100), "margin": own(base, "rewards/margins"),
              "accuracy_diff_pts": "baseline", "margin_diff": "baseline", "better/worse pairs": ""}]
-    for run in args.runs:
-        values = values_of(run, args.cache_dir, args.val)
-        if values["pair_id"] != base["pair_id"]:
-            sys.exit(f"{run} was validated on other pairs than {args.baseline}: no paired comparison")
-        accuracy = paired_difference(values["rewards/accuracies"], base["rewards/accuracies"], args.resamples)
-        margin = paired_difference(values["rewards/margins"], base["rewards/margins"], args.resamples)
-        rows.append({"run": str(run), "pairs": len(values["pair_id"]),
-                     "accuracy_%": interval(bootstrap(values["rewards/accuracies"], resamples=args.resamples), 100),
-                     "margin": interval(bootstrap(values["rewards/margins"], resamples=args.resamples)),
+    for group in args.runs:
+        values = seeded_values(group, args.cache_dir, args.val)
+        if any(v["pair_id"] != pair_ids for v in values.values()):
+            sys.exit(f"{group} was validated on other pairs than {args.baseline}: no paired comparison")
+        if len(values) == 1 and len(base) == 1:  # one run against one run: paired on the pairs, whatever the seeds
+            values = {base_seeds[0]: next(iter(values.values()))}
+        seeds = sorted(set(values) & set(base))
+        if not seeds:
+            sys.exit(f"{group} shares no training seed with {args.baseline}: no paired comparison")
+        accuracy = hierarchical_paired_difference(matrix(values, seeds, "rewards/accuracies"),
+                                                  matrix(base, seeds, "rewards/accuracies"), args.resamples)
+        margin = hierarchical_paired_difference(matrix(values, seeds, "rewards/margins"),
+                                                matrix(base, seeds, "rewards/margins"), args.resamples)
+        rows.append({"run": group, "seeds": len(values), "pairs": len(pair_ids),
+                     "accuracy_%": own(values, "rewards/accuracies", 100), "margin": own(values, "rewards/margins"),
                      "accuracy_diff_pts": interval(accuracy, 100), "margin_diff": interval(margin),
                      "better/worse pairs": f"{accuracy['first_better']}/{accuracy['second_better']}"})
         print(rows[-1], flush=True)
@@ -77,7 +116,8 @@ def main() -> None:
     if not args.no_record:
         command = "python -m bench.paired " + " ".join(sys.argv[1:])
         append_result("Paired held-out comparison of policies", command,
-                      {"resamples": args.resamples, "val": args.val, "interval": "percentile bootstrap 95%, pairs resampled jointly"},
+                      {"resamples": args.resamples, "val": args.val,
+                       "interval": "percentile bootstrap 95%, pairs (and seeds, for groups) resampled jointly"},
                       table, machine())
 
 
