@@ -205,3 +205,24 @@ def test_every_experiment_runs_on_a_tiny_model(experiment, experiment_cache, tmp
     check(result)
     runs = runs_of(sweep)
     assert runs and all((run["dir"] / "policy" / "config.json").exists() for run in runs)
+
+
+def test_pipeline_seed_fixes_the_stages_before_the_training(tmp_path):
+    """pipeline.seed: the warm-up, the scores and the selection (every ${seed} of the rule and its scorers) take
+    it; the final training keeps the run's own seed. Null: the run's seed everywhere, the config untouched."""
+    from prefalign.stages.pipeline import derive, warmup_config, with_selection_seed
+    from tests.entry import compose_config
+
+    common = ["model=tiny_llama", "select=random", f"paths.cache_dir={tmp_path}", f"paths.output_dir={tmp_path / 'run'}"]
+    plain = compose_config("train", *common, "seed=3")
+    assert with_selection_seed(plain) is plain
+    cfg = compose_config("train", *common, "seed=3", "pipeline.seed=7")
+    stage = with_selection_seed(cfg)
+    assert stage.seed == 7 and derive(stage, {}).select.seed == 7
+    assert cfg.seed == 3 and derive(cfg, {}).select.seed == 3  # the run itself is unchanged
+    # two training seeds, one pipeline seed: one warm-up
+    other = with_selection_seed(compose_config("train", *common, "seed=4", "pipeline.seed=7"))
+    assert warmup_config(stage)[1] == warmup_config(other)[1]
+    assert warmup_config(stage)[1] != warmup_config(with_selection_seed(plain))[1]
+    with pytest.raises(ValueError, match="pipeline.seed must be a whole number"):
+        with_selection_seed(compose_config("train", *common, "pipeline.seed=0.5"))

@@ -10,8 +10,8 @@ same files::
     4. training   train.py  data.selection=<run>/select/selection.json model.init_from=<warm-up run>  -> <run>/
 
 The warm-up is an ordinary training run on all pairs, cached under a key of its resolved config
-(:func:`prefalign.keys.training_key`), so a sweep over thresholds, kept fractions or final-training seeds warms up
-once; the scores are cached by the scoring stage likewise. The warm-up entry counts as finished once its checksum
+(:func:`prefalign.keys.training_key`), so a sweep over thresholds, kept fractions or (with ``pipeline.seed`` set)
+training seeds warms up once; the scores are cached by the scoring stage likewise. The warm-up entry counts as finished once its checksum
 record (``SHA256SUMS`` of its ``metrics.json`` and policy, written last) matches (:func:`warmup_done`); a truncated or
 garbled one is named, moved aside and trained again. ``pipeline.restart_from=reference`` trains the final
 run from the initial weights instead of the warm-up policy. ``<run>/pipeline.json`` lists every stage's
@@ -22,6 +22,7 @@ directory and the commands that repeat the stages by hand (into ``<run>/by_hand/
 
 from __future__ import annotations
 
+import copy
 import logging
 import shlex
 import shutil
@@ -79,6 +80,20 @@ def derive(cfg: DictConfig, changes: dict[str, Any]) -> DictConfig:
     with open_dict(stage):
         for key, value in changes.items():
             OmegaConf.update(stage, key, value, merge=False, force_add=True)
+    return stage
+
+
+def with_selection_seed(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with ``seed`` set to ``pipeline.seed`` for the stages before the final training (warm-up, scores,
+    selection: every ``${seed}`` of the rule and the scorers follows it), or ``cfg`` itself when that is null."""
+    seed = cfg.pipeline.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"pipeline.seed must be a whole number or null, got {seed!r}")
+    if seed is None or seed == int(cfg.seed):
+        return cfg
+    stage = copy.deepcopy(cfg)
+    with open_dict(stage):
+        stage.seed = int(seed)
     return stage
 
 
@@ -250,7 +265,10 @@ def user_overrides() -> tuple[list[str], list[str], str | None]:
 def run_selection_pipeline(cfg: DictConfig) -> dict[str, Any]:
     """Warm-up, scores, selection, then the final training run (module docstring); returns its metrics."""
     start = time.perf_counter()
-    rule, names = check_pipeline(cfg)
+    # the warm-up, the scores and the selection take pipeline.seed when it is set, so that a sweep over the
+    # training seed (seed=0,1,2) holds the selection fixed and varies the final training only
+    stage = with_selection_seed(cfg)
+    rule, names = check_pipeline(stage)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     base, rule_overrides, choice = user_overrides()
@@ -261,15 +279,15 @@ def run_selection_pipeline(cfg: DictConfig) -> dict[str, Any]:
         log.warning("pipeline.warmup_epochs=0: scoring the initial model (IRM is then zero for every pair)")
         warm_dir, warm_hit = None, False
     else:
-        warm_dir, warm_hit = cached_warmup(cfg, names)
+        warm_dir, warm_hit = cached_warmup(stage, names)
 
     # 2. the scores the rule reads (and the extra ones), against the warm-up policy; with scores_from=warmup the
     # influence ones are the warm-up's own in-run record, and only the others are scored
     score_dir = run_dir / "score"
-    from_record = inrun_names(cfg, names)
+    from_record = inrun_names(stage, names)
     scored = [name for name in names if name not in from_record]
     score_cfg = derive(
-        cfg,
+        stage,
         {
             "policy": str(warm_dir) if warm_dir else None,
             "scores": scored,
@@ -287,10 +305,10 @@ def run_selection_pipeline(cfg: DictConfig) -> dict[str, Any]:
     select_dir = run_dir / "select"
     if names:
         selection = run_selection(
-            derive(cfg, {"scores": str(score_dir), "task_name": "select", "paths.output_dir": str(select_dir)})
+            derive(stage, {"scores": str(score_dir), "task_name": "select", "paths.output_dir": str(select_dir)})
         )
     else:  # a rule that reads no score (random): the pairs' ids are all it needs
-        selection = select_without_scores(cfg, rule, select_dir)
+        selection = select_without_scores(stage, rule, select_dir)
 
     # 4. the final training run on the selection
     restart = cfg.pipeline.restart_from
@@ -305,13 +323,16 @@ def run_selection_pipeline(cfg: DictConfig) -> dict[str, Any]:
     warm_by_hand = by_hand / "warmup" if warm_dir is not None else None
     rule_args = [f"select={choice or rule.name}", *rule_overrides]
     seed_args = [item for item in base if item.startswith("seed=")]
+    stage_seed = {} if stage is cfg else {"seed": int(stage.seed)}  # pipeline.seed: the stages before the training
+    if stage_seed:
+        seed_args = [f"seed={stage_seed['seed']}"]
     commands = []
     if warm_by_hand is not None:
         warm_args = {"trainer.max_epochs": epochs}
         if from_record:  # the warm-up records the in-run influence the scores are taken from
-            inrun = warmup_inrun(cfg, names) or {}
+            inrun = warmup_inrun(stage, names) or {}
             warm_args.update({"inrun": "influence", **{f"inrun.{key}": override_value(value) for key, value in inrun.items() if key != "_target_"}})
-        commands.append(command("train.py", {**warm_args, "hydra.run.dir": warm_by_hand}, base))
+        commands.append(command("train.py", {**warm_args, **stage_seed, "hydra.run.dir": warm_by_hand}, base))
     if from_record:  # no command of its own: the columns are copied from the record's summaries
         commands.append(
             f"# {', '.join(from_record)}: column inrun_{'tracin' if cfg.pipeline.inrun_summary == 'tracin' else 'if_' + cfg.pipeline.inrun_summary} "
@@ -319,7 +340,7 @@ def run_selection_pipeline(cfg: DictConfig) -> dict[str, Any]:
         )
     if scored:
         policy = {"policy": warm_by_hand or "null", "scores": f"[{','.join(scored)}]"}
-        commands.append(command("score.py", {**policy, "hydra.run.dir": by_hand / "score"}, [*base, *rule_args]))
+        commands.append(command("score.py", {**policy, **stage_seed, "hydra.run.dir": by_hand / "score"}, [*base, *rule_args]))
     if names:
         commands.append(
             command("select.py", {"scores": by_hand / "score", "hydra.run.dir": by_hand / "select"}, [*rule_args, *seed_args])
