@@ -205,6 +205,16 @@ def detection_table(
     return pd.DataFrame(rows).reindex(columns=columns)
 
 
+def _save(figure: Any, path: Path) -> Path:
+    """A figure laid out, written as PNG and closed."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
 def plot_roc(scores: pd.DataFrame, truth: pd.DataFrame, out_dir: Path, labels: dict[str, str] | None = None) -> list[Path]:
     """ROC curves of every score as a detector of each noise kind (``roc_<target>.png``), each score taken from
     its flagging end (:func:`detection_table`)."""
@@ -240,11 +250,7 @@ def plot_roc(scores: pd.DataFrame, truth: pd.DataFrame, out_dir: Path, labels: d
         axis.set_ylabel("true positive rate")
         axis.set_title(f"detecting {target.replace('_', ' ')} pairs")
         axis.legend(fontsize=7, loc="lower right")
-        figure.tight_layout()
-        path = out_dir / f"roc_{target}.png"
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
-        written.append(path)
+        written.append(_save(figure, out_dir / f"roc_{target}.png"))
     return written
 
 
@@ -310,11 +316,7 @@ def plot_scores(
         axis.set_ylabel("pairs")
         axis.legend()
         axis.set_title(f"{labels.get(name, name)} ({len(merged)} pairs)")
-        figure.tight_layout()
-        path = out_dir / f"hist_{name}.png"
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
-        written.append(path)
+        written.append(_save(figure, out_dir / f"hist_{name}.png"))
     for a, b in pairs:
         if a not in scores.columns or b not in scores.columns:
             continue
@@ -327,9 +329,5 @@ def plot_scores(
         axis.set_ylabel(labels.get(b, b))
         axis.set_title(f"{labels.get(a, a)} vs {labels.get(b, b)} (Spearman {rho:.3f})")
         axis.legend()
-        figure.tight_layout()
-        path = out_dir / f"scatter_{a}_{b}.png"
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
-        written.append(path)
+        written.append(_save(figure, out_dir / f"scatter_{a}_{b}.png"))
     return written
