@@ -47,11 +47,11 @@ from prefalign.config import launched_rank
 from prefalign.data.datamodule import data_split_pairs
 from prefalign.data.records import pairs_fingerprint
 from prefalign.data.restrictions import PairRestrictions
-from prefalign.keys import training_key
+from prefalign.keys import plain, training_key
 from prefalign.models import ModelSource
 from prefalign.run_setup import setup_run
 from prefalign.scoring.config import build_scorers
-from prefalign.stages.score import run_scoring
+from prefalign.stages.score import SCORING_INPUTS, run_scoring
 from prefalign.selection.rules import FullSelection, SelectionRule
 from prefalign.selection.config import select_rule
 from prefalign.stages.select import run_selection, write_selection
@@ -144,7 +144,6 @@ def warmup_inrun(cfg: DictConfig, names: list[str]) -> dict[str, Any] | None:
     chosen = inrun_names(cfg, names)
     if not chosen:
         return None
-    from prefalign.keys import plain
     from prefalign.scoring.config import scorer_config
 
     inrun = plain(cfg.get("inrun")) or {**DEFAULT_INRUN, **(plain(cfg.pipeline.get("inrun")) or {}), "seed": int(cfg.seed)}
@@ -299,7 +298,8 @@ def run_selection_pipeline(cfg: DictConfig) -> dict[str, Any]:
     scoring = run_scoring(score_cfg) if scored else None
     if from_record:
         assert warm_dir is not None
-        add_inrun_scores(score_dir / "scores.parquet", warm_dir, from_record, cfg.pipeline.get("inrun_summary", "last"), scored)
+        add_inrun_scores(score_dir / "scores.parquet", warm_dir, from_record, cfg.pipeline.get("inrun_summary", "last"), scored,
+                         score_cfg)
 
     # 3. the selection
     select_dir = run_dir / "select"
@@ -380,10 +380,13 @@ def run_selection_pipeline(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-def add_inrun_scores(path: Path, warm_dir: Path, names: list[str], summary: str, scored: list[str]) -> Path:
+def add_inrun_scores(
+    path: Path, warm_dir: Path, names: list[str], summary: str, scored: list[str], score_cfg: DictConfig | None = None
+) -> Path:
     """``names`` as columns of the scores file ``path``, each the warm-up's in-run summary ``summary``
     (``<warm-up>/inrun/scores.parquet``'s ``inrun_if_<summary>`` or ``inrun_tracin``); added to the file the scoring
-    stage wrote (``scored`` non-empty), or a new one."""
+    stage wrote (``scored`` non-empty), or a new one whose provenance records what the scoring stage's would
+    (``score_cfg``'s scoring inputs and model), so that ``select.py analyze=true`` finds the data it was made on."""
     import json
 
     import pyarrow as pa
@@ -400,6 +403,9 @@ def add_inrun_scores(path: Path, warm_dir: Path, names: list[str], summary: str,
     else:
         table = pa.table({"pair_id": record.column("pair_id")})
         provenance = {key: record_provenance.get(key) for key in ("data_fingerprint", "policy")}
+        if score_cfg is not None:
+            provenance["config"] = {name: plain(score_cfg.get(name)) for name in SCORING_INPUTS}
+            provenance["model"] = str(score_cfg.model.get("name"))
         provenance["scorers"] = {}
     ids = table.column("pair_id").to_pylist()
     missing = [pair_id for pair_id in ids if values.get(pair_id) is None]

@@ -33,8 +33,13 @@ def test_the_warm_up_is_the_scoring(tmp_path):
     check(run_cli("train", *common, "pipeline.inrun_summary=mean", f"hydra.run.dir={tmp_path / 'mean'}"))
     again = json.loads((tmp_path / "mean" / "pipeline.json").read_text())
     assert again["warmup"] == {"dir": str(warm), "from_cache": True} and again["score"]["from_cache"] is None
-    scores, _ = read_scores(tmp_path / "mean" / "score")
+    scores, provenance = read_scores(tmp_path / "mean" / "score")
     assert (scores.set_index("pair_id").influence == record.inrun_if_mean.loc[scores.pair_id]).all()
+    # a file of the record's columns only still says what it was made on: the analysis finds the data's truth
+    assert provenance["config"]["data"]["max_train_pairs"] == 24
+    check(run_cli("select", f"scores={tmp_path / 'mean' / 'score'}", "analyze=true", "analysis.rules=[tif,random]",
+                  f"hydra.run.dir={tmp_path / 'analysis'}"))
+    assert len(pd.read_csv(tmp_path / "analysis" / "detection.csv")) == 2
     # the warm-up of scores_from=scoring has no record: another cache entry
     check(run_cli("train", *TINY, "select=tif", f"paths.cache_dir={cache}", f"hydra.run.dir={tmp_path / 'scored'}"))
     scored = json.loads((tmp_path / "scored" / "pipeline.json").read_text())
