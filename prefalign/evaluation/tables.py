@@ -226,23 +226,26 @@ def heldout_accuracy(eval_dir: str | Path) -> pd.Series | None:
     return 100 * frame.set_index("pair_id")["rewards/accuracies"].astype(float)
 
 
-def paired_cells(values: pd.Series, baseline: pd.Series | None, is_baseline: bool) -> list[str]:
-    """``value [CI]``, the paired difference from the baseline ``[CI]`` and the items each side wins."""
+def paired_cells(values: pd.Series, baseline: pd.Series | None, is_baseline: bool) -> tuple[list[str], dict[str, Any] | None]:
+    """``value [CI]``, the paired difference from the baseline ``[CI]`` and the items each side wins; and the
+    difference itself (``None`` without one)."""
     own = bootstrap(values.to_numpy(), resamples=PAIRED_RESAMPLES)
     cells = [f"{own['value']:.1f} [{own['ci_low']:.1f}, {own['ci_high']:.1f}]"]
     if is_baseline:
-        return cells + ["baseline", ""]
+        return cells + ["baseline", ""], None
     if baseline is None:
-        return cells + ["-", ""]
+        return cells + ["-", ""], None
     common = values.index.intersection(baseline.index)
     if len(common) < len(values) or len(common) < len(baseline):
         log.warning("paired comparison on the %d items both evaluations hold (%d and %d)", len(common), len(values), len(baseline))
     diff = paired_difference(values[common].to_numpy(), baseline[common].to_numpy(), resamples=PAIRED_RESAMPLES)
     return cells + [f"{diff['value']:+.1f} [{diff['ci_low']:+.1f}, {diff['ci_high']:+.1f}]",
-                    f"{diff['first_better']} / {diff['second_better']}"]
+                    f"{diff['first_better']} / {diff['second_better']}"], diff
 
 
-def seeded_cells(values: dict[int, pd.Series], baseline: dict[int, pd.Series] | None, is_baseline: bool) -> list[str]:
+def seeded_cells(
+    values: dict[int, pd.Series], baseline: dict[int, pd.Series] | None, is_baseline: bool
+) -> tuple[list[str], dict[str, Any] | None]:
     """:func:`paired_cells` over several training seeds: the mean over seeds and items with the interval of a
     bootstrap over both (:func:`~prefalign.evaluation.metrics.two_way_bootstrap`), and the difference from the
     baseline on the seeds both have, paired on seeds and items
@@ -251,10 +254,10 @@ def seeded_cells(values: dict[int, pd.Series], baseline: dict[int, pd.Series] | 
     own = two_way_bootstrap([values[seed][items].to_numpy() for seed in sorted(values)], resamples=PAIRED_RESAMPLES)
     cells = [f"{own['value']:.1f} [{own['ci_low']:.1f}, {own['ci_high']:.1f}]"]
     if is_baseline:
-        return cells + ["baseline", ""]
+        return cells + ["baseline", ""], None
     seeds = sorted(set(values) & set(baseline or {}))
     if not seeds:
-        return cells + ["- (no common seed)", ""]
+        return cells + ["- (no common seed)", ""], None
     assert baseline is not None
     common = functools.reduce(lambda a, b: a.intersection(b), [baseline[seed].index for seed in seeds], items)
     diff = hierarchical_paired_difference(
@@ -262,7 +265,7 @@ def seeded_cells(values: dict[int, pd.Series], baseline: dict[int, pd.Series] | 
         resamples=PAIRED_RESAMPLES,
     )
     return cells + [f"{diff['value']:+.1f} [{diff['ci_low']:+.1f}, {diff['ci_high']:+.1f}]",
-                    f"{diff['first_better']} / {diff['second_better']}"]
+                    f"{diff['first_better']} / {diff['second_better']}"], diff
 
 
 def paired_table(results: pd.DataFrame) -> tuple[str, pd.DataFrame]:
@@ -302,17 +305,18 @@ def paired_table(results: pd.DataFrame) -> tuple[str, pd.DataFrame]:
             first = runs[0]
             if len(runs) == 1 and len(base_runs) <= 1:
                 base = base_runs[0] if base_runs else None
-                items = paired_cells(item_values(first.eval_dir, judge), item_values(base.eval_dir, judge) if base else None, is_base)
+                items, item_diff = paired_cells(item_values(first.eval_dir, judge),
+                                                item_values(base.eval_dir, judge) if base else None, is_base)
                 accuracy = heldout_accuracy(first.eval_dir)
                 base_accuracy = heldout_accuracy(base.eval_dir) if base else None
-                held = paired_cells(accuracy, base_accuracy, is_base) if accuracy is not None else ["-", "-", ""]
+                held, held_diff = paired_cells(accuracy, base_accuracy, is_base) if accuracy is not None else (["-", "-", ""], None)
             else:
-                items = seeded_cells(by_seed(runs, lambda run: item_values(run.eval_dir, judge)),
+                items, item_diff = seeded_cells(by_seed(runs, lambda run: item_values(run.eval_dir, judge)),
                                      by_seed(base_runs, lambda run: item_values(run.eval_dir, judge)) if base_runs else None, is_base)
                 accuracies = by_seed(runs, lambda run: heldout_accuracy(run.eval_dir))
                 base_accuracies = by_seed(base_runs, lambda run: heldout_accuracy(run.eval_dir)) if base_runs else None
                 complete = all(value is not None for value in accuracies.values())
-                held = seeded_cells(accuracies, base_accuracies, is_base) if complete else ["-", "-", ""]
+                held, held_diff = seeded_cells(accuracies, base_accuracies, is_base) if complete else (["-", "-", ""], None)
             walls = [run.train_s for run in runs if run.train_s is not None and not pd.isna(run.train_s)]
             train_s = sum(walls) / len(walls) if walls else None
             seeds = ",".join(str(run.seed) for run in runs) if any(run.seed is not None for run in runs) else "-"
@@ -320,7 +324,9 @@ def paired_table(results: pd.DataFrame) -> tuple[str, pd.DataFrame]:
             lines.append(f"| {method} | {first.kept} | {seeds} | " + " | ".join(items + held) + f" | {wall} |")
             rows.append({"model": model, "loss": loss, "benchmark": benchmark, "method": method, "kept": first.kept,
                          "seeds": len(runs), metric: items[0], f"{metric} vs full": items[1], "val accuracy %": held[0],
-                         "val accuracy vs full": held[1], "train_s": train_s, "run": ",".join(run.run for run in runs)})
+                         "val accuracy vs full": held[1], "train_s": train_s, "run": ",".join(run.run for run in runs),
+                         **{f"{name}_{key}": (diff or {}).get(field) for name, diff in (("items_diff", item_diff), ("accuracy_diff", held_diff))
+                            for key, field in (("value", "value"), ("low", "ci_low"), ("high", "ci_high"))}})
         lines.append("")
     return "\n".join(lines), pd.DataFrame(rows)
 
@@ -340,6 +346,37 @@ def by_seed(runs: list[Any], value: Any) -> dict[int, Any]:
                              "a block's runs of one method may differ only in their seed")
         out[int(seed)] = value(run)
     return out
+
+
+def plot_paired(paired: pd.DataFrame, path: Path) -> Path | None:
+    """Each method's paired difference from Full Data with its 95% interval (a forest plot), one panel per block
+    and measure (prompt success or Single, held-out accuracy); ``None`` when no row has a difference."""
+    measures = [("items_diff", "per prompt"), ("accuracy_diff", "held-out accuracy, pts")]
+    blocks = list(paired.groupby(["model", "loss", "benchmark"], sort=True))
+    panels = [(key, block, column, title) for key, block in blocks for column, title in measures
+              if block[f"{column}_value"].notna().any()]
+    if not panels:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 0.45 * max(len(b) for _, b in blocks) + 1.5),
+                                squeeze=False)
+    for axis, ((model, loss, benchmark), block, column, title) in zip(axes[0], panels):
+        rows = block[block[f"{column}_value"].notna()]
+        y = list(range(len(rows)))[::-1]
+        value, low, high = (rows[f"{column}_{key}"].to_numpy(dtype=float) for key in ("value", "low", "high"))
+        labels = [f"{method} ({seeds} seed{'s' if seeds > 1 else ''})" for method, seeds in zip(rows["method"], rows["seeds"])]
+        axis.errorbar(value, y, xerr=[value - low, high - value], fmt="o", capsize=3)
+        axis.axvline(0, color="grey", linestyle=":")
+        axis.set_yticks(y, labels)
+        axis.set_title(f"{model} ({loss}), {benchmark}\n{title} vs Full Data", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
 
 
 def plot_winrate(results: pd.DataFrame, path: Path) -> Path:
@@ -369,7 +406,8 @@ def plot_winrate(results: pd.DataFrame, path: Path) -> Path:
 
 def build_tables(sweep: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
     """Write ``results.md`` (the papers' table, then :func:`paired_table`), ``results.csv``,
-    ``results_paired.csv``, ``results_long.csv`` and ``winrate_vs_ratio.png``."""
+    ``results_paired.csv``, ``results_long.csv``, ``winrate_vs_ratio.png`` and ``paired_differences.png``
+    (:func:`plot_paired`)."""
     out = Path(out_dir or sweep)
     out.mkdir(parents=True, exist_ok=True)
     results = collect(sweep)
@@ -385,6 +423,8 @@ def build_tables(sweep: str | Path, out_dir: str | Path | None = None) -> dict[s
     paths["markdown"].write_text(f"# Results of {sweep}\n\n{markdown}\n\n{paired_markdown}\n")
     wide.to_csv(paths["csv"], index=False)
     paired.to_csv(paths["paired_csv"], index=False)
+    if plot_paired(paired, out / "paired_differences.png") is not None:
+        paths["paired_plot"] = out / "paired_differences.png"
     results.to_csv(paths["long_csv"], index=False)
     plot_winrate(results, paths["plot"])
     log.info("tables written to %s", paths["markdown"])

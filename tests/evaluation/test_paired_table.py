@@ -73,6 +73,9 @@ def test_the_runs_of_a_method_over_seeds_make_one_row_paired_on_seeds_and_items(
     assert cells[6].startswith("100.0 [") and cells[7].startswith("+25.0 [")
     low, high = (float(x) for x in cells[4].split("[")[1].rstrip("]").split(","))
     assert low <= 25.0 <= high
+    paired = __import__("pandas").read_csv(tmp_path / "results_paired.csv").set_index("method")
+    assert paired.loc["Random", "seeds"] == 2 and paired.loc["Random", "items_diff_value"] == 25.0
+    assert paired.loc["Random", "items_diff_low"] == low and (tmp_path / "paired_differences.png").stat().st_size > 1000
     # a repeated seed is two runs that would be mixed: named
     write_run(tmp_path, "4_random_s1_again", "random", 4, [10, 10, 10, 1], [1, 1, 1, 1], seed=1)
     with pytest.raises(ValueError, match="with seed 1 in one block"):
