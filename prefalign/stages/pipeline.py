@@ -11,9 +11,9 @@ same files::
 
 The warm-up is an ordinary training run on all pairs, cached under a key of its resolved config
 (:func:`prefalign.keys.training_key`), so a sweep over thresholds, kept fractions or (with ``pipeline.seed`` set)
-training seeds warms up once; the scores are cached by the scoring stage likewise. The warm-up entry counts as finished once its checksum
-record (``SHA256SUMS`` of its ``metrics.json`` and policy, written last) matches (:func:`warmup_done`); a truncated or
-garbled one is named, moved aside and trained again. ``pipeline.restart_from=reference`` trains the final
+training seeds warms up once; the scores are cached by the scoring stage likewise. The warm-up entry counts as
+finished once its checksum record (``SHA256SUMS`` of its ``metrics.json`` and policy, written last) matches
+(:func:`warmup_done`); a truncated or garbled one is named, moved aside and trained again. ``pipeline.restart_from=reference`` trains the final
 run from the initial weights instead of the warm-up policy. ``<run>/pipeline.json`` lists every stage's
 directory and the commands that repeat the stages by hand (into ``<run>/by_hand/``), which give the same numbers.
 
