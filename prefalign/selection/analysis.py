@@ -148,6 +148,18 @@ def detection_metrics(values: np.ndarray, positive: np.ndarray) -> dict[str, flo
     return {"auroc": float(auroc), "auprc": float(ap)}
 
 
+def _detector(scores: pd.DataFrame, column: str, truth: pd.DataFrame, target: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """A score's values and the ``target`` flag of the pairs that have both (``truth`` indexed by ``pair_id``), or
+    ``None`` when there is nothing to detect (no positive, no negative, or a constant score)."""
+    frame = scores[["pair_id", column]].dropna()
+    frame = frame[frame["pair_id"].isin(truth.index)]
+    values = frame[column].to_numpy(dtype=float)
+    positive = truth.loc[frame["pair_id"], target].to_numpy(dtype=bool)
+    if not positive.any() or positive.all() or len(np.unique(values)) < 2:
+        return None
+    return values, positive
+
+
 def detection_table(
     scores: pd.DataFrame, truth: pd.DataFrame, resamples: int = 1000, seed: int = 0, level: float = 0.95
 ) -> pd.DataFrame:
@@ -164,24 +176,25 @@ def detection_table(
     alpha = (1 - level) / 2
     rows = []
     for column in [c for c in scores.columns if c != "pair_id"]:
-        frame = scores[["pair_id", column]].dropna()
-        frame = frame[frame["pair_id"].isin(truth.index)]
-        values = frame[column].to_numpy(dtype=float)
-        draws = rng.integers(0, len(values), size=(resamples, len(values))) if len(values) else None
+        ids = scores[["pair_id", column]].dropna()["pair_id"]
+        ids = ids[ids.isin(truth.index)]
+        n = len(ids)
+        # each resample as counts per pair (one draw per score, shared by its targets), then per distinct value
+        draws = rng.integers(0, n, size=(resamples, n)) if n else np.zeros((resamples, 0), dtype=int)
+        weights = np.bincount((np.arange(resamples)[:, None] * n + draws).ravel(), minlength=resamples * n)
+        weights = weights.reshape(resamples, n).astype(float)
         for target in [t for t in NOISE_COLUMNS if t in truth]:
-            positive = truth.loc[frame["pair_id"], target].to_numpy(dtype=bool)
-            row: dict[str, Any] = {"score": column, "target": target, "pairs": len(values), "positives": int(positive.sum())}
-            if not positive.any() or positive.all() or frame[column].nunique() < 2:
+            found = _detector(scores, column, truth, target)
+            row: dict[str, Any] = {"score": column, "target": target, "pairs": n, "positives": int(truth.loc[ids, target].sum())}
+            if found is None:
                 rows.append({**row, "auroc": float("nan"), "auprc": float("nan")})
                 continue
-            point = detection_metrics(values, positive)
-            end = "high" if point["auroc"] >= 0.5 else "low"
-            oriented = values if end == "high" else -values
-            bins, size = _binned(oriented)
-            # each resample as counts per pair, then per distinct value: the bootstrap without sorting again
-            n = len(values)
-            weights = np.bincount((np.arange(resamples)[:, None] * n + draws).ravel(), minlength=resamples * n)
-            weights = weights.reshape(resamples, n).astype(float)
+            values, positive = found
+            raw_auroc = detection_metrics(values, positive)["auroc"]
+            end = "high" if raw_auroc >= 0.5 else "low"
+            bins, size = _binned(values if end == "high" else -values)
+            point = _auroc_ap(np.bincount(bins[positive], minlength=size).astype(float),
+                              np.bincount(bins[~positive], minlength=size).astype(float))
             pos = _per_bin(weights[:, positive], bins[positive], size)
             neg = _per_bin(weights[:, ~positive], bins[~positive], size)
             usable = (pos.sum(-1) > 0) & (neg.sum(-1) > 0)
@@ -189,11 +202,11 @@ def detection_table(
             auroc = auroc if end == "high" else 1 - auroc
             row.update(
                 {
-                    "auroc": point["auroc"],
+                    "auroc": raw_auroc,
                     "auroc_low": float(np.quantile(auroc, alpha)),
                     "auroc_high": float(np.quantile(auroc, 1 - alpha)),
                     "flagging_end": end,
-                    "auprc": detection_metrics(oriented, positive)["auprc"],
+                    "auprc": float(point[1]),
                     "auprc_low": float(np.quantile(ap, alpha)),
                     "auprc_high": float(np.quantile(ap, 1 - alpha)),
                     "chance_auprc": float(positive.mean()),
@@ -230,12 +243,10 @@ def plot_roc(scores: pd.DataFrame, truth: pd.DataFrame, out_dir: Path, labels: d
     for target in [t for t in NOISE_COLUMNS if t in indexed]:
         figure, axis = plt.subplots(figsize=(4.8, 4.5))
         for column in [c for c in scores.columns if c != "pair_id"]:
-            frame = scores[["pair_id", column]].dropna()
-            frame = frame[frame["pair_id"].isin(indexed.index)]
-            positive = indexed.loc[frame["pair_id"], target].to_numpy(dtype=bool)
-            values = frame[column].to_numpy(dtype=float)
-            if not positive.any() or positive.all() or len(np.unique(values)) < 2:
+            found = _detector(scores, column, indexed, target)
+            if found is None:
                 continue
+            values, positive = found
             auroc = detection_metrics(values, positive)["auroc"]
             oriented = values if auroc >= 0.5 else -values
             order = np.argsort(-oriented, kind="stable")
