@@ -25,13 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from prefalign.evaluation.metrics import (
-    bootstrap,
-    hierarchical_paired_difference,
-    mean_of_known,
-    paired_difference,
-    two_way_bootstrap,
-)
+from prefalign.evaluation.metrics import hierarchical_paired_difference, mean_of_known, two_way_bootstrap
 from prefalign.selection.rules import FullSelection
 
 log = logging.getLogger(__name__)
@@ -226,40 +220,34 @@ def heldout_accuracy(eval_dir: str | Path) -> pd.Series | None:
     return 100 * frame.set_index("pair_id")["rewards/accuracies"].astype(float)
 
 
-def paired_cells(values: pd.Series, baseline: pd.Series | None, is_baseline: bool) -> tuple[list[str], dict[str, Any] | None]:
-    """``value [CI]``, the paired difference from the baseline ``[CI]`` and the items each side wins; and the
-    difference itself (``None`` without one)."""
-    own = bootstrap(values.to_numpy(), resamples=PAIRED_RESAMPLES)
-    cells = [f"{own['value']:.1f} [{own['ci_low']:.1f}, {own['ci_high']:.1f}]"]
-    if is_baseline:
-        return cells + ["baseline", ""], None
-    if baseline is None:
-        return cells + ["-", ""], None
-    common = values.index.intersection(baseline.index)
-    if len(common) < len(values) or len(common) < len(baseline):
-        log.warning("paired comparison on the %d items both evaluations hold (%d and %d)", len(common), len(values), len(baseline))
-    diff = paired_difference(values[common].to_numpy(), baseline[common].to_numpy(), resamples=PAIRED_RESAMPLES)
-    return cells + [f"{diff['value']:+.1f} [{diff['ci_low']:+.1f}, {diff['ci_high']:+.1f}]",
-                    f"{diff['first_better']} / {diff['second_better']}"], diff
-
-
-def seeded_cells(
+def paired_cells(
     values: dict[int, pd.Series], baseline: dict[int, pd.Series] | None, is_baseline: bool
 ) -> tuple[list[str], dict[str, Any] | None]:
-    """:func:`paired_cells` over several training seeds: the mean over seeds and items with the interval of a
-    bootstrap over both (:func:`~prefalign.evaluation.metrics.two_way_bootstrap`), and the difference from the
-    baseline on the seeds both have, paired on seeds and items
-    (:func:`~prefalign.evaluation.metrics.hierarchical_paired_difference`)."""
+    """``value [CI]``, the paired difference from the baseline ``[CI]`` and the items each side wins, for one
+    method's per-item values by training seed; and the difference itself (``None`` without one).
+
+    The value is the mean over seeds and items with the interval of a bootstrap over both
+    (:func:`~prefalign.evaluation.metrics.two_way_bootstrap`: over the items alone for one seed); the difference is
+    taken on the seeds both sides have and the items both hold, paired on both
+    (:func:`~prefalign.evaluation.metrics.hierarchical_paired_difference`). One run against one run is paired
+    whatever their seeds.
+    """
     items = functools.reduce(lambda a, b: a.intersection(b), [series.index for series in values.values()])
     own = two_way_bootstrap([values[seed][items].to_numpy() for seed in sorted(values)], resamples=PAIRED_RESAMPLES)
     cells = [f"{own['value']:.1f} [{own['ci_low']:.1f}, {own['ci_high']:.1f}]"]
     if is_baseline:
         return cells + ["baseline", ""], None
-    seeds = sorted(set(values) & set(baseline or {}))
+    if baseline is None:
+        return cells + ["-", ""], None
+    if len(values) == 1 and len(baseline) == 1:
+        values = {next(iter(baseline)): next(iter(values.values()))}
+    seeds = sorted(set(values) & set(baseline))
     if not seeds:
         return cells + ["- (no common seed)", ""], None
-    assert baseline is not None
     common = functools.reduce(lambda a, b: a.intersection(b), [baseline[seed].index for seed in seeds], items)
+    if len(common) < len(items) or any(len(baseline[seed]) > len(common) for seed in seeds):
+        log.warning("paired comparison on the %d items both sides hold (%d and %d)", len(common), len(items),
+                    max(len(baseline[seed]) for seed in seeds))
     diff = hierarchical_paired_difference(
         [values[seed][common].to_numpy() for seed in seeds], [baseline[seed][common].to_numpy() for seed in seeds],
         resamples=PAIRED_RESAMPLES,
@@ -279,7 +267,7 @@ def paired_table(results: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     the scores where this run was the one to compute them rather than read them from the cache). The runs of one
     method (and kept fraction) that differ only in their training seed (``seed=0,1,2``) make one row: the mean
     over seeds and items, an interval that resamples both, and the difference from Full Data paired on the seeds
-    and items both have (:func:`seeded_cells`); the wall time is their mean. A block without a Full Data run gets
+    and items both have (:func:`paired_cells`); the wall time is their mean. A block without a Full Data run gets
     no differences.
     """
     lines, rows = [], []
@@ -289,6 +277,11 @@ def paired_table(results: pd.DataFrame) -> tuple[str, pd.DataFrame]:
         groups = {key: list(group.itertuples()) for key, group in block.groupby(["method", "ratio"], sort=False)}
         full = [runs for (method, _), runs in groups.items() if method == FullSelection.label]
         base_runs = full[0] if full else []
+        # the baseline's values, read once for the block
+        base_items = by_seed(base_runs, lambda run: item_values(run.eval_dir, judge)) if base_runs else None
+        base_accuracies = by_seed(base_runs, lambda run: heldout_accuracy(run.eval_dir)) if base_runs else None
+        if base_accuracies is not None and any(value is None for value in base_accuracies.values()):
+            base_accuracies = None
         seeded = any(len(runs) > 1 for runs in groups.values())
         lines += [
             f"**{model} ({loss}), {benchmark}: against Full Data, paired over the same items"
@@ -303,20 +296,12 @@ def paired_table(results: pd.DataFrame) -> tuple[str, pd.DataFrame]:
         for (method, _), runs in ordered:
             is_base = method == FullSelection.label and runs is base_runs
             first = runs[0]
-            if len(runs) == 1 and len(base_runs) <= 1:
-                base = base_runs[0] if base_runs else None
-                items, item_diff = paired_cells(item_values(first.eval_dir, judge),
-                                                item_values(base.eval_dir, judge) if base else None, is_base)
-                accuracy = heldout_accuracy(first.eval_dir)
-                base_accuracy = heldout_accuracy(base.eval_dir) if base else None
-                held, held_diff = paired_cells(accuracy, base_accuracy, is_base) if accuracy is not None else (["-", "-", ""], None)
+            items, item_diff = paired_cells(by_seed(runs, lambda run: item_values(run.eval_dir, judge)), base_items, is_base)
+            accuracies = by_seed(runs, lambda run: heldout_accuracy(run.eval_dir))
+            if all(value is not None for value in accuracies.values()):
+                held, held_diff = paired_cells(accuracies, base_accuracies, is_base)
             else:
-                items, item_diff = seeded_cells(by_seed(runs, lambda run: item_values(run.eval_dir, judge)),
-                                     by_seed(base_runs, lambda run: item_values(run.eval_dir, judge)) if base_runs else None, is_base)
-                accuracies = by_seed(runs, lambda run: heldout_accuracy(run.eval_dir))
-                base_accuracies = by_seed(base_runs, lambda run: heldout_accuracy(run.eval_dir)) if base_runs else None
-                complete = all(value is not None for value in accuracies.values())
-                held, held_diff = seeded_cells(accuracies, base_accuracies, is_base) if complete else (["-", "-", ""], None)
+                held, held_diff = ["-", "-", ""], None
             walls = [run.train_s for run in runs if run.train_s is not None and not pd.isna(run.train_s)]
             train_s = sum(walls) / len(walls) if walls else None
             seeds = ",".join(str(run.seed) for run in runs) if any(run.seed is not None for run in runs) else "-"
