@@ -19,13 +19,15 @@ the model's dtype): the largest relative difference and its median.
 **Pipeline** (``--pipeline N``, each size twice, each run a process of its own with a cache of its own that holds
 only the converted model): ``train.py select=tif data.max_train_pairs=N`` with the influence scored on the
 warm-up policy (today's default, ``pipeline.scores_from=scoring``) and with it taken from the warm-up's in-run
-record (``pipeline.scores_from=warmup``); wall times of the whole pipelines and their ratio.
+record (``pipeline.scores_from=warmup``); wall and CPU times of the whole pipelines and their ratios (the CPU
+time, of the pipeline process and its children, is the fairer measure when other work shares the machine).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import statistics
 import subprocess
@@ -177,7 +179,9 @@ def bench_steps(model: str, steps: int, check_pairs: int, overrides: list[str]) 
         return result
 
 
-def pipeline_run(pairs: int, scores_from: str, model_cache: Path, work: Path) -> float:
+def pipeline_run(pairs: int, scores_from: str, model_cache: Path, work: Path) -> dict[str, float]:
+    """One pipeline in a process of its own: its wall time and its CPU time (user + system, of the process and its
+    children), which other work on the machine changes much less than the wall time."""
     cache = work / f"cache-{scores_from}-{pairs}"
     run = work / f"run-{scores_from}-{pairs}"
     # a run cut short is started again from nothing: its wall time must be the whole pipeline's
@@ -195,14 +199,17 @@ def pipeline_run(pairs: int, scores_from: str, model_cache: Path, work: Path) ->
         sys.executable, "train.py", "select=tif", f"data.max_train_pairs={pairs}", f"pipeline.scores_from={scores_from}",
         f"paths.cache_dir={cache}", f"hydra.run.dir={run}",
     ]
-    start = time.perf_counter()
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
 
 
 def bench_pipeline(sizes: list[int], work: Path) -> dict[str, Any]:
     """Each size's two pipelines, one after the other; the finished ones' times are kept in ``<work>/times.json``,
-    so that a rerun with the same ``--work`` only runs what is missing."""
+    so that a rerun with the same ``--work`` only runs what is missing. The ratios are of wall times and, where
+    both runs recorded it, of CPU times (a bare number in ``times.json`` is a wall time: an older record)."""
     model_cache = Path("~/.cache/prefalign/models").expanduser()
     record = work / "times.json"
     done = json.loads(record.read_text()) if record.exists() else {}
@@ -212,12 +219,17 @@ def bench_pipeline(sizes: list[int], work: Path) -> dict[str, Any]:
         for scores_from in ("scoring", "warmup"):
             name = f"{pairs}-{scores_from}"
             if name not in done:
-                done[name] = round(pipeline_run(pairs, scores_from, model_cache, work), 1)
+                done[name] = pipeline_run(pairs, scores_from, model_cache, work)
                 write_json(done, record)
-            times[scores_from] = done[name]
-            print(f"pipeline select=tif, {pairs} pairs, scores_from={scores_from}: {times[scores_from]:.0f} s", flush=True)
-        times["ratio"] = round(times["warmup"] / times["scoring"], 3)
-        print(f"  {pairs} pairs: scores_from=warmup takes {times['ratio']:.3f}x the time of warm-up + scoring pass", flush=True)
+            entry = done[name] if isinstance(done[name], dict) else {"wall_s": done[name], "cpu_s": None}
+            times[scores_from] = entry
+            print(f"pipeline select=tif, {pairs} pairs, scores_from={scores_from}: {entry['wall_s']:.0f} s wall, "
+                  f"{entry['cpu_s'] if entry['cpu_s'] is not None else 'unrecorded'} s CPU", flush=True)
+        cpu = [times[side]["cpu_s"] for side in ("warmup", "scoring")]
+        times["ratio_wall"] = round(times["warmup"]["wall_s"] / times["scoring"]["wall_s"], 3)
+        times["ratio_cpu"] = round(cpu[0] / cpu[1], 3) if None not in cpu else None
+        print(f"  {pairs} pairs: scores_from=warmup takes {times['ratio_wall']:.3f}x the wall time "
+              f"(CPU time: {times['ratio_cpu']}x) of warm-up + scoring pass", flush=True)
         results[str(pairs)] = times
     return results
 
@@ -241,8 +253,13 @@ def main() -> None:
     if args.pipeline:
         work = Path(args.work or tempfile.mkdtemp(prefix="bench-inrun-"))
         results = bench_pipeline(args.pipeline, work)
-        table = "| pairs | warm-up + scoring pass (s) | scores_from=warmup (s) | ratio |\n| --- | --- | --- | --- |\n" + "\n".join(
-            f"| {pairs} | {row['scoring']} | {row['warmup']} | {row['ratio']} |" for pairs, row in results.items()
+        table = (
+            "| pairs | warm-up + scoring pass: wall / CPU (s) | scores_from=warmup: wall / CPU (s) | ratio wall | ratio CPU |\n"
+            "| --- | --- | --- | --- | --- |\n"
+        ) + "\n".join(
+            f"| {pairs} | {row['scoring']['wall_s']} / {row['scoring']['cpu_s']} | {row['warmup']['wall_s']} / "
+            f"{row['warmup']['cpu_s']} | {row['ratio_wall']} | {row['ratio_cpu']} |"
+            for pairs, row in results.items()
         )
         append_result("In-run influence: the selection pipeline (select=tif) with scores_from=warmup vs scoring",
                       "python -m bench.inrun " + " ".join(sys.argv[1:]), {"sizes": args.pipeline}, table, machine())
