@@ -115,18 +115,44 @@ def nonfinite_count(parameters: list[Tensor]) -> int:
 
     One norm per tensor answers the usual case (all finite) in a single pass; only when a norm is not finite
     (a non-finite entry, or finite ones so large that the norm overflows) are the entries counted.
+    A sharded parameter (a ``DTensor``) is counted on this process's shard only: the caller combines the ranks.
     """
+    parameters = [local_part(p.detach()) for p in parameters]
     if not parameters:
         return 0
-    norms = torch.stack([torch.linalg.vector_norm(p.detach()).float() for p in parameters])
+    norms = torch.stack([torch.linalg.vector_norm(p).float() for p in parameters])
     if torch.isfinite(norms).all():
         return 0
-    return int(sum((~torch.isfinite(p.detach())).sum() for p in parameters))
+    return int(sum((~torch.isfinite(p)).sum() for p in parameters))
+
+
+def local_part(tensor: Tensor) -> Tensor:
+    """This process's shard of a sharded tensor (a ``DTensor`` of an FSDP run), or the tensor itself."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 def nonfinite_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     """The metrics whose value is NaN or infinite (a run with any is no result)."""
     return {name: float(value) for name, value in metrics.items() if not math.isfinite(float(value))}
+
+
+class PolicyPass(torch.nn.Module):
+    """The policy's log-prob pass (:func:`~prefalign.logprobs.pair_logps`) as one module call.
+
+    A sharded run (``trainer=fsdp``) makes it the root of the sharding: the pass calls the policy's decoder and
+    then its head in chunks, never the model's own ``forward``, so the parameters outside the decoder layers
+    (embeddings, final norm, head) are gathered around this call instead. It is not a submodule of the
+    training module: the policy's weights keep their names (``policy.<name>``) in state dicts and checkpoints.
+    """
+
+    def __init__(self, policy: torch.nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, batch: dict[str, Any], settings: LogpSettings, mismatched: bool) -> dict[str, Tensor]:
+        logps = pair_logps(self.policy, batch, settings, mismatched=mismatched)
+        # views out of a sharded root would lose its backward hook to any in-place op on them: fresh tensors instead
+        return {key: value.clone() if value._is_view() else value for key, value in logps.items()}
 
 
 class PreferenceModule(L.LightningModule):
@@ -170,6 +196,21 @@ class PreferenceModule(L.LightningModule):
         # called with each training batch and its loss output before the backward pass (the in-run influence,
         # prefalign.inrun, hooks the per-pair losses there); None: nothing
         self.pair_observer: Callable[[dict[str, Any], LossOutput], None] | None = None
+        # the sharded log-prob pass of an FSDP run (set_policy_pass, by the strategy in configure_model); None:
+        # the policy's own
+        self.policy_pass: PolicyPass | None = None
+
+    def set_policy_pass(self, policy_pass: PolicyPass) -> None:
+        """Run the policy's log-prob passes through ``policy_pass`` (a sharded run's root unit). It is kept out
+        of the module's submodules, so that the policy's weights keep their one name, ``policy.<name>``."""
+        object.__setattr__(self, "policy_pass", policy_pass)
+
+    def configure_model(self) -> None:
+        """Lightning's hook for sharding: a strategy that shards the policy (``trainer=fsdp``'s
+        :class:`~prefalign.trainer.FSDP2Strategy`) does it here; under any other, nothing happens."""
+        shard = getattr(self.trainer.strategy, "shard_module", None) if self._trainer is not None else None
+        if shard is not None:
+            shard(self)
 
     def on_fit_start(self) -> None:
         # from_pretrained returns models in eval mode, scorers leave the policy and the loss in eval mode, and
@@ -191,9 +232,11 @@ class PreferenceModule(L.LightningModule):
             batch: a collated batch of pairs.
             logp_settings: this pass's settings instead of the module's (the JVP influence's vocabulary step).
         """
-        policy = pair_logps(
-            self.policy, batch, logp_settings or self.logp_settings, mismatched=self.loss_fn.requires_mismatched
-        )
+        settings, mismatched = logp_settings or self.logp_settings, self.loss_fn.requires_mismatched
+        if self.policy_pass is not None:
+            policy = self.policy_pass(batch, settings, mismatched)
+        else:
+            policy = pair_logps(self.policy, batch, settings, mismatched=mismatched)
         reference = reference_logps(batch) if self.loss_fn.requires_reference else None
         if self.loss_fn.requires_mismatched:
             # z0 is detached: the mismatched completions are evaluated but never trained on

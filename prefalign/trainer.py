@@ -16,13 +16,14 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from prefalign.distributed import local_device
 from prefalign.logprobs import LogpSettings
 from prefalign.losses import PreferenceLoss
-from prefalign.module import PreferenceModule, nonfinite_metrics, precision_options
+from prefalign.module import PolicyPass, PreferenceModule, nonfinite_metrics, precision_options
 
 log = logging.getLogger(__name__)
 
@@ -230,54 +231,99 @@ def fit_auxiliary(
     return model
 
 
-class DecoderLayers:
-    """The FSDP wrapping (and activation-checkpointing) unit: each decoder layer of the model being trained.
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The decoder layers of ``model`` (a transformers causal LM, possibly under peft): the modules whose classes
+    transformers lists in the model's ``_no_split_modules`` (``LlamaDecoderLayer``, ``Qwen3DecoderLayer``,
+    ``GPTNeoXLayer``, ``Gemma3DecoderLayer``, ...), the unit accelerate's FSDP plugin wraps by default.
 
-    The layer classes are those transformers lists in a model's ``_no_split_modules`` (``LlamaDecoderLayer``,
-    ``Qwen3DecoderLayer``, ``GPTNeoXLayer``, ...), the default of accelerate's FSDP plugin, read from the model
-    as FSDP walks it from the top (the model comes before its layers), so one config serves every family.
+    Raises:
+        ValueError: the model names no such classes, or none of its modules is one.
+    """
+    names: set[str] = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or ())
+    layers = [module for module in model.modules() if type(module).__name__ in names]
+    if not layers:
+        raise ValueError(
+            f"{type(model).__name__}: no decoder layers to shard (its _no_split_modules names {sorted(names) or 'none'})"
+        )
+    return layers
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """Fully sharded data parallel (PyTorch's FSDP2, ``torch.distributed.fsdp.fully_shard``) through Lightning's
+    ``ModelParallelStrategy``, on any device, the CPU included (gloo): ``trainer=fsdp``.
+
+    Every process is one data-parallel rank (the device mesh is ``(world size, 1)``: no tensor parallelism).
+    Each decoder layer (:func:`decoder_layers`) is one sharding unit, with activation checkpointing on the same
+    unit (transformers' gradient checkpointing, non-reentrant); everything else (embeddings, final norm, the head,
+    tied or not) is the root unit, which is the policy's whole log-prob pass (:class:`~prefalign.module.PolicyPass`),
+    so that its parameters are gathered around the pass prefalign runs (the decoder, then the head in chunks)
+    rather than around the model's own ``forward``, which that pass never calls. Checkpoints are sharded (a
+    folder, one file per rank, written through ``torch.distributed.checkpoint``); the final policy is gathered on
+    rank 0 (:class:`GatherFullPolicy`).
 
     Args:
-        layers: class names to wrap instead (``None``: the model's own).
+        activation_checkpointing: recompute each decoder layer's activations in the backward pass.
+        reshard_after_forward: free each layer's gathered weights after its forward (FSDP's ZeRO-3; ``false``:
+            keep them until the backward, ZeRO-2, more memory and one all-gather less per layer).
+        kwargs: ``ModelParallelStrategy``'s (``save_distributed_checkpoint``, ``process_group_backend``, ``timeout``).
     """
 
-    def __init__(self, layers: list[str] | None = None) -> None:
-        self.layers = set(layers or ())
-        self.fixed = bool(layers)
+    def __init__(self, activation_checkpointing: bool = True, reshard_after_forward: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("tensor_parallel_size", 1)
+        super().__init__(**kwargs)
+        self.activation_checkpointing = activation_checkpointing
+        self.reshard_after_forward = reshard_after_forward
 
-    def __call__(self, module: torch.nn.Module, recurse: bool, nonwrapped_numel: int = 0) -> bool:
-        names = getattr(module, "_no_split_modules", None)
-        if names and not self.fixed:
-            self.layers.update(names)
-        if recurse:
-            return True
-        return type(module).__name__ in self.layers
+    def setup_environment(self) -> None:
+        if self._data_parallel_size == "auto":  # every process a data-parallel rank (Lightning's auto: one per node)
+            self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
+
+    def shard_module(self, module: PreferenceModule) -> None:
+        """Shard ``module``'s policy in place (Lightning's ``configure_model``): each decoder layer a unit, the
+        log-prob pass the root. A policy already sharded (a second ``fit``) is left as it is."""
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        if module.policy_pass is not None:
+            return
+        policy = module.policy
+        if any(isinstance(m, FSDPModule) for m in policy.modules()):
+            raise ValueError("the policy is already sharded by another FSDP run; load it again for a new run")
+        if self.activation_checkpointing:
+            # transformers' own, per decoder layer, non-reentrant (activation_checkpointing_enable from transformers 5)
+            options = {"use_reentrant": False}
+            if hasattr(policy, "activation_checkpointing_enable"):
+                policy.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+            elif hasattr(policy, "gradient_checkpointing_enable"):
+                policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+            else:
+                raise ValueError(
+                    f"{type(policy).__name__} has no activation checkpointing; set trainer.strategy.activation_checkpointing=false"
+                )
+        mesh = self.device_mesh["data_parallel"]
+        for layer in decoder_layers(policy):
+            fully_shard(layer, mesh=mesh, reshard_after_forward=self.reshard_after_forward)
+        module.set_policy_pass(fully_shard(PolicyPass(policy), mesh=mesh))
 
 
-def fsdp_strategy(layers: list[str] | None = None, activation_checkpointing: bool = True, **kwargs: Any) -> Any:
-    """Lightning's ``FSDPStrategy`` wrapping each decoder layer (:class:`DecoderLayers`), with activation
-    checkpointing of the same unit unless ``activation_checkpointing=false``; ``kwargs`` go to the strategy
-    (``sharding_strategy``, ``state_dict_type``, ``cpu_offload``, ...)."""
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    policy = DecoderLayers(layers)
-    return FSDPStrategy(
-        auto_wrap_policy=policy, activation_checkpointing_policy=policy if activation_checkpointing else None, **kwargs
-    )
+def is_sharded(strategy: Any) -> bool:
+    """Whether ``strategy`` shards the parameters (FSDP), so that no process holds whole weights during ``fit``."""
+    return isinstance(strategy, ModelParallelStrategy)
 
 
 def policy_weights(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The policy's weights, named as in the policy itself, from a full state dict of the training module (FSDP's
-    ``FULL_STATE_DICT`` names them as the unwrapped module does: ``policy.<name>``, no FSDP or checkpoint-wrapper
-    prefixes)."""
+    """The policy's weights, named as in the policy itself, from a full state dict of the training module (the
+    one ``get_model_state_dict`` gathers from a sharded run names them as the module does: ``policy.<name>``)."""
     return {key.removeprefix("policy."): value for key, value in state.items() if key.startswith("policy.")}
 
 
 class GatherFullPolicy(L.Callback):
-    """At the end of an FSDP run, the policy's full weights gathered on rank 0 (``state``; ``None`` elsewhere and
-    for other strategies, whose module holds the full weights), to be saved in Hugging Face format.
+    """At the end of a sharded (FSDP) run, the policy's full weights gathered on rank 0 (``state``; ``None``
+    elsewhere and for other strategies, whose module holds the full weights), to be saved in Hugging Face format.
 
-    Runs in ``on_train_end``, while the model is still wrapped; the gather is a collective of all ranks, offloaded
+    Runs in ``on_train_end``, while the model is still sharded; the gather is a collective of all ranks, offloaded
     to the CPU so that rank 0 needs host memory for one full copy, not device memory.
     """
 
@@ -285,15 +331,31 @@ class GatherFullPolicy(L.Callback):
         self.state: dict[str, torch.Tensor] | None = None
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from lightning.pytorch.strategies import FSDPStrategy
-
-        if not isinstance(trainer.strategy, FSDPStrategy):
+        if not is_sharded(trainer.strategy):
             return
-        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        wrapped = trainer.strategy.model
-        with FSDP.state_dict_type(wrapped, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True, rank0_only=True)):
-            state = wrapped.state_dict()
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(trainer.strategy.model, options=options)
         if trainer.is_global_zero:
             self.state = policy_weights(state)
+
+
+class PeakMemory(L.Callback):
+    """At the end of training, every process's peak memory, gathered on all ranks (``per_process``: one entry per
+    rank, in rank order): the host's peak resident set size of the process (``ru_maxrss``: the whole process so
+    far, the passes before ``fit`` included) and, on CUDA, the peak of the device memory torch allocated."""
+
+    def __init__(self) -> None:
+        self.per_process: list[dict[str, float]] = []
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import resource
+
+        host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+        device = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan")
+        mine = torch.tensor([host, device], dtype=torch.float64, device=pl_module.device)
+        every = trainer.strategy.all_gather(mine).reshape(-1, 2).cpu().tolist() if trainer.world_size > 1 else [mine.tolist()]
+        self.per_process = [
+            {"host_peak_rss_mb": round(h, 1), **({"cuda_peak_allocated_mb": round(d, 1)} if d == d else {})} for h, d in every
+        ]

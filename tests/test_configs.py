@@ -81,11 +81,6 @@ def instantiate_node(node: DictConfig, group: str, tokenizer, tmp_path: Path, re
 
         if node.get("accelerator") == "gpu" and not torch.cuda.is_available():
             node.accelerator = "cpu"  # every other setting is still checked by instantiating it here
-        strategy = node.get("strategy")
-        if not torch.cuda.is_available() and isinstance(strategy, DictConfig) and "fsdp" in strategy.get("_target_", ""):
-            # Lightning's FSDP runs on GPUs only: the strategy itself is instantiated, the trainer on the CPU without it
-            instantiate(strategy)
-            node.strategy = "auto"
         assert isinstance(instantiate(node, logger=False, enable_checkpointing=False), L.Trainer)
     elif group == "logger":
         instantiate(node, save_dir=str(tmp_path))

@@ -1,6 +1,6 @@
 """Training on several devices: DDP on the CPU with gloo against a one-process run with the same global batch;
-the global batches split across ranks; FSDP's wrapping unit on every tiny model; a multirun that Lightning's
-process launching would break is refused."""
+the global batches split across ranks; the gathered policy of a sharded run saved in Hugging Face format on every
+tiny model; a multirun that Lightning's process launching would break is refused (FSDP's runs: test_fsdp.py)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,9 @@ import sys
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from prefalign.data.sampling import RandomBatchSampler
 from prefalign.models import TinyModel
-from prefalign.trainer import DecoderLayers
 from tests.entry import run_cli
 from tests.test_cli import ARCHITECTURE, ROOT, cache_with_tokenizer, check, train
 
@@ -67,36 +64,10 @@ def test_every_rank_takes_its_part_of_the_one_process_global_batches():
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURE))
-def test_fsdp_wraps_and_checkpoints_each_decoder_layer(name):
-    model = TinyModel(name=name, architecture=ARCHITECTURE[name]).load_model()
-    policy = DecoderLayers()
-    wrapped = []
-    for module in model.modules():  # FSDP asks from the top down, the model before its layers
-        policy(module, recurse=True)
-        if policy(module, recurse=False):
-            wrapped.append(module)
-    layers = list(model.get_decoder().layers)
-    assert len(wrapped) == len(layers) and all(a is b for a, b in zip(wrapped, layers))
-
-
-def test_fsdp_config_composes_into_lightnings_strategy():
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["trainer=fsdp"])
-    strategy = instantiate(cfg.trainer.strategy)
-    assert isinstance(strategy, FSDPStrategy)
-    assert isinstance(strategy.kwargs["auto_wrap_policy"], DecoderLayers)
-    assert strategy._activation_checkpointing_kwargs["auto_wrap_policy"] is strategy.kwargs["auto_wrap_policy"]
-    assert strategy._state_dict_type == "sharded" and cfg.trainer.use_distributed_sampler is False
-
-
-@pytest.mark.parametrize("name", sorted(ARCHITECTURE))
 def test_the_gathered_fsdp_policy_is_saved_in_hugging_face_format(tmp_path, tokenizer, name):
-    """What ``GatherFullPolicy`` does with the full state dict that FSDP gathers on rank 0 (named as the unwrapped
-    training module: ``policy.<name>``), down to ``AutoModelForCausalLM.from_pretrained``. FSDP itself cannot run
-    here: Lightning's FSDPStrategy refuses a CPU accelerator, and torch's FSDP (FSDP1) needs an accelerator device
-    ("FSDP needs a non-CPU accelerator device")."""
+    """What ``GatherFullPolicy`` does with the full state dict a sharded run gathers on rank 0 (named as the
+    training module: ``policy.<name>``), down to ``AutoModelForCausalLM.from_pretrained``, on every tiny
+    architecture (the sharded runs themselves, on tiny Llama: ``tests/test_fsdp.py``)."""
     from transformers import AutoModelForCausalLM
 
     from prefalign.losses import DPOLoss

@@ -133,12 +133,13 @@ class InRunInfluence(L.Callback):
 
     # -- the fit ------------------------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        from lightning.pytorch.strategies import FSDPStrategy
+        from lightning.pytorch.strategies import ModelParallelStrategy
 
-        if stage == "fit" and isinstance(trainer.strategy, FSDPStrategy):
+        if stage == "fit" and isinstance(trainer.strategy, ModelParallelStrategy):
             raise ValueError(
-                "inrun=influence does not run under sharded training (trainer=fsdp): its hooks read whole "
-                "parameters and their gradients' inputs, which FSDP shards; use DDP or one device"
+                "inrun=influence does not run under sharded training (trainer=fsdp): its ghost products need each "
+                "layer's whole weight and the validation gradient of that whole weight, and FSDP holds a shard of "
+                "each on every process (gathered only for the moment of a layer's pass); use trainer=ddp or one device"
             )
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

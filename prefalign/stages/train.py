@@ -16,7 +16,8 @@ Output directory layout (the run's Hydra directory)::
                          and settings only, unless callbacks.checkpoint.keep_training_state=true
     tensorboard/         TensorBoard logs (train/*, val/* with TRL's metric names)
     policy/              the final policy in Hugging Face format (save_pretrained + tokenizer)
-    metrics.json         final metrics, sizes, timings, and the selection trained on (rule, thresholds, kept);
+    metrics.json         final metrics, sizes, timings, peak memory per process, and the selection trained on (rule,
+                         thresholds, kept);
                          after a resume that extended the run, ``resumed_with`` ({setting: [first, now]})
     inrun/               with inrun=influence: every trained pair's influence at every step, and its per-pair
                          summaries as inrun/scores.parquet (prefalign/inrun/record.py)
@@ -45,7 +46,7 @@ from prefalign.checkpointing import (
 from prefalign.folder_lock import hold_folder
 from prefalign.models import save_policy
 from prefalign.run_setup import setup_run
-from prefalign.trainer import GatherFullPolicy, build_trainer, compiled_decoder, final_metrics, run_module
+from prefalign.trainer import GatherFullPolicy, PeakMemory, build_trainer, compiled_decoder, final_metrics, run_module
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,9 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
     cache_hits = setup.attach_reference(model) if setup.loss.requires_reference else {}
     module = run_module(cfg, model, setup.loss, setup.logp_settings)
 
-    gathered = GatherFullPolicy()
+    gathered, memory = GatherFullPolicy(), PeakMemory()
     inrun = inrun_callbacks(cfg, setup)
-    trainer = build_trainer(cfg, setup.output_dir, extra_callbacks=[gathered, *inrun])
+    trainer = build_trainer(cfg, setup.output_dir, extra_callbacks=[gathered, memory, *inrun])
     checkpointing = [callback for callback in trainer.callbacks if isinstance(callback, ResumableCheckpoint)]
     for callback in checkpointing:  # every checkpoint records the settings a resume must keep
         callback.run_record = run_record(cfg, resumed_with, setup.datamodule.fingerprints["train"])
@@ -93,7 +94,7 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
     policy_dir = setup.output_dir / "policy"
     if trainer.is_global_zero:  # the other processes of a DDP or FSDP run write nothing
         save_policy(module.policy, setup.tokenizer, policy_dir, state_dict=gathered.state)
-    result = {**metrics, "run": run_facts(setup, trainer, throughput, cache_hits, start)}
+    result = {**metrics, "run": {**run_facts(setup, trainer, throughput, cache_hits, start), "memory": memory.per_process}}
     if setup.datamodule.selection is not None:
         result["selection"] = dict(setup.datamodule.selection)
     if resumed_with:
