@@ -430,6 +430,37 @@ def completion_logps(
     return per_token.sum(-1), mask.sum(-1)
 
 
+def sliding_window(model: torch.nn.Module) -> int | None:
+    """The attention window of a model with sliding-window layers (Gemma 3's ``sliding_attention`` layers,
+    Mistral's), or ``None``: every layer attends to the whole sequence."""
+    config = getattr(model, "config", None)
+    window = getattr(config, "sliding_window", None)
+    if not window:
+        return None
+    types = getattr(config, "layer_types", None)
+    if types is not None:
+        return int(window) if "sliding_attention" in types else None
+    return int(window) if getattr(config, "use_sliding_window", True) else None
+
+
+def check_window(model: torch.nn.Module, longest: int) -> None:
+    """Refuse sequences longer than a sliding-window model's window.
+
+    prefalign's passes give the decoder their own 4-D masks (prompt sharing, packing), which transformers uses as
+    they are for every layer: a sliding-window layer would attend past its window instead of failing. Up to the
+    window the two are the same, so shorter sequences are exact.
+
+    Raises:
+        ValueError: ``longest`` (prompt plus completion tokens) is longer than the window.
+    """
+    window = sliding_window(model)
+    if window is not None and longest > window:
+        raise ValueError(
+            f"a sequence of {longest} tokens is longer than the model's sliding attention window ({window}): prefalign's "
+            f"own attention masks do not apply the window; keep data.max_length at most {window}"
+        )
+
+
 def pair_logps(
     model: torch.nn.Module,
     batch: dict[str, Tensor],
@@ -455,6 +486,7 @@ def pair_logps(
 
     ids = torch.cat([widen(batch[f"{name}_input_ids"], 0) for name in names])
     mask = torch.cat([widen(batch[f"{name}_attention_mask"], 0) for name in names])
+    check_window(model, int(batch["prompt_attention_mask"].sum(-1).max()) + int(mask.sum(-1).max()))
     prompt_index = torch.arange(batch_size, device=ids.device).repeat(len(names))
     if settings.pack_length is not None:
         logps, lengths = packed_completion_logps(

