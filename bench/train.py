@@ -183,6 +183,8 @@ def worker(args: argparse.Namespace) -> None:
         overrides.append(f"pack_length={args.pack_length}" if args.worker != "prefalign" else "pack_length=null")
         if args.worker == "prefalign-chunked":
             overrides.append(f"head_chunk_tokens={args.head_chunk_tokens}")
+        if args.trainer:  # another strategy on one device (bench.strategies: ddp, fsdp)
+            overrides += [f"trainer={args.trainer}", "trainer.devices=1", "++trainer.limit_val_batches=0"]
         cfg = train_config(overrides, out)
         setup = setup_run(cfg)
         model = setup.load_model()
@@ -190,15 +192,17 @@ def worker(args: argparse.Namespace) -> None:
         trainer = build_trainer(cfg, out, checkpoints=False)
         trainer.fit(run_module(cfg, model, setup.loss, setup.logp_settings), datamodule=setup.datamodule)
         steps = trainer.global_step
+        loss = float(trainer.callback_metrics["train/loss"]) if "train/loss" in trainer.callback_metrics else None
     else:
         trainer = trl_trainer(args, folder, trl_rows(args.pairs), args.worker == "trl-precompute", 1, Path(tempfile.mkdtemp()))
         trainer.train()
         steps = trainer.state.global_step
+        loss = next((entry["loss"] for entry in reversed(trainer.state.log_history) if "loss" in entry), None)
     elapsed = time.perf_counter() - start
     peak_mb = peak_rss_mb()
     if torch.cuda.is_available():
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    print("RESULT " + json.dumps({"seconds": elapsed, "steps": steps, "peak_mb": peak_mb}))
+    print("RESULT " + json.dumps({"seconds": elapsed, "steps": steps, "peak_mb": peak_mb, "last_loss": loss}))
 
 
 def token_counts(pairs: int) -> tuple[int, float]:
@@ -274,6 +278,7 @@ def main() -> None:
     )
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
+    parser.add_argument("--trainer", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)

@@ -146,6 +146,8 @@ def test_gpu_script_runs_every_step_on_the_tiny_model(tmp_path):
     assert "utilisation_of_peak" in steps["scoring"]["tables"]
     assert "Spearman(JVP, autograd)" in steps["influence"]["tables"]
     assert "pairs_per_s" in steps["train"]["tables"]
+    assert "mfu_vs_anchor_22.5%" in steps["strategies"]["tables"] and "trainer=fsdp (FSDP2)" in steps["strategies"]["tables"]
+    assert "with in-run influence" in steps["inrun"]["output_tail"]
     # --no-record: the measured tables went to the results file only
     assert (ROOT / "bench" / "RESULTS.md").read_text() == before
 
