@@ -16,7 +16,9 @@ and its tied 262,144-row head.
 **TRL** (with ``--policy``): the trained policy and its initial weights as the reference, on the first
 ``--trl-pairs`` validation pairs: prefalign's held-out metrics (the validation step's per-pair values,
 :func:`prefalign.evaluation.policy.heldout_values`) and TRL's ``DPOTrainer.evaluate`` on the same pairs (each
-prompt rendered with the chat template, completions as text, TRL adding EOS), loss, reward accuracy and margin.
+prompt rendered with the chat template, less the BOS it starts with, which TRL's tokenisation adds again;
+completions as text, TRL adding EOS), loss, reward accuracy and margin, and the number of pairs both tokenise
+to the same ids.
 
 Both are printed and appended to ``bench/RESULTS.md``.
 """
@@ -82,7 +84,7 @@ def influence_check(pairs: int, val_pairs: int) -> dict[str, Any]:
     return result
 
 
-def trl_check(policy_run: Path, pairs: int) -> dict[str, Any]:
+def trl_check(policy_run: Path, pairs: int, batch_size: int) -> dict[str, Any]:
     from datasets import Dataset
     from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM
@@ -95,13 +97,21 @@ def trl_check(policy_run: Path, pairs: int) -> dict[str, Any]:
     setup = setup_run(run_cfg, write_files=False)
     policy = AutoModelForCausalLM.from_pretrained(policy_run / "policy", dtype=torch.float32).eval()
     ours = heldout_values(run_cfg, policy, Path(run_cfg.paths.cache_dir), limit=pairs)
-    val = setup.datamodule.pairs["val"][:pairs]
-    assert [pair.pair_id for pair in val] == list(ours["pair_id"]), "the two sides must score the same pairs"
+    by_id = {pair.pair_id: pair for pair in setup.datamodule.pairs["val"]}
+    val = [by_id[pair_id] for pair_id in ours["pair_id"]]  # the same pairs on both sides
     rendering = setup.datamodule.pair_tokenizer
-    rows = [{"prompt": rendering.prompt_text(p.prompt), "chosen": p.chosen, "rejected": p.rejected} for p in val]
+    tokenizer = setup.tokenizer
+    # TRL tokenises a text prompt with the tokenizer's special tokens: Gemma's adds a BOS, and the chat template has
+    # already written one, so the rendered prompt goes to TRL without it (given with it, TRL runs <bos><bos>)
+    adds_bos = tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
+
+    def prompt_for_trl(text: str) -> str:
+        return text.removeprefix(tokenizer.bos_token) if adds_bos and tokenizer.bos_token else text
+
+    rows = [{"prompt": prompt_for_trl(rendering.prompt_text(p.prompt)), "chosen": p.chosen, "rejected": p.rejected} for p in val]
     config = DPOConfig(
         output_dir=tempfile.mkdtemp(prefix="bench-gemma-trl-"),
-        per_device_eval_batch_size=8,
+        per_device_eval_batch_size=batch_size,
         max_length=int(run_cfg.data.max_length),
         beta=float(run_cfg.loss.beta),
         loss_type=["sigmoid"],
@@ -121,7 +131,7 @@ def trl_check(policy_run: Path, pairs: int) -> dict[str, Any]:
             example["prompt_ids"], example["chosen_ids"], example["rejected_ids"]
         )
     theirs = trainer.evaluate()
-    result = {"pairs": len(val), "identically_tokenised_pairs": f"{same}/{len(val)}"}
+    result = {"pairs": len(val), "trl_batch_size": batch_size, "identically_tokenised_pairs": f"{same}/{len(val)}"}
     for name in ("loss", "rewards/accuracies", "rewards/margins"):
         mine = sum(ours[name]) / len(ours[name])
         result[name] = {"prefalign": round(float(mine), 6), "trl": round(float(theirs[f"eval_{name}"]), 6)}
@@ -135,13 +145,14 @@ def main() -> None:
     parser.add_argument("--val-pairs", type=int, default=32, help="validation pairs of v")
     parser.add_argument("--policy", type=Path, help="a train.py model=gemma3_270m run directory (the TRL check)")
     parser.add_argument("--trl-pairs", type=int, default=64, help="validation pairs of the TRL check")
+    parser.add_argument("--trl-batch-size", type=int, default=8, help="TRL's evaluation batch (1: no padding)")
     parser.add_argument("--skip-influence", action="store_true")
     args = parser.parse_args()
     results: dict[str, Any] = {}
     if not args.skip_influence:
         results["influence_jvp_vs_per_pair_autograd"] = influence_check(args.pairs, args.val_pairs)
     if args.policy is not None:
-        results["dpo_metrics_vs_trl_evaluate"] = trl_check(args.policy, args.trl_pairs)
+        results["dpo_metrics_vs_trl_evaluate"] = trl_check(args.policy, args.trl_pairs, args.trl_batch_size)
     append_result(
         "Gemma 3 270M: exact influence against per-pair autograd, DPO metrics against TRL",
         "python -m bench.gemma " + " ".join(sys.argv[1:]),

@@ -122,6 +122,51 @@ def hierarchical_paired_difference(first: Any, second: Any, resamples: int = 100
     return result
 
 
+def variance_components(differences: Any) -> dict[str, float]:
+    """The two sources of noise in a paired comparison over seeds and items, by the method of moments.
+
+    For a ``(seeds, items)`` matrix ``d`` of paired differences (method minus baseline, the same items and seeds
+    on both sides): ``sd_item``, the standard deviation of an item's difference around its seed's mean (pooled over
+    seeds, ``ddof=1`` per seed), and ``sd_seed``, the standard deviation of the per-seed mean difference beyond what
+    the items explain: ``var(mean_s) = sd_seed^2 + sd_item^2 / items``, so ``sd_seed^2 = var(mean_s) - sd_item^2 /
+    items``, floored at 0 (one seed: ``nan``, nothing to separate).
+
+    Raises:
+        ValueError: fewer than two items.
+    """
+    d = np.asarray(differences, dtype=np.float64)
+    d = d[None, :] if d.ndim == 1 else d
+    seeds, items = d.shape
+    if items < 2:
+        raise ValueError(f"variance components need at least two items, got {items}")
+    means = d.mean(1)
+    item_var = float(((d - means[:, None]) ** 2).sum() / (seeds * (items - 1)))
+    seed_var = float(np.var(means, ddof=1) - item_var / items) if seeds > 1 else float("nan")
+    return {"sd_item": math.sqrt(item_var), "sd_seed": math.sqrt(max(seed_var, 0.0)) if seeds > 1 else float("nan"),
+            "seeds": seeds, "items": items}
+
+
+def minimum_detectable_difference(
+    sd_item: float, items: int, sd_seed: float, seeds: int, alpha: float = 0.05, power: float = 0.8
+) -> float:
+    """The smallest true paired difference a design resolves: a two-sided test at level ``alpha`` rejects "no
+    difference" with probability ``power`` (normal approximation):
+
+        MDD = (z_{1 - alpha/2} + z_{power}) * sqrt(sd_item^2 / (items * seeds) + sd_seed^2 / seeds)
+
+    (the variance of the mean over ``seeds`` training runs of the mean over ``items`` paired items, with the
+    components of :func:`variance_components`). More items shrink the first term only; the seed term shrinks
+    only with seeds, which is why one training run cannot resolve differences of the size of its run-to-run
+    spread however many test prompts it is judged on.
+    """
+    from statistics import NormalDist
+
+    if items < 1 or seeds < 1:
+        raise ValueError(f"a design needs at least one item and one seed, got items={items}, seeds={seeds}")
+    z = NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)
+    return z * math.sqrt(sd_item**2 / (items * seeds) + sd_seed**2 / seeds)
+
+
 def mean_of_known(values: Sequence[float | None]) -> float | None:
     """The mean of the values that are not ``None`` (unparsable judge replies), or ``None`` if none is known."""
     known = [v for v in values if v is not None]

@@ -93,3 +93,32 @@ def test_two_way_bootstrap_resamples_seeds_and_items():
     assert diff["first_better"] == 3 and diff["second_better"] == 0 and diff["seeds"] == 2
     with pytest.raises(ValueError, match="same seeds and items"):
         hierarchical_paired_difference(first, [[1.0, 2.0, 3.0]])
+
+
+def test_variance_components_by_hand():
+    from prefalign.evaluation.metrics import variance_components
+
+    # per-seed means 0.5 and 1.5; within each seed the items sit +-0.5 around it: item variance 4 x 0.25 / 3 = 1/3
+    parts = variance_components([[1, 0, 1, 0], [2, 1, 2, 1]])
+    assert parts["sd_item"] == pytest.approx((1 / 3) ** 0.5)
+    # var(seed means) = 0.5 (ddof 1), less (1/3) / 4 the items explain: 5/12
+    assert parts["sd_seed"] == pytest.approx((5 / 12) ** 0.5)
+    # seeds that agree exactly leave no seed variance (floored at 0, not negative)
+    assert variance_components([[1, 0, 1, 0], [1, 0, 1, 0]])["sd_seed"] == 0.0
+    assert variance_components([1, 0, 1, 0])["sd_seed"] != variance_components([1, 0, 1, 0])["sd_seed"]  # nan: one seed
+    with pytest.raises(ValueError, match="at least two items"):
+        variance_components([[1.0], [2.0]])
+
+
+def test_minimum_detectable_difference_by_hand():
+    from prefalign.evaluation.metrics import minimum_detectable_difference
+
+    # (1.959964 + 0.841621) x sqrt(0.25 / 900 + 0.0004 / 3) = 2.801585 x 0.0202759
+    assert minimum_detectable_difference(0.5, 300, 0.02, 3) == pytest.approx(0.0568046, abs=1e-6)
+    # no seed variance: the items alone, as a paired t-test's normal approximation
+    assert minimum_detectable_difference(0.5, 100, 0.0, 1) == pytest.approx(2.801585 * 0.05, abs=1e-6)
+    # more items cannot beat the seed term; more seeds can
+    assert minimum_detectable_difference(0.5, 10**9, 0.03, 1) == pytest.approx(2.801585 * 0.03, abs=1e-6)
+    assert minimum_detectable_difference(0.5, 300, 0.03, 4) < minimum_detectable_difference(0.5, 300, 0.03, 1) / 1.9
+    with pytest.raises(ValueError, match="at least one item and one seed"):
+        minimum_detectable_difference(0.5, 300, 0.02, 0)
