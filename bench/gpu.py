@@ -51,8 +51,8 @@ tokens are launch-bound on an H200 (790 TFLOP/s measured for large bf16 products
 
 About 435 s in all (7.3 minutes), 15 s of set-up; the caps add up to more than the 470 s deadline, which is what
 bounds the whole: a step with too little time left is skipped, and says so. These are estimates, not yet measured
-on a GPU. On the CPU (``--tiny``) the same steps took 21 minutes on the shared 2-core machine (bfloat16
-matmuls run at a few GFLOP/s there; TRL's tiny bfloat16 steps took 40 s each).
+on a GPU. On the CPU (``--tiny``) the same steps took 147 s on the 2-core machine with nothing else running
+(torch 2.13's bfloat16 matmuls reach ~400 GFLOP/s there; an earlier run under load took 21 minutes).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 # 8 minutes for the whole run, less what writing the results takes
 BUDGET_S = 470
-# the CPU smoke run: bfloat16 matmuls run at a few GFLOP/s on this CPU (21 minutes measured under load)
+# the CPU smoke run: 147 s measured on the quiet 2-core CPU, 21 minutes once under load
 TINY_BUDGET_S = 3600
 # a step is not started with less time than this left (it could not finish)
 MIN_START_S = 20
