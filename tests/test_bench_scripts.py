@@ -131,8 +131,8 @@ def test_record_appends_the_steps_tables_and_a_summary(tmp_path, monkeypatch):
 @pytest.mark.skipif(os.environ.get("PREFALIGN_GPU_SCRIPT_TEST") != "1",
                     reason="bash bench/gpu.sh --tiny end to end takes minutes on CPU: set PREFALIGN_GPU_SCRIPT_TEST=1")
 def test_gpu_script_runs_every_step_on_the_tiny_model(tmp_path):
-    """``bash bench/gpu.sh --tiny`` end to end on the CPU (147 s on the quiet 2-core machine, 21 minutes once under load; bfloat16 matmuls
-    are slow on this CPU, TRL's tiny bfloat16 steps took 40 s each)."""
+    """``bash bench/gpu.sh --tiny`` end to end on the CPU (147 s on the quiet 2-core machine, 21 minutes once under
+    load)."""
     out = tmp_path / "gpu_results.json"
     before = (ROOT / "bench" / "RESULTS.md").read_text()
     env = {**os.environ, "PYTHON": sys.executable}
