@@ -15,36 +15,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, append_result, machine, markdown
+from bench.common import ROOT, append_result, converted_model_cache, machine, markdown, timed_run
 
 
-def run(tree: Path, overrides: list[str], work: Path, model_cache: Path) -> dict[str, Any]:
-    cache, out = work / "cache", work / "run"
+def run(tree: Path, overrides: list[str], work: Path) -> dict[str, Any]:
+    """``python train.py <overrides>`` in ``tree``, in a fresh cache holding only the converted model."""
+    out = work / "run"
     shutil.rmtree(work, ignore_errors=True)
-    (cache / "models").mkdir(parents=True)
-    for entry in model_cache.iterdir():
-        (cache / "models" / entry.name).symlink_to(entry)
-    tokenizers = model_cache.parent / "tokenizers"
-    if tokenizers.exists():
-        shutil.copytree(tokenizers, cache / "tokenizers")
-    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    subprocess.run([sys.executable, "train.py", *overrides, f"paths.cache_dir={cache}", f"hydra.run.dir={out}"],
-                   cwd=tree, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cache = converted_model_cache(work / "cache")
+    times = timed_run([sys.executable, "train.py", *overrides, f"paths.cache_dir={cache}", f"hydra.run.dir={out}"], cwd=tree)
     metrics = json.loads((out / "metrics.json").read_text())
     return {
-        "wall_s": wall,
-        "cpu_s": after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime,
+        **times,
         "fit_pairs_per_s": metrics["run"]["train_pairs_per_s_per_device"],
         "metrics": {key: value for key, value in metrics.items() if isinstance(value, float)},
     }
@@ -57,7 +47,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("overrides", nargs="*", help="train.py overrides (after --)")
     args = parser.parse_args()
-    model_cache = Path("~/.cache/prefalign/models").expanduser()
     scratch = Path(tempfile.mkdtemp(prefix="bench-commits-"))
     trees = {}
     for label, commit in (("before", args.before), ("now", args.now)):
@@ -70,7 +59,7 @@ def main() -> None:
     try:
         for repeat in range(args.repeats):
             for label in ("before", "now"):
-                result = run(trees[label], args.overrides, scratch / f"work-{label}", model_cache)
+                result = run(trees[label], args.overrides, scratch / f"work-{label}")
                 runs[label].append(result)
                 print(f"{label} ({commits[label]}), run {repeat + 1}: {result['wall_s']:.1f} s wall, {result['cpu_s']:.1f} s CPU, "
                       f"{result['fit_pairs_per_s']} pairs/s in fit", flush=True)

@@ -6,6 +6,8 @@ import datetime
 import json
 import os
 import platform
+import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -134,3 +136,27 @@ def run_worker(name: str, command: list[str]) -> dict[str, Any]:
     measured = json.loads(lines[-1][len("RESULT "):])
     print(f"{name}: {measured}", flush=True)
     return measured
+
+
+def converted_model_cache(cache: Path, model_cache: Path | None = None) -> Path:
+    """``cache`` as a fresh cache (``paths.cache_dir``) holding only the converted models of ``model_cache`` (the
+    default cache's, linked) and its tokenizers (copied): a run in it reuses no reference log-probs, scores or
+    warm-ups."""
+    model_cache = model_cache or Path("~/.cache/prefalign/models").expanduser()
+    shutil.rmtree(cache, ignore_errors=True)
+    (cache / "models").mkdir(parents=True)
+    for entry in model_cache.iterdir():
+        (cache / "models" / entry.name).symlink_to(entry)
+    tokenizers = model_cache.parent / "tokenizers"
+    if tokenizers.exists():
+        shutil.copytree(tokenizers, cache / "tokenizers")
+    return cache
+
+
+def timed_run(command: list[str], cwd: Path = ROOT) -> dict[str, float]:
+    """Run ``command`` (its output discarded; a failure raises) and return its wall time and its CPU time (user +
+    system of the process and its children), which other work on the machine changes much less than the wall time."""
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    subprocess.run(command, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"wall_s": round(wall, 1), "cpu_s": round(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 1)}

@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +37,7 @@ from typing import Any
 
 import torch
 
-from bench.common import ROOT, append_result, machine, sync, train_config
+from bench.common import ROOT, append_result, converted_model_cache, machine, sync, timed_run, train_config
 from prefalign.atomic import write_json
 
 
@@ -179,38 +177,23 @@ def bench_steps(model: str, steps: int, check_pairs: int, overrides: list[str]) 
         return result
 
 
-def pipeline_run(pairs: int, scores_from: str, model_cache: Path, work: Path) -> dict[str, float]:
-    """One pipeline in a process of its own: its wall time and its CPU time (user + system, of the process and its
-    children), which other work on the machine changes much less than the wall time."""
-    cache = work / f"cache-{scores_from}-{pairs}"
+def pipeline_run(pairs: int, scores_from: str, work: Path) -> dict[str, float]:
+    """One pipeline in a process of its own, in a cache of its own that holds only the converted model: its wall
+    and CPU time (:func:`bench.common.timed_run`)."""
     run = work / f"run-{scores_from}-{pairs}"
     # a run cut short is started again from nothing: its wall time must be the whole pipeline's
-    shutil.rmtree(cache, ignore_errors=True)
     shutil.rmtree(run, ignore_errors=True)
-    (cache / "models").mkdir(parents=True, exist_ok=True)
-    for entry in model_cache.iterdir():  # the converted model only: nothing else is reused
-        target = cache / "models" / entry.name
-        if not target.exists():
-            target.symlink_to(entry)
-    tokenizers = model_cache.parent / "tokenizers"
-    if tokenizers.exists():
-        shutil.copytree(tokenizers, cache / "tokenizers", dirs_exist_ok=True)
-    command = [
+    cache = converted_model_cache(work / f"cache-{scores_from}-{pairs}")
+    return timed_run([
         sys.executable, "train.py", "select=tif", f"data.max_train_pairs={pairs}", f"pipeline.scores_from={scores_from}",
         f"paths.cache_dir={cache}", f"hydra.run.dir={run}",
-    ]
-    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-    return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
+    ])
 
 
 def bench_pipeline(sizes: list[int], work: Path) -> dict[str, Any]:
     """Each size's two pipelines, one after the other; the finished ones' times are kept in ``<work>/times.json``,
     so that a rerun with the same ``--work`` only runs what is missing. The ratios are of wall times and, where
     both runs recorded it, of CPU times (a bare number in ``times.json`` is a wall time: an older record)."""
-    model_cache = Path("~/.cache/prefalign/models").expanduser()
     record = work / "times.json"
     done = json.loads(record.read_text()) if record.exists() else {}
     results = {}
@@ -219,7 +202,7 @@ def bench_pipeline(sizes: list[int], work: Path) -> dict[str, Any]:
         for scores_from in ("scoring", "warmup"):
             name = f"{pairs}-{scores_from}"
             if name not in done:
-                done[name] = pipeline_run(pairs, scores_from, model_cache, work)
+                done[name] = pipeline_run(pairs, scores_from, work)
                 write_json(done, record)
             entry = done[name] if isinstance(done[name], dict) else {"wall_s": done[name], "cpu_s": None}
             times[scores_from] = entry
