@@ -1,7 +1,7 @@
 """prefalign's exact influence against the attribution libraries, side by side on the same pairs.
 
-    # the benchmark environment only (not a dependency of prefalign); --no-deps keeps the installed torch
-    pip install --no-deps kronfluence==1.0.1 einops einconv opt-einsum safetensors
+    # kronfluence without its declared dependencies (torchvision would pull a CUDA build of torch)
+    pip install -e ".[attribution]" && pip install --no-deps kronfluence==1.0.1
     python -m bench.influence_peers [--pairs 64] [--val-pairs 64] [--methods kronfluence ekfac less]
                                     [--model smollm2_135m] [--no-record]
     # a quick check on the tiny random Llama (a minute or two)
@@ -58,12 +58,9 @@ its pairs run as two padded calls (prompt + chosen, prompt + rejected), batched 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
-import gc
 import importlib.metadata
 import logging
-import math
 import re
 import shutil
 import sys
@@ -76,214 +73,52 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from bench.common import append_result, machine, markdown, sync, train_config
 from bench.influence_precision import TIF_BAND, run_influence, tif_kept
-from prefalign.logprobs import completion_logps
-from prefalign.losses import DPOLoss, PreferenceLoss
-from prefalign.module import reference_logps
+from prefalign.losses import PreferenceLoss
 from prefalign.stages.pipeline import warmup_config
 from prefalign.reference import move_to
 from prefalign.run_setup import setup_run
 from prefalign.scoring.config import build_scorers
-from prefalign.scoring.influence import PairLosses, batch_rows
+from prefalign.scoring.attribution import KRONFLUENCE_INSTALL, CountSketch, kronfluence_scores, linear_parameters, projected_gradients
+from prefalign.scoring.influence import PairLosses
 from prefalign.selection.analysis import overlap_coefficient, spearman
 from prefalign.stages.train import run_training
 
 PEERS = ("kronfluence", "ekfac", "less")
 
 
-def linear_modules(model: torch.nn.Module) -> list[str]:
-    """Names of the ``nn.Linear`` modules kronfluence tracks here: all but the output projection."""
-    head = model.get_output_embeddings()
-    return [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and module is not head]
-
-
-def linear_parameters(model: torch.nn.Module) -> list[str]:
-    """Names of the parameters of :func:`linear_modules` (weights, and biases where there are any)."""
-    modules = set(linear_modules(model))
-    return [name for name, _ in model.named_parameters() if name.rsplit(".", 1)[0] in modules]
-
-
-def two_call_logps(model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
-    """Summed completion log-probs of chosen and rejected, as two padded calls of ``B`` rows each (prompt +
-    completion, no prompt sharing): every call's batch row is one pair, which is what kronfluence's per-example
-    hooks read (prefalign's own layouts put ``2B`` completions, or several pairs, in one call)."""
-    out = {}
-    for name in ("chosen", "rejected"):
-        logps, lengths = completion_logps(
-            model, batch["prompt_input_ids"], batch["prompt_attention_mask"], batch[f"{name}_input_ids"],
-            batch[f"{name}_attention_mask"], share_prompt=False,
-        )
-        out[f"{name}_logps"], out[f"{name}_lengths"] = logps, lengths
-    return out
-
-
-def make_task(loss: PreferenceLoss, modules: list[str], clock: dict[str, float]) -> Any:
-    """The kronfluence ``Task``: per-pair DPO losses against the cached reference log-probs.
-
-    Args:
-        loss: prefalign's training loss (its ``pair_losses``, the same as the JVP differentiates).
-        modules: the module names kronfluence tracks (:func:`linear_modules`).
-        clock: gets ``train_start``, the time of the first training-loss call (the end of the query pass).
-    """
-    from kronfluence.task import Task
-
-    class PairDPOTask(Task):
-        # kronfluence 1.0.1's pairwise-score hook overwrites, instead of adding, the scores of a module called more
-        # than once per forward pass (has_shared_parameters); its per-sample-gradient path adds them, and the
-        # post-processing it enables is the identity below
-        enable_post_process_per_sample_gradient = True
-
-        def compute_train_loss(self, batch: Any, model: torch.nn.Module, sample: bool = False) -> Tensor:
-            # the first training-loss call after the query pass marks the end of the validation part
-            clock.setdefault("train_start", time.perf_counter())
-            policy = two_call_logps(model, batch)
-            reference = reference_logps(batch)
-            if not sample:
-                return loss(policy, reference).losses.sum()
-            # the true Fisher (kronfluence's default for the covariances): the preference label drawn from the
-            # model's own Bradley-Terry probability sigma(beta h), for plain DPO
-            chosen_ratio, rejected_ratio = loss.log_ratios(policy, reference)
-            logits = loss.beta * (chosen_ratio - rejected_ratio)
-            keep = torch.bernoulli(torch.sigmoid(logits.detach())).bool()
-            return -F.logsigmoid(torch.where(keep, logits, -logits)).sum()
-
-        def compute_measurement(self, batch: Any, model: torch.nn.Module) -> Tensor:
-            return loss(two_call_logps(model, batch), reference_logps(batch)).losses.sum()
-
-        def get_influence_tracked_modules(self) -> list[str]:
-            return modules
-
-        def post_process_per_sample_gradient(self, module_name: str, gradient: Tensor) -> Tensor:
-            return gradient
-
-    return PairDPOTask()
-
-
-def by_length(dataset: Any) -> list[int]:
-    """Positions of ``dataset`` sorted by pair length, so that padded batches of neighbours pad little (the
-    length grouping prefalign's loaders do; kronfluence takes a dataset, not a batch sampler)."""
-    examples = [dataset[index] for index in range(len(dataset))]
-    sizes = [len(e["prompt_ids"]) + max(len(e["chosen_ids"]), len(e["rejected_ids"])) for e in examples]
-    return sorted(range(len(sizes)), key=lambda index: -sizes[index])
-
-
-def kronfluence_scores(
+def timed_kronfluence(
     policy: torch.nn.Module, loss: PreferenceLoss, train: Dataset, val: Dataset, collate: Any, strategy: str,
     batch_size: int, work: Path, name: str,
 ) -> tuple[Tensor, dict[str, float]]:
-    """kronfluence's pairwise scores of every training pair against the summed validation loss.
-
-    Args:
-        policy: the model scored (copied: kronfluence wraps the copy's modules).
-        loss: the training loss.
-        train, val: datasets of tokenised pairs with their reference log-probs.
-        collate: the data module's batch collation.
-        strategy: kronfluence's factor strategy (``identity``, ``ekfac``, ...).
-        batch_size: pairs per batch of every pass.
-        work: scratch folder (kronfluence writes its factors and scores there).
-        name: names the analysis, its factors and scores.
-
-    Returns:
-        The scores ``(n_train,)`` in ``train``'s order (``g_val_sum . g_d`` for ``identity``), and the seconds of
-        the factors, the validation (query) part, the training part and the whole.
-    """
-    from kronfluence.analyzer import Analyzer, prepare_model
-    from kronfluence.arguments import FactorArguments, ScoreArguments
-    from kronfluence.utils.dataset import DataLoaderKwargs
-
+    """:func:`prefalign.scoring.attribution.kronfluence_scores` (the ``ekfac`` scorer's passes), with the seconds of
+    the factors, the validation (query) part, the training part and the whole."""
     clock: dict[str, float] = {}
-    model = copy.deepcopy(policy).float()
-    task = make_task(loss, linear_modules(model), clock)
-    model = prepare_model(model, task)
-    analyzer = Analyzer(
-        analysis_name=name, model=model, task=task, cpu=not torch.cuda.is_available(),
-        output_dir=str(work / "kronfluence"), log_level=logging.WARNING,
-    )
-    order = by_length(train)
-    ordered = Subset(train, order)
-    # tensors only: kronfluence's factor passes count a batch by its first value (accelerate's find_batch_size)
-    loader_options = DataLoaderKwargs(collate_fn=lambda items: {k: v for k, v in collate(items).items() if k != "pair_ids"})
-    factor_args = FactorArguments(
-        strategy=strategy, has_shared_parameters=True,
-        use_empirical_fisher=not (isinstance(loss, DPOLoss) and loss.label_smoothing == 0),
-    )
     sync()
     start = time.perf_counter()
-    analyzer.fit_all_factors(
-        factors_name=f"{name}-factors", dataset=ordered, per_device_batch_size=batch_size,
-        dataloader_kwargs=loader_options, factor_args=factor_args, overwrite_output_dir=True,
-    )
-    sync()
-    factors_done = time.perf_counter()
-    clock.clear()  # the factor passes call the training loss too
-    # damping None: kronfluence's heuristic, 0.1 x the mean eigenvalue (the default 1e-8 is no damping at all, with
-    # covariances fitted on a few dozen pairs); the identity strategy ignores it
-    score_args = ScoreArguments(aggregate_query_gradients=True, damping_factor=None)
-    analyzer.compute_pairwise_scores(
-        scores_name=f"{name}-scores", factors_name=f"{name}-factors", query_dataset=val, train_dataset=ordered,
-        per_device_query_batch_size=batch_size, per_device_train_batch_size=batch_size,
-        dataloader_kwargs=loader_options, score_args=score_args, overwrite_output_dir=True,
-    )
+    scores = kronfluence_scores(policy, loss, train, val, collate, strategy, batch_size, work / "kronfluence", name,
+                                clock=clock)
     sync()
     end = time.perf_counter()
-    sorted_scores = analyzer.load_pairwise_scores(f"{name}-scores")["all_modules"][0].double()
-    scores = torch.empty_like(sorted_scores)
-    scores[torch.tensor(order)] = sorted_scores
-    train_start = clock["train_start"]
-    timings = {"factors": factors_done - start, "validation": train_start - factors_done, "pairs": end - train_start,
-               "total": end - start}
-    del analyzer, model, task
-    gc.collect()  # the tracked modules and their trackers reference each other: free the copy before the next
+    factors_done = start + clock["factors"]
+    timings = {"factors": clock["factors"], "validation": clock["train_start"] - factors_done,
+               "pairs": clock["end"] - clock["train_start"], "total": end - start}
     return scores, timings
 
 
-class CountSketch:
-    """A fixed random sign projection ``R^D -> R^d``: coordinate ``j`` of every parameter goes to bucket
-    ``h(j)`` with sign ``s(j)`` (a sparse JL transform, Kane and Nelson's with one nonzero per column), so that
-    ``E <Px, Py> = <x, y>`` with the variance ``(|x|^2 |y|^2 + <x, y>^2) / d`` of a dense Gaussian projection.
-
-    Bucket and sign are one draw in ``[0, 2d)`` (``< d``: plus, else minus), stored as int32: 4 bytes a coordinate.
-    """
-
-    def __init__(self, shapes: dict[str, torch.Size], dim: int, seed: int = 0) -> None:
-        generator = torch.Generator().manual_seed(seed)
-        self.dim = dim
-        self.buckets = {
-            name: torch.randint(0, 2 * dim, (math.prod(shape),), generator=generator, dtype=torch.int32)
-            for name, shape in shapes.items()
-        }
-
-    def __call__(self, gradients: dict[str, Tensor]) -> Tensor:
-        sketch = torch.zeros(2 * self.dim, dtype=torch.float64)
-        for name, gradient in gradients.items():
-            sketch.index_add_(0, self.buckets[name], gradient.reshape(-1).double().cpu())
-        return sketch[: self.dim] - sketch[self.dim :]
-
-
-def projected_gradients(losses: PairLosses, loader: Any, names: list[str], sketch: CountSketch, device: torch.device) -> Tensor:
-    """``(n, d)``: every pair's loss gradient over ``names``, one pair at a time (as LESS collects them), projected."""
-    named = dict(losses.named_parameters())
-    parameters = [named[name] for name in names]
-    flags = {name: p.requires_grad for name, p in named.items()}
-    for name, parameter in named.items():
-        parameter.requires_grad_(name in names)
+def projected_in_order(losses: PairLosses, loader: Any, names: list[str], sketch: CountSketch, device: torch.device) -> Tensor:
+    """``(n, d)``: every pair's projected gradient (:func:`prefalign.scoring.attribution.projected_gradients`), in
+    dataset order (the loaders batch by length)."""
     rows: list[Tensor] = []
     positions: list[int] = []
-    try:
-        for batch in loader:
-            batch = move_to(batch, device)
-            for row in range(len(batch["pair_ids"])):
-                gradients = torch.autograd.grad(losses(batch_rows(batch, slice(row, row + 1))).sum(), parameters, allow_unused=True)
-                rows.append(sketch({name: g for name, g in zip(names, gradients) if g is not None}))
-            positions.extend(batch["index"].tolist())
-    finally:
-        for name, parameter in named.items():
-            parameter.requires_grad_(flags[name])
-    projected = torch.stack(rows)
-    # back to dataset order (the loaders batch by length)
+    for batch in loader:
+        batch = move_to(batch, device)
+        rows.append(projected_gradients(losses, batch, names, sketch))
+        positions.extend(batch["index"].tolist())
+    projected = torch.cat(rows)
     out = torch.empty_like(projected)
     out[torch.tensor(positions)] = projected
     return out
@@ -308,7 +143,7 @@ def main() -> None:
         try:
             import kronfluence  # noqa: F401
         except ImportError:
-            sys.exit("pip install --no-deps kronfluence==1.0.1 einops einconv opt-einsum safetensors (benchmark env only)")
+            sys.exit(f"kronfluence is not installed: {KRONFLUENCE_INSTALL}")
 
     work = Path(tempfile.mkdtemp(prefix="bench-influence-peers-"))
     overrides = [f"model={args.model}", f"data.max_train_pairs={max(args.warmup_pairs, args.pairs)}",
@@ -352,7 +187,7 @@ def main() -> None:
     for strategy, method in (("identity", "kronfluence"), ("ekfac", "ekfac")):
         if method not in args.methods:
             continue
-        values, timings = kronfluence_scores(policy, setup.loss, train, val, datamodule.collate, strategy,
+        values, timings = timed_kronfluence(policy, setup.loss, train, val, datamodule.collate, strategy,
                                              args.batch_size, work, strategy)
         results[f"kronfluence {strategy}"] = {
             # kronfluence's measurement is the summed validation loss; prefalign's v is the mean
@@ -368,9 +203,9 @@ def main() -> None:
         start = time.perf_counter()
         sketch = CountSketch({name: named[name].shape for name in names}, args.less_dim, seed=cfg.seed)
         built = time.perf_counter()
-        val_projected = projected_gradients(losses, datamodule.eval_loader("val"), names, sketch, setup.device)
+        val_projected = projected_in_order(losses, datamodule.eval_loader("val"), names, sketch, setup.device)
         val_done = time.perf_counter()
-        train_projected = projected_gradients(losses, datamodule.eval_loader("train"), names, sketch, setup.device)
+        train_projected = projected_in_order(losses, datamodule.eval_loader("train"), names, sketch, setup.device)
         sync()
         end = time.perf_counter()
         inner = train_projected @ val_projected.mean(0)

@@ -3,7 +3,6 @@ and the GPU run (its steps, caps and results file, end to end on the tiny model)
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -11,66 +10,16 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 from bench import gpu
-from bench.influence_peers import CountSketch, kronfluence_scores, linear_modules, linear_parameters, tif_kept
+from bench.influence_peers import tif_kept
 from tests.entry import run_cli
 from tests.test_pipeline import TOKENIZER
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.mark.parametrize("architecture", ["llama", "qwen3"])
-def test_linear_parameters_are_the_decoder_projections(architecture):
-    from tests.conftest import tiny_model
-
-    model = tiny_model(architecture)
-    names = linear_parameters(model)
-    layers = model.config.num_hidden_layers
-    # q, k, v, o and the three MLP projections of every layer; not the output projection, embeddings or norms
-    assert len(names) == 7 * layers
-    assert all(name.endswith("_proj.weight") for name in names)
-    assert "lm_head" not in " ".join(linear_modules(model))
-
-
-def test_kronfluence_identity_is_prefalign_influence_over_the_same_modules(tmp_path):
-    """kronfluence's identity-strategy score, divided by the validation set's size, is prefalign's exact IF over
-    the same nn.Linear weights, with the same sign (and not without the per-sample-gradient path)."""
-    pytest.importorskip("kronfluence")
-    from bench.common import train_config
-    from prefalign.run_setup import setup_run
-    from prefalign.scoring.influence import PairLosses, per_pair_influence, validation_gradient
-
-    cfg = train_config(["model=tiny_llama", "data.max_train_pairs=8", "data.max_val_pairs=4"], tmp_path / "run")
-    setup = setup_run(cfg)
-    model = setup.load_model().eval()
-    setup.attach_reference(model)
-    datamodule = setup.datamodule
-    train, val = datamodule.datasets["train"], datamodule.datasets["val"]
-    scores, timings = kronfluence_scores(model, setup.loss, train, val, datamodule.collate, "identity", 4, tmp_path, "check")
-    assert set(timings) == {"factors", "validation", "pairs", "total"}
-
-    losses = PairLosses(model, setup.loss, dataclasses.replace(setup.logp_settings, pack_length=128))
-    names = ["module.policy." + name for name in linear_parameters(model)]
-    direction = validation_gradient(losses, datamodule.eval_loader("val"), names, torch.device("cpu"))
-    exact = per_pair_influence(losses, datamodule.collate([train[i] for i in range(len(train))]), direction).double()
-    torch.testing.assert_close(scores / len(val), exact, rtol=1e-4, atol=1e-6 * exact.abs().max().item())
-
-
-def test_count_sketch_keeps_inner_products():
-    generator = torch.Generator().manual_seed(1)
-    shapes = {"a": torch.Size([300, 400]), "b": torch.Size([50_000])}
-    x = {name: torch.randn(shape, generator=generator) for name, shape in shapes.items()}
-    y = {name: value + 0.5 * torch.randn(value.shape, generator=generator) for name, value in x.items()}
-    exact = sum((x[name] * y[name]).sum() for name in shapes).item()
-    sketch = CountSketch(shapes, dim=8192, seed=0)
-    projected = torch.dot(sketch(x), sketch(y)).item()
-    # the estimate's standard deviation is sqrt((|x|^2 |y|^2 + <x, y>^2) / d), about 1.7% of <x, y> here
-    assert abs(projected - exact) / exact < 0.08
-    # a fixed projection: the same vector always maps to the same sketch
-    torch.testing.assert_close(sketch(x), CountSketch(shapes, dim=8192, seed=0)(x))
 
 
 def test_tif_kept_is_the_strict_percentile_band():
@@ -284,3 +233,40 @@ def test_online_table_counts_the_ground_truth_of_the_pairs_a_step_trained_on(tmp
     (tmp_path / "train" / "select" / "selection.json").write_text(json.dumps({"kept": ["b", "d"]}))
     assert kept_noise(tmp_path) == "0 / 1"
     assert kept_noise(tmp_path / "elsewhere") == "-"  # no pairs file (a Curri-DPO stage)
+
+
+def test_lds_trains_each_subset_once_and_correlates_every_score(tmp_path, monkeypatch, capsys):
+    import bench.lds
+    import prefalign.stages.train
+
+    common = ["model=tiny_llama", "data.max_train_pairs=12", "data.max_val_pairs=4", f"paths.cache_dir={tmp_path / 'cache'}",
+              TOKENIZER]
+    scored, selected = tmp_path / "scored", tmp_path / "selected"
+    result = run_cli("score", *common, "scores=[random,annotator]", f"hydra.run.dir={scored}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli("select", f"scores={scored}", "select=topk", "select.score=annotator", "select.keep_fraction=0.5",
+                     f"hydra.run.dir={selected}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    work = tmp_path / "lds"
+    argv = ["bench/lds.py", "--scores", str(scored), "--subsets", "3", "--work", str(work), "--targets", "val", "test_pairs",
+            "--test-pairs", "8", "--resamples", "50", "--selection", f"top annotator={selected}", "--no-record",
+            "--overrides", *common]
+    monkeypatch.setattr(sys, "argv", argv)
+    bench.lds.main()
+    output = capsys.readouterr().out
+    table = pd.read_csv(work / "lds.csv")
+    assert sorted(set(table["column"])) == ["annotator", "random"]
+    assert sorted(set(table["target"])) == ["test_pairs accuracy", "test_pairs loss", "val accuracy", "val loss"]
+    assert table["subsets"].eq(3).all() and table["lds"].between(-1, 1).all()
+    subsets = pd.read_csv(work / "subsets.csv")
+    assert len(subsets) == 3 and {"predicted/annotator", "measured/val/loss", "measured/test_pairs/accuracy"} <= set(subsets)
+    # every subset is 6 of the 12 pairs; the selection was trained too, and placed among them
+    runs = sorted((work / "runs").iterdir())
+    assert len(runs) == 4 and all((run / "metrics.json").exists() for run in runs)
+    kept = [len(json.loads((run / "selection.json").read_text())["kept"]) for run in runs]
+    assert kept == [6, 6, 6, 6]
+    assert "| top annotator | 6 | val loss |" in output and (work / "lds.png").exists()
+    # a second call reads every training and measurement back
+    monkeypatch.setattr(prefalign.stages.train, "run_training", lambda cfg: pytest.fail("trained again"))
+    bench.lds.main()
+    pd.testing.assert_frame_equal(pd.read_csv(work / "lds.csv"), table)

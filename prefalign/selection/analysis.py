@@ -8,6 +8,9 @@
   expectation. Only this analysis reads the ground truth; no rule does.
 * **Noise detection**, threshold-free: for every score, the AUROC and the AUPRC (average precision) of the score
   as a detector of the flipped and of the ambiguous pairs, with bootstrap intervals over pairs, and ROC curves.
+* **Linear datamodeling score** (LDS; TRAK, Park et al., ICML 2023): how well a score, summed over a subset of
+  the pairs, ranks what training on that subset does, measured over many random subsets
+  (:func:`linear_datamodeling_score`; the trainings: ``python -m bench.lds``).
 * **Plots** (PNG): a histogram of each score, and the joint scatter of two scores (like Figure 1 of the BeeS
   paper), coloured by the ground-truth noise when it is known.
 
@@ -216,6 +219,110 @@ def detection_table(
     columns = ["score", "target", "pairs", "positives", "auroc", "auroc_low", "auroc_high", "flagging_end", "auprc",
                "auprc_low", "auprc_high", "chance_auprc"]
     return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def subset_predictions(scores: pd.DataFrame, subsets: list[list[str]]) -> pd.DataFrame:
+    """Each score's prediction for each subset: the sum of its values over the subset's pairs (the additive
+    model of a score, TRAK's ``g(S) = sum_{d in S} tau(d)``).
+
+    Args:
+        scores: ``pair_id`` and one column per score.
+        subsets: the subsets, as lists of pair ids.
+
+    Returns:
+        One row per subset, one column per score.
+
+    Raises:
+        KeyError: a subset names a pair the scores do not have, or a score has no value for one of its pairs.
+    """
+    table = scores.set_index("pair_id")
+    columns = [column for column in table.columns if pd.api.types.is_numeric_dtype(table[column])]
+    rows = []
+    for index, subset in enumerate(subsets):
+        missing = [pair_id for pair_id in subset if pair_id not in table.index]
+        if missing:
+            raise KeyError(f"subset {index} holds pairs that are not in the scores: {missing[:5]}")
+        part = table.loc[subset, columns]
+        empty = [column for column in columns if part[column].isna().any()]
+        if empty:
+            raise KeyError(f"subset {index}: the scores {empty} have no value for some of its pairs")
+        rows.append(part.sum())
+    return pd.DataFrame(rows, columns=columns).reset_index(drop=True)
+
+
+def linear_datamodeling_score(
+    predicted: Any, measured: Any, resamples: int = 1000, seed: int = 0
+) -> dict[str, float]:
+    """LDS (TRAK, Park et al., ICML 2023, the linear datamodeling score of Sec. 2): Spearman's rank correlation,
+    over ``M`` subsets ``S_j``, between a score's prediction ``g(S_j) = sum_{d in S_j} tau(d)`` and the measured
+    outcome ``f(S_j)`` of a model trained on ``S_j``; with a percentile bootstrap 95% interval that resamples the
+    subsets.
+
+    The sign is kept: with ``measured`` an improvement (minus the validation loss, or the accuracy), a score whose
+    high end marks good pairs has a positive LDS, one whose low end does a negative one of the same size
+    (prefalign's IF is a loss decrease, so its LDS against minus the loss is positive when it predicts well).
+
+    Args:
+        predicted: ``(M,)`` predictions.
+        measured: ``(M,)`` outcomes.
+        resamples: bootstrap draws of the subsets.
+        seed: the bootstrap's seed.
+
+    Returns:
+        ``lds``, ``ci_low``, ``ci_high`` and ``subsets`` (``M``).
+    """
+    predicted, measured = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
+    if predicted.shape != measured.shape or predicted.ndim != 1:
+        raise ValueError(f"predicted {predicted.shape} and measured {measured.shape} must be two vectors of one length")
+    count = len(predicted)
+
+    def rank_correlation(rows: np.ndarray) -> float:
+        a, b = pd.Series(predicted[rows]), pd.Series(measured[rows])
+        if a.nunique() < 2 or b.nunique() < 2:
+            return float("nan")
+        return float(a.rank().corr(b.rank()))
+
+    value = rank_correlation(np.arange(count))
+    generator = np.random.default_rng(seed)
+    draws = np.array([rank_correlation(generator.integers(0, count, count)) for _ in range(resamples)])
+    draws = draws[~np.isnan(draws)]
+    low, high = (np.percentile(draws, [2.5, 97.5]) if len(draws) else (float("nan"), float("nan")))
+    return {"lds": value, "ci_low": float(low), "ci_high": float(high), "subsets": count}
+
+
+def subset_percentile(value: float, random_values: Any) -> float:
+    """Where a selected subset's measured outcome falls among the random subsets' (a rule that is not additive,
+    a band, has no prediction to correlate): the share of random subsets below it, ties counted half."""
+    random_values = np.asarray(random_values, dtype=float)
+    return float(((random_values < value).sum() + 0.5 * (random_values == value).sum()) / len(random_values))
+
+
+def plot_lds(table: pd.DataFrame, out_dir: Path) -> Path:
+    """LDS of every score with its interval, one panel per measured target (``lds.png``).
+
+    Args:
+        table: rows with ``score`` (its label), ``target``, ``lds``, ``ci_low`` and ``ci_high``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = list(dict.fromkeys(table["target"]))
+    figure, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 0.45 * table["score"].nunique() + 1.8),
+                                sharey=True, squeeze=False)
+    for axis, target in zip(axes[0], targets):
+        rows = table[table["target"] == target].reset_index(drop=True)
+        positions = np.arange(len(rows))
+        axis.errorbar(rows["lds"], positions, xerr=[rows["lds"] - rows["ci_low"], rows["ci_high"] - rows["lds"]],
+                      fmt="o", capsize=3)
+        axis.axvline(0, color="grey", lw=0.8)
+        axis.set_yticks(positions, rows["score"])
+        axis.set_xlim(-1.05, 1.05)
+        axis.set_xlabel("LDS (Spearman, 95% interval)")
+        axis.set_title(target)
+    axes[0][0].invert_yaxis()
+    return _save(figure, Path(out_dir) / "lds.png")
 
 
 def _save(figure: Any, path: Path) -> Path:

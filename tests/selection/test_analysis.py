@@ -11,10 +11,14 @@ from prefalign.selection.analysis import (
     correlation_table,
     detection_metrics,
     detection_table,
+    linear_datamodeling_score,
     noise_table,
     overlap_coefficient,
     overlap_table,
+    plot_lds,
     spearman,
+    subset_percentile,
+    subset_predictions,
 )
 from prefalign.selection.rules import Selection
 
@@ -104,3 +108,52 @@ def test_detection_table_reads_either_end_and_brackets_the_point_with_its_interv
         assert row["auprc_low"] <= row["auprc_high"]
     none = table.loc[("none", "label_flipped")]
     assert none["auroc_low"] < 0.5 < none["auroc_high"]  # chance lies in a pure-noise score's interval
+
+
+def test_subset_predictions_sum_each_score_over_the_subset():
+    scores = pd.DataFrame({"pair_id": ["a", "b", "c"], "x": [1.0, 2.0, 4.0], "y": [0.5, -1.0, 0.0]})
+    predictions = subset_predictions(scores, [["a", "b"], ["b", "c"], ["a", "c"]])
+    assert predictions["x"].tolist() == [3.0, 6.0, 5.0]
+    assert predictions["y"].tolist() == [-0.5, -1.0, 0.5]
+    with pytest.raises(KeyError, match="subset 1 holds pairs that are not in the scores: \\['d'\\]"):
+        subset_predictions(scores, [["a"], ["d"]])
+
+
+def test_lds_is_spearman_over_subsets_by_hand():
+    # ranks 1 2 3 4 against 1 3 2 4: sum of squared rank differences 2, rho = 1 - 6 * 2 / (4 * 15) = 0.8
+    result = linear_datamodeling_score([1.0, 2.0, 3.0, 4.0], [10.0, 30.0, 20.0, 40.0], resamples=200)
+    assert result["lds"] == pytest.approx(0.8) and result["subsets"] == 4
+    assert linear_datamodeling_score([1, 2, 3], [3, 2, 1], resamples=10)["lds"] == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="two vectors of one length"):
+        linear_datamodeling_score([1, 2, 3], [1, 2])
+
+
+def test_lds_recovers_a_known_additive_effect():
+    """A synthetic test bed where the answer is known: each pair moves the outcome by tau(d), and a subset's
+    outcome is the sum of its pairs' effects plus training noise. The true effects score near +1, their negation
+    near -1, a score unrelated to them near 0 (its interval covers 0)."""
+    generator = np.random.default_rng(0)
+    pairs = [f"p{i}" for i in range(60)]
+    effect = generator.normal(size=60)
+    subsets = [sorted(generator.choice(pairs, 30, replace=False).tolist()) for _ in range(80)]
+    position = {pair_id: i for i, pair_id in enumerate(pairs)}
+    measured = np.array([effect[[position[p] for p in subset]].sum() for subset in subsets])
+    measured += generator.normal(scale=0.3 * measured.std(), size=len(subsets))
+    scores = pd.DataFrame({"pair_id": pairs, "true": effect, "negated": -effect, "unrelated": generator.normal(size=60)})
+    predictions = subset_predictions(scores, subsets)
+    results = {name: linear_datamodeling_score(predictions[name], measured, resamples=500) for name in predictions}
+    assert results["true"]["lds"] > 0.9 and results["true"]["ci_low"] > 0.8
+    assert results["negated"]["lds"] == pytest.approx(-results["true"]["lds"])
+    assert abs(results["unrelated"]["lds"]) < 0.3 and results["unrelated"]["ci_low"] < 0 < results["unrelated"]["ci_high"]
+
+
+def test_subset_percentile_counts_ties_half():
+    assert subset_percentile(3.0, [1.0, 2.0, 3.0, 4.0]) == pytest.approx(0.625)
+    assert subset_percentile(9.0, [1.0, 2.0]) == 1.0 and subset_percentile(0.0, [1.0, 2.0]) == 0.0
+
+
+def test_plot_lds_writes_one_panel_per_target(tmp_path):
+    table = pd.DataFrame({"score": ["IF", "random"] * 2, "target": ["val loss"] * 2 + ["val accuracy"] * 2,
+                          "lds": [0.6, 0.0, 0.4, -0.1], "ci_low": [0.3, -0.4, 0.1, -0.5], "ci_high": [0.8, 0.4, 0.7, 0.3]})
+    path = plot_lds(table, tmp_path)
+    assert path == tmp_path / "lds.png" and path.stat().st_size > 1000
