@@ -35,6 +35,7 @@ import gc
 import logging
 import math
 import shutil
+import time
 from typing import Any
 
 import torch
@@ -158,8 +159,6 @@ def kronfluence_scores(
         ``(n_train,)`` in ``train``'s order: ``g_val_sum . P g_d`` (``P`` the strategy's inverse curvature; the
         identity for ``identity``). Divide by ``|D_val|`` for the mean validation loss.
     """
-    import time
-
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
     from kronfluence.utils.dataset import DataLoaderKwargs
