@@ -41,19 +41,21 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from bench.common import append_result, machine, markdown, train_config
-from prefalign.atomic import atomic_write
+from bench.paired import heldout_config
+from prefalign.atomic import write_json
 from prefalign.data.scores_file import read_scores
 from prefalign.selection.analysis import (
     linear_datamodeling_score, plot_lds, score_labels, subset_percentile, subset_predictions,
 )
+from prefalign.selection.rules import Selection
 
-log = logging.getLogger("bench.lds")
+# what each policy is measured by, and the sign that makes it an improvement
+METRICS = (("loss", -1.0), ("accuracy", 1.0))
 
 
 def draw_subsets(pair_ids: list[str], count: int, alpha: float, seed: int) -> list[list[str]]:
@@ -73,13 +75,9 @@ def run_key(overrides: list[str], pairs: list[str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def write_selection(path: Path, pairs: list[str], data_fingerprint: str, rule: str) -> None:
-    """A ``selection.json`` that ``data.selection`` reads (the format ``select.py`` writes)."""
-    record = {"rule": rule, "kept": pairs, "kept_count": len(pairs), "data_fingerprint": data_fingerprint}
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record)))
-
-
-def train_subset(name: str, pairs: list[str], overrides: list[str], work: Path, data_fingerprint: str) -> Path:
+def train_subset(
+    name: str, pairs: list[str], overrides: list[str], work: Path, data_fingerprint: str, total: int
+) -> Path:
     """One training on ``pairs``, cached: a finished run folder is returned as it is, a cut one resumes."""
     from prefalign.stages.train import run_training
 
@@ -88,8 +86,9 @@ def train_subset(name: str, pairs: list[str], overrides: list[str], work: Path, 
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     selection = run_dir / "selection.json"
-    if not selection.exists():
-        write_selection(selection, pairs, data_fingerprint, name)
+    if not selection.exists():  # the record select.py writes, read by data.selection
+        record = Selection(kept=pairs, rule=name, thresholds={}, total=total).to_dict()
+        write_json({**record, "data_fingerprint": data_fingerprint}, selection)
     start = time.perf_counter()
     cfg = train_config([*overrides, f"data.selection={selection}", "ckpt_path=last"], run_dir)
     run_training(cfg)
@@ -99,20 +98,15 @@ def train_subset(name: str, pairs: list[str], overrides: list[str], work: Path, 
 
 def measure(run_dir: Path, targets: list[str], test_pairs: int, cache_dir: Path) -> dict[str, float]:
     """Mean loss and reward accuracy of a run's policy on each target (``val``, ``test_pairs``)."""
-    from prefalign.evaluation.policy import heldout_values, load_checkpoint, run_config
+    from prefalign.evaluation.policy import heldout_values, load_checkpoint
 
-    cfg = run_config(run_dir)
-    policy = load_checkpoint(run_dir, cfg.model.dtype)[0].eval()
+    policy = None
     out: dict[str, float] = {}
     for target in targets:
-        limit = None
-        if target != "val":
-            if not str(cfg.data.source.get("_target_", "")).endswith("BuiltinSource"):
-                sys.exit(f"--targets {target} needs data=builtin (the run in {run_dir} is not)")
-            cfg.data.source.val = target
-            cfg.data.max_val_pairs = None
-            limit = test_pairs
-        values = heldout_values(cfg, policy, cache_dir, limit=limit)
+        cfg = heldout_config(run_dir, target)
+        if policy is None:
+            policy = load_checkpoint(run_dir, cfg.model.dtype)[0].eval()
+        values = heldout_values(cfg, policy, cache_dir, limit=None if target == "val" else test_pairs)
         out[f"{target}/loss"] = float(np.mean(values["loss"]))
         out[f"{target}/accuracy"] = float(np.mean(values["rewards/accuracies"]))
     return out
@@ -166,11 +160,11 @@ def main() -> None:
     measured: dict[str, dict[str, float]] = json.loads(record_path.read_text()) if record_path.exists() else {}
 
     def outcome(name: str, pairs: list[str]) -> dict[str, float]:
-        run_dir = train_subset(name, pairs, args.overrides, work, data_fingerprint)
+        run_dir = train_subset(name, pairs, args.overrides, work, data_fingerprint, len(pair_ids))
         key = f"{run_dir.name}:{','.join(args.targets)}:{args.test_pairs}"
         if key not in measured:
             measured[key] = measure(run_dir, args.targets, args.test_pairs, cache_dir)
-            atomic_write(record_path, lambda tmp: Path(tmp).write_text(json.dumps(measured, indent=1)))
+            write_json(measured, record_path)
         return measured[key]
 
     start = time.perf_counter()
@@ -183,7 +177,7 @@ def main() -> None:
     rows = []
     for column in predictions.columns:
         for target in args.targets:
-            for metric, sign in (("loss", -1.0), ("accuracy", 1.0)):
+            for metric, sign in METRICS:
                 result = linear_datamodeling_score(predictions[column], sign * outcomes[f"{target}/{metric}"],
                                                    resamples=args.resamples)
                 rows.append({"score": labels.get(column, column), "column": column, "target": f"{target} {metric}",
@@ -203,7 +197,7 @@ def main() -> None:
         kept = json.loads(file.read_text())["kept"]
         result = outcome(name, sorted(kept))
         for target in args.targets:
-            for metric, sign in (("loss", -1.0), ("accuracy", 1.0)):
+            for metric, sign in METRICS:
                 column = f"{target}/{metric}"
                 placed.append({"selection": name, "pairs": len(kept), "target": f"{target} {metric}",
                                "measured": round(result[column], 4),

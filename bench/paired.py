@@ -28,20 +28,29 @@ import argparse
 import sys
 from pathlib import Path
 
+from omegaconf import DictConfig
+
 from bench.common import append_result, machine, markdown
 from prefalign.evaluation.metrics import hierarchical_paired_difference, two_way_bootstrap
 from prefalign.evaluation.policy import heldout_values, load_checkpoint, run_config
 
 
-def values_of(run: Path, cache_dir: Path, val: str) -> dict[str, list]:
+def heldout_config(run: Path, val: str) -> DictConfig:
+    """A run's config, its validation pairs ``val``: its own (``val``), or the built-in set's held-out pairs on the
+    test prompts (``test_pairs``)."""
     cfg = run_config(run)
     if cfg is None:
         sys.exit(f"{run}: not a prefalign run directory (no config.yaml)")
     if val != "val":  # the built-in set's held-out pairs on the test prompts instead of the run's validation pairs
         if not str(cfg.data.source.get("_target_", "")).endswith("BuiltinSource"):
-            sys.exit(f"{run}: --val {val} needs a run on data=builtin")
+            sys.exit(f"{run}: measuring on {val} needs a run on data=builtin (its held-out pairs of the test prompts)")
         cfg.data.source.val = val
         cfg.data.max_val_pairs = None
+    return cfg
+
+
+def values_of(run: Path, cache_dir: Path, val: str) -> dict[str, list]:
+    cfg = heldout_config(run, val)
     policy = load_checkpoint(run, cfg.model.dtype)[0].eval()
     return heldout_values(cfg, policy, cache_dir)
 

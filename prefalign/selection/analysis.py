@@ -277,10 +277,9 @@ def linear_datamodeling_score(
     count = len(predicted)
 
     def rank_correlation(rows: np.ndarray) -> float:
+        # a draw that repeats one subset has no ranking to correlate
         a, b = pd.Series(predicted[rows]), pd.Series(measured[rows])
-        if a.nunique() < 2 or b.nunique() < 2:
-            return float("nan")
-        return float(a.rank().corr(b.rank()))
+        return float(spearman(a, b)) if a.nunique() > 1 and b.nunique() > 1 else float("nan")
 
     value = rank_correlation(np.arange(count))
     generator = np.random.default_rng(seed)
