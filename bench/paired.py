@@ -25,14 +25,19 @@ sqrt(14), since the pairs of one prompt are correlated); their reference log-pro
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
+import pandas as pd
 from omegaconf import DictConfig
 
 from bench.common import append_result, machine, markdown
-from prefalign.evaluation.metrics import hierarchical_paired_difference, two_way_bootstrap
+from prefalign.evaluation.metrics import (
+    hierarchical_paired_difference, minimum_detectable_difference, two_way_bootstrap, variance_components,
+)
 from prefalign.evaluation.policy import heldout_values, load_checkpoint, run_config
+from prefalign.evaluation.tables import plot_paired
 
 
 def heldout_config(run: Path, val: str) -> DictConfig:
@@ -76,6 +81,19 @@ def matrix(values: dict[int, dict[str, list]], seeds: list[int], key: str) -> li
     return [values[seed][key] for seed in seeds]
 
 
+def label(group: str) -> str:
+    """A group's name in the table: the folder name its runs share (``s0/tif,s1/tif`` -> ``tif``), else the group."""
+    names = {Path(part).name for part in group.split(",")}
+    return names.pop() if len(names) == 1 else group
+
+
+def per_seed(values: dict[int, dict[str, list]], key: str, scale: float) -> str:
+    """Each seed's mean (in seed order) and, with several seeds, their standard deviation: the training noise."""
+    means = [scale * statistics.fmean(values[seed][key]) for seed in sorted(values)]
+    spread = f" (sd {statistics.stdev(means):.1f})" if len(means) > 1 else ""
+    return " / ".join(f"{m:.1f}" for m in means) + spread
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run directories to compare with the baseline (a,b,c: one method, "
@@ -87,6 +105,8 @@ def main() -> None:
     parser.add_argument("--val", default="val", choices=["val", "test_pairs"],
                         help="the runs' validation pairs (val) or, for data=builtin, the ~4,300 clean pairs on the test "
                              "prompts (test_pairs, prefalign/data/builtin/heldout_pairs.py)")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="write a forest plot of the paired accuracy differences with their intervals (PNG)")
     parser.add_argument("--no-record", action="store_true", help="print only, do not append to bench/RESULTS.md")
     args = parser.parse_args()
 
@@ -99,9 +119,15 @@ def main() -> None:
     def own(values: dict[int, dict[str, list]], key: str, scale: float = 1.0) -> str:
         return interval(two_way_bootstrap(matrix(values, sorted(values), key), resamples=args.resamples), scale)
 
-    rows = [{"run": args.baseline, "seeds": len(base), "pairs": len(pair_ids),
-             "accuracy_%": own(base, "rewards/accuracies", 100), "margin": own(base, "rewards/margins"),
-             "accuracy_diff_pts": "baseline", "margin_diff": "baseline", "better/worse pairs": ""}]
+    rows = [{"run": label(args.baseline), "seeds": len(base), "pairs": len(pair_ids),
+             "accuracy_%": own(base, "rewards/accuracies", 100),
+             "accuracy per seed %": per_seed(base, "rewards/accuracies", 100), "margin": own(base, "rewards/margins"),
+             "accuracy_diff_pts": "baseline", "margin_diff": "baseline", "better/worse pairs": "",
+             "sd_seed pts": "", "resolvable pts": ""}]
+    differences = []
+    base_cfg = run_config(Path(args.baseline.split(",")[0]))
+    model = str(base_cfg.model.get("name", ""))
+    loss = str(base_cfg.loss.get("_target_", "")).rsplit(".", 1)[-1].removesuffix("Loss").lower()
     for group in args.runs:
         values = seeded_values(group, args.cache_dir, args.val)
         if any(v["pair_id"] != pair_ids for v in values.values()):
@@ -115,13 +141,28 @@ def main() -> None:
                                                   matrix(base, seeds, "rewards/accuracies"), args.resamples)
         margin = hierarchical_paired_difference(matrix(values, seeds, "rewards/margins"),
                                                 matrix(base, seeds, "rewards/margins"), args.resamples)
-        rows.append({"run": group, "seeds": len(values), "pairs": len(pair_ids),
-                     "accuracy_%": own(values, "rewards/accuracies", 100), "margin": own(values, "rewards/margins"),
+        # the power of this comparison's design: its two noise sources and the smallest difference it resolves
+        noise = variance_components([[a - b for a, b in zip(x, y)] for x, y in zip(
+            matrix(values, seeds, "rewards/accuracies"), matrix(base, seeds, "rewards/accuracies"))])
+        resolvable = minimum_detectable_difference(noise["sd_item"], len(pair_ids), noise["sd_seed"]
+                                                   if len(seeds) > 1 else 0.0, len(seeds))
+        rows.append({"run": label(group), "seeds": len(values), "pairs": len(pair_ids),
+                     "accuracy_%": own(values, "rewards/accuracies", 100),
+                     "accuracy per seed %": per_seed(values, "rewards/accuracies", 100),
+                     "margin": own(values, "rewards/margins"),
                      "accuracy_diff_pts": interval(accuracy, 100), "margin_diff": interval(margin),
-                     "better/worse pairs": f"{accuracy['first_better']}/{accuracy['second_better']}"})
+                     "better/worse pairs": f"{accuracy['first_better']}/{accuracy['second_better']}",
+                     "sd_seed pts": f"{100 * noise['sd_seed']:.1f}" if len(seeds) > 1 else "",
+                     "resolvable pts": f"{100 * resolvable:.1f}"})
+        differences.append({"model": model, "loss": loss, "benchmark": f"{args.val} pairs", "method": label(group),
+                            "seeds": len(seeds), "items_diff_value": float("nan"),
+                            **{f"accuracy_diff_{key}": 100 * accuracy[name]
+                               for key, name in (("value", "value"), ("low", "ci_low"), ("high", "ci_high"))}})
         print(rows[-1], flush=True)
     table = markdown(rows)
     print(table)
+    if args.plot is not None and differences:
+        print(f"plot: {plot_paired(pd.DataFrame(differences), args.plot)}")
     if not args.no_record:
         command = "python -m bench.paired " + " ".join(sys.argv[1:])
         append_result("Paired held-out comparison of policies", command,

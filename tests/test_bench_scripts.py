@@ -270,3 +270,58 @@ def test_lds_trains_each_subset_once_and_correlates_every_score(tmp_path, monkey
     monkeypatch.setattr(prefalign.stages.train, "run_training", lambda cfg: pytest.fail("trained again"))
     bench.lds.main()
     pd.testing.assert_frame_equal(pd.read_csv(work / "lds.csv"), table)
+
+
+def test_paired_over_seeds_reports_the_seed_spread_the_power_and_a_forest_plot(tmp_path, monkeypatch, capsys):
+    import bench.paired
+
+    common = ["model=tiny_llama", "data.max_train_pairs=8", "data.max_val_pairs=6", f"paths.cache_dir={tmp_path / 'cache'}",
+              TOKENIZER]
+    runs: dict[str, list[str]] = {"full": [], "strong": []}
+    for seed in (0, 1):
+        for name, extra in (("full", []), ("strong", ["optimizer.lr=1e-2"])):
+            folder = tmp_path / f"s{seed}" / name
+            result = run_cli("train", *common, *extra, f"seed={seed}", f"hydra.run.dir={folder}")
+            assert result.returncode == 0, result.stderr[-3000:]
+            runs[name].append(str(folder))
+    plot = tmp_path / "paired.png"
+    monkeypatch.setattr(sys, "argv", ["bench/paired.py", "--baseline", ",".join(runs["full"]), ",".join(runs["strong"]),
+                                      "--cache-dir", str(tmp_path / "cache"), "--resamples", "50", "--plot", str(plot),
+                                      "--no-record"])
+    bench.paired.main()
+    output = capsys.readouterr().out
+    rows = [line.split(" | ") for line in output.splitlines() if line.startswith("| full ") or line.startswith("| strong ")]
+    assert [row[0] for row in rows] == ["| full", "| strong"]
+    # both groups over two seeds on the 6 pairs; each seed's mean, their spread, and the design's resolution
+    full, strong = rows
+    assert full[1] == "2" and strong[1] == "2" and full[2] == "6"
+    seeds_full = [float(v) for v in full[4].split(" (sd")[0].split(" / ")]
+    assert len(seeds_full) == 2 and all(0 <= v <= 100 for v in seeds_full)
+    assert float(full[3].split(" [")[0]) == pytest.approx(sum(seeds_full) / 2, abs=0.1)
+    assert "(sd " in strong[4] and float(strong[-1].rstrip(" |")) > 0
+    assert plot.exists() and plot.stat().st_size > 0
+
+
+def test_noise_runs_every_setting_once_and_flips_add_positives(tmp_path, monkeypatch, capsys):
+    import bench.noise
+
+    common = ["model=tiny_llama", "data.max_train_pairs=24", "data.max_val_pairs=4", f"paths.cache_dir={tmp_path / 'cache'}",
+              TOKENIZER]
+    work = tmp_path / "noise"
+    argv = ["bench/noise.py", "--flips", "0", "0.4", "--scores", "random", "annotator", "--work", str(work), "--no-record",
+            "--overrides", *common]
+    monkeypatch.setattr(sys, "argv", argv)
+    bench.noise.main()
+    output = capsys.readouterr().out
+    table = pd.read_csv(work / "detection.csv")
+    assert sorted(set(table["score"])) == ["annotator", "random"] and sorted(set(table["flip_fraction"])) == [0.0, 0.4]
+    flipped = table[table["target"] == "label_flipped"].groupby("flip_fraction")["positives"].first()
+    # 40% of the pairs not flipped already get flipped: more positives, on the same 24 pairs
+    assert flipped[0.4] > flipped[0.0] and table["pairs"].eq(24).all()
+    assert (work / "detection.png").exists() and "+0.4 flipped: AUROC" in output
+    for flip in ("0", "0.4"):
+        assert (work / f"flip_{flip}" / "analysis" / "plots" / "roc_label_flipped.png").exists()
+    # a second call reruns no stage
+    monkeypatch.setattr(bench.noise.subprocess, "run", lambda *a, **k: pytest.fail("ran a stage again"))
+    bench.noise.main()
+    pd.testing.assert_frame_equal(pd.read_csv(work / "detection.csv"), table)
