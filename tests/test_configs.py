@@ -137,3 +137,27 @@ def test_top_level_options_instantiate(tmp_path):
     assert scheduler.get_last_lr()[0] > 0
     for callback in cfg.callbacks.values():
         instantiate(callback)
+
+
+def leaves(node, prefix: str = "") -> list[tuple[str, object]]:
+    """(dotted key, value) of every leaf of a plain nested dict."""
+    if not isinstance(node, dict):
+        return [(prefix, node)]
+    return [leaf for key, value in node.items() for leaf in leaves(value, f"{prefix}.{key}" if prefix else str(key))]
+
+
+@pytest.mark.parametrize("group", ["experiment", "debug"])
+def test_a_preset_overrides_the_primary_configs_own_keys(group, tmp_path):
+    """An experiment or debug preset is chosen to change the run: each value it sets reaches the composed config,
+    also where ``train.yaml`` sets the same key itself (``pipeline.restart_from``, ``pipeline.seed``: the test
+    bed's restart from the initial weights was once lost to the primary config's ``_self_``)."""
+    checked = 0
+    for path in sorted((CONF / group).glob("*.yaml")):
+        own = OmegaConf.to_container(OmegaConf.load(path))
+        own.pop("defaults", None)
+        own.pop("hydra", None)
+        cfg = compose_with("train", [f"{group}={path.stem}"], tmp_path)
+        for key, value in leaves(own):
+            assert OmegaConf.select(cfg, key) == value, f"{path.name}: {key} = {value!r} did not reach the run's config"
+            checked += 1
+    assert checked > 0
