@@ -300,6 +300,19 @@ def test_paired_over_seeds_reports_the_seed_spread_the_power_and_a_forest_plot(t
     assert float(full[3].split(" [")[0]) == pytest.approx(sum(seeds_full) / 2, abs=0.1)
     assert "(sd " in strong[4] and float(strong[-1].rstrip(" |")) > 0
     assert plot.exists() and plot.stat().st_size > 0
+    # the per-pair values are kept with each run: a second comparison computes none, the same table
+    import prefalign.evaluation.policy
+
+    monkeypatch.setattr(bench.paired, "heldout_values", lambda *a, **k: pytest.fail("computed again"))
+    bench.paired.main()
+    assert capsys.readouterr().out == output
+    # a changed policy is measured again
+    record = Path(runs["full"][0]) / "eval" / "heldout-val.json"
+    (Path(runs["full"][0]) / "policy" / "config.json").write_text((Path(runs["full"][0]) / "policy" / "config.json").read_text() + "\n")
+    monkeypatch.setattr(bench.paired, "heldout_values", prefalign.evaluation.policy.heldout_values)
+    before = record.stat().st_mtime_ns
+    bench.paired.main()
+    assert record.stat().st_mtime_ns > before
 
 
 def test_noise_runs_every_setting_once_and_flips_add_positives(tmp_path, monkeypatch, capsys):
