@@ -3,6 +3,7 @@ interval that resolves small differences.
 
     python -m bench.paired --baseline outputs/full outputs/oracle outputs/random [--resamples 2000]
     python -m bench.paired --baseline full_s0,full_s1,full_s2 tif_s0,tif_s1,tif_s2      # over training seeds
+    python -m bench.paired --sweep multirun/testbed_seeds --plot paired.png             # a sweep, by method
 
 Every run's policy is scored on its validation pairs (the built-in set: 300 clean pairs) with the validation
 step's own per-pair values (:func:`prefalign.evaluation.policy.heldout_values`): reward accuracy
@@ -16,6 +17,15 @@ An argument that lists several run directories separated by commas is one method
 interval (seeds and pairs resampled, :func:`prefalign.evaluation.metrics.two_way_bootstrap`), and its difference
 from the baseline is paired on the seeds and pairs both have
 (:func:`prefalign.evaluation.metrics.hierarchical_paired_difference`).
+
+``--sweep DIR`` groups the runs of a multirun folder by method (the rule's label, the loss where it is not
+``--baseline``'s, default DPO) and compares each with the sweep's Full Data runs, so a seeds sweep needs no list
+of folders. Each run's per-pair values are kept in its ``eval/heldout-<val>.json``, keyed by the policy's files
+and settings: a second comparison measures nothing again. Every row also shows each seed's accuracy, the seed
+spread, ``sd_seed`` (the training noise of the difference beyond what the pairs explain) and the smallest
+difference the comparison's design resolves at 80% power
+(:func:`prefalign.evaluation.metrics.minimum_detectable_difference`); ``--plot`` draws the differences as a forest
+plot.
 
 ``--val test_pairs`` (runs on ``data=builtin``) scores the ~4,300 clean programmatic pairs on the 300 test
 prompts instead (:mod:`prefalign.data.builtin.heldout_pairs`): 14x the pairs, so narrower intervals (by less than
@@ -40,7 +50,8 @@ from prefalign.evaluation.metrics import (
     hierarchical_paired_difference, minimum_detectable_difference, two_way_bootstrap, variance_components,
 )
 from prefalign.evaluation.policy import heldout_values, load_checkpoint, run_config
-from prefalign.evaluation.tables import plot_paired
+from prefalign.evaluation.tables import method_label, plot_paired, run_directories
+from prefalign.selection.rules import FullSelection
 
 
 def heldout_config(run: Path, val: str) -> DictConfig:
@@ -89,15 +100,14 @@ def interval(result: dict, scale: float = 1.0) -> str:
     return f"{scale * result['value']:.2f} [{scale * result['ci_low']:.2f}, {scale * result['ci_high']:.2f}]"
 
 
-def seeded_values(group: str, cache_dir: Path, val: str) -> dict[int, dict[str, list]]:
-    """The per-pair values of each run of a comma-separated group, by the seed its config records."""
+def seeded_values(name: str, runs: list[Path], cache_dir: Path, val: str) -> dict[int, dict[str, list]]:
+    """The per-pair values of each run of one method, by the seed its config records."""
     out: dict[int, dict[str, list]] = {}
-    for part in group.split(","):
-        run = Path(part)
+    for run in runs:
         cfg = run_config(run)
         seed = int(cfg.seed) if cfg is not None and "seed" in cfg else len(out)
         if seed in out:
-            sys.exit(f"{group}: two runs with seed {seed}; a group lists one run per training seed")
+            sys.exit(f"{name}: two runs with seed {seed} ({run} and another); a method has one run per training seed")
         out[seed] = values_of(run, cache_dir, val)
     return out
 
@@ -106,10 +116,40 @@ def matrix(values: dict[int, dict[str, list]], seeds: list[int], key: str) -> li
     return [values[seed][key] for seed in seeds]
 
 
-def label(group: str) -> str:
-    """A group's name in the table: the folder name its runs share (``s0/tif,s1/tif`` -> ``tif``), else the group."""
-    names = {Path(part).name for part in group.split(",")}
-    return names.pop() if len(names) == 1 else group
+def group(text: str) -> tuple[str, list[Path]]:
+    """A command-line method: comma-separated run folders (one per seed), named by the folder name they share
+    (``s0/tif,s1/tif`` -> ``tif``), else by the text."""
+    runs = [Path(part) for part in text.split(",")]
+    names = {run.name for run in runs}
+    return (names.pop() if len(names) == 1 else text), runs
+
+
+def sweep_groups(sweep: Path, baseline: str) -> tuple[tuple[str, list[Path]], list[tuple[str, list[Path]]]]:
+    """The runs of a sweep grouped by method (the label of their selection rule, the loss where it is not the
+    baseline's, the requested ``select.keep_fraction`` where a rule has several), whatever their folder names:
+    ``train.py -m experiment=testbed seed=0,1,2`` gives one group per rule with three runs each. The baseline is
+    the Full Data group with the loss ``baseline``."""
+    groups: dict[tuple[str, str, float | None], list[Path]] = {}
+    for run in run_directories(sweep):
+        metrics = json.loads((run / "metrics.json").read_text())
+        cfg = run_config(run)
+        fraction = cfg.select.get("keep_fraction") if cfg is not None and metrics.get("selection") else None
+        key = (method_label(metrics), metrics["run"]["loss"].removesuffix("Loss"), fraction)
+        groups.setdefault(key, []).append(run)
+    base_key = next((key for key in groups if key[0] == FullSelection.label and key[1] == baseline), None)
+    if base_key is None:
+        sys.exit(f"{sweep}: no {FullSelection.label} run with the loss {baseline} to compare with "
+                 f"(methods: {sorted(key[:2] for key in groups)})")
+    fractions: dict[str, set] = {}
+    for method, _, fraction in groups:
+        fractions.setdefault(method, set()).add(fraction)
+
+    def name(method: str, loss: str, fraction: float | None) -> str:
+        text = method if loss == baseline else f"{method} ({loss})"
+        return f"{text} at {fraction:g}" if len(fractions[method]) > 1 and fraction is not None else text
+
+    base_runs = groups.pop(base_key)
+    return (name(*base_key), base_runs), [(name(*key), runs) for key, runs in groups.items()]
 
 
 def per_seed(values: dict[int, dict[str, list]], key: str, scale: float) -> str:
@@ -121,10 +161,12 @@ def per_seed(values: dict[int, dict[str, list]], key: str, scale: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help="run directories to compare with the baseline (a,b,c: one method, "
+    parser.add_argument("runs", nargs="*", help="run directories to compare with the baseline (a,b,c: one method, "
                                                 "one run per training seed)")
-    parser.add_argument("--baseline", required=True, help="the run (or comma-separated runs, one per seed) every other "
-                                                          "is compared with")
+    parser.add_argument("--baseline", help="the run (or comma-separated runs, one per seed) every other is compared "
+                                           "with; with --sweep, the baseline's loss (default DPO)")
+    parser.add_argument("--sweep", type=Path, default=None,
+                        help="a multirun folder: every run in it, grouped by method (rule and loss) over its seeds")
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache"), help="reference log-prob cache")
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--val", default="val", choices=["val", "test_pairs"],
@@ -134,34 +176,42 @@ def main() -> None:
                         help="write a forest plot of the paired accuracy differences with their intervals (PNG)")
     parser.add_argument("--no-record", action="store_true", help="print only, do not append to bench/RESULTS.md")
     args = parser.parse_args()
+    if args.sweep is not None:
+        if args.runs:
+            sys.exit("--sweep compares the runs of the sweep: give no run folders with it")
+        baseline, methods = sweep_groups(args.sweep, args.baseline or "DPO")
+    elif args.baseline and args.runs:
+        baseline, methods = group(args.baseline), [group(text) for text in args.runs]
+    else:
+        sys.exit("give --baseline and the runs to compare with it, or --sweep")
 
-    base = seeded_values(args.baseline, args.cache_dir, args.val)
+    base = seeded_values(*baseline, args.cache_dir, args.val)
     base_seeds = sorted(base)
     pair_ids = base[base_seeds[0]]["pair_id"]
     if any(base[seed]["pair_id"] != pair_ids for seed in base_seeds):
-        sys.exit(f"{args.baseline}: its runs were validated on different pairs")
+        sys.exit(f"{baseline[0]}: its runs were validated on different pairs")
 
     def own(values: dict[int, dict[str, list]], key: str, scale: float = 1.0) -> str:
         return interval(two_way_bootstrap(matrix(values, sorted(values), key), resamples=args.resamples), scale)
 
-    rows = [{"run": label(args.baseline), "seeds": len(base), "pairs": len(pair_ids),
+    rows = [{"run": baseline[0], "seeds": len(base), "pairs": len(pair_ids),
              "accuracy_%": own(base, "rewards/accuracies", 100),
              "accuracy per seed %": per_seed(base, "rewards/accuracies", 100), "margin": own(base, "rewards/margins"),
              "accuracy_diff_pts": "baseline", "margin_diff": "baseline", "better/worse pairs": "",
              "sd_seed pts": "", "resolvable pts": ""}]
     differences = []
-    base_cfg = run_config(Path(args.baseline.split(",")[0]))
+    base_cfg = run_config(baseline[1][0])
     model = str(base_cfg.model.get("name", ""))
     loss = str(base_cfg.loss.get("_target_", "")).rsplit(".", 1)[-1].removesuffix("Loss").lower()
-    for group in args.runs:
-        values = seeded_values(group, args.cache_dir, args.val)
+    for name, runs in methods:
+        values = seeded_values(name, runs, args.cache_dir, args.val)
         if any(v["pair_id"] != pair_ids for v in values.values()):
-            sys.exit(f"{group} was validated on other pairs than {args.baseline}: no paired comparison")
+            sys.exit(f"{name} was validated on other pairs than {baseline[0]}: no paired comparison")
         if len(values) == 1 and len(base) == 1:  # one run against one run: paired on the pairs, whatever the seeds
             values = {base_seeds[0]: next(iter(values.values()))}
         seeds = sorted(set(values) & set(base))
         if not seeds:
-            sys.exit(f"{group} shares no training seed with {args.baseline}: no paired comparison")
+            sys.exit(f"{name} shares no training seed with {baseline[0]}: no paired comparison")
         accuracy = hierarchical_paired_difference(matrix(values, seeds, "rewards/accuracies"),
                                                   matrix(base, seeds, "rewards/accuracies"), args.resamples)
         margin = hierarchical_paired_difference(matrix(values, seeds, "rewards/margins"),
@@ -171,7 +221,7 @@ def main() -> None:
             matrix(values, seeds, "rewards/accuracies"), matrix(base, seeds, "rewards/accuracies"))])
         resolvable = minimum_detectable_difference(noise["sd_item"], len(pair_ids), noise["sd_seed"]
                                                    if len(seeds) > 1 else 0.0, len(seeds))
-        rows.append({"run": label(group), "seeds": len(values), "pairs": len(pair_ids),
+        rows.append({"run": name, "seeds": len(values), "pairs": len(pair_ids),
                      "accuracy_%": own(values, "rewards/accuracies", 100),
                      "accuracy per seed %": per_seed(values, "rewards/accuracies", 100),
                      "margin": own(values, "rewards/margins"),
@@ -179,7 +229,7 @@ def main() -> None:
                      "better/worse pairs": f"{accuracy['first_better']}/{accuracy['second_better']}",
                      "sd_seed pts": f"{100 * noise['sd_seed']:.1f}" if len(seeds) > 1 else "",
                      "resolvable pts": f"{100 * resolvable:.1f}"})
-        differences.append({"model": model, "loss": loss, "benchmark": f"{args.val} pairs", "method": label(group),
+        differences.append({"model": model, "loss": loss, "benchmark": f"{args.val} pairs", "method": name,
                             "seeds": len(seeds), "items_diff_value": float("nan"),
                             **{f"accuracy_diff_{key}": 100 * accuracy[name]
                                for key, name in (("value", "value"), ("low", "ci_low"), ("high", "ci_high"))}})

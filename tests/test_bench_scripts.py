@@ -274,41 +274,46 @@ def test_lds_trains_each_subset_once_and_correlates_every_score(tmp_path, monkey
 
 def test_paired_over_seeds_reports_the_seed_spread_the_power_and_a_forest_plot(tmp_path, monkeypatch, capsys):
     import bench.paired
+    import prefalign.evaluation.policy
 
     common = ["model=tiny_llama", "data.max_train_pairs=8", "data.max_val_pairs=6", f"paths.cache_dir={tmp_path / 'cache'}",
               TOKENIZER]
-    runs: dict[str, list[str]] = {"full": [], "strong": []}
+    sweep = tmp_path / "sweep"
+    runs: dict[str, list[str]] = {"full": [], "ipo": []}
     for seed in (0, 1):
-        for name, extra in (("full", []), ("strong", ["optimizer.lr=1e-2"])):
-            folder = tmp_path / f"s{seed}" / name
+        for name, extra in (("full", []), ("ipo", ["loss=ipo", "optimizer.lr=1e-2"])):
+            folder = sweep / f"{name}_s{seed}"
             result = run_cli("train", *common, *extra, f"seed={seed}", f"hydra.run.dir={folder}")
             assert result.returncode == 0, result.stderr[-3000:]
             runs[name].append(str(folder))
     plot = tmp_path / "paired.png"
-    monkeypatch.setattr(sys, "argv", ["bench/paired.py", "--baseline", ",".join(runs["full"]), ",".join(runs["strong"]),
-                                      "--cache-dir", str(tmp_path / "cache"), "--resamples", "50", "--plot", str(plot),
-                                      "--no-record"])
+    base = ["bench/paired.py", "--cache-dir", str(tmp_path / "cache"), "--resamples", "50", "--no-record"]
+    monkeypatch.setattr(sys, "argv", [*base, "--baseline", ",".join(runs["full"]), ",".join(runs["ipo"]), "--plot", str(plot)])
     bench.paired.main()
     output = capsys.readouterr().out
-    rows = [line.split(" | ") for line in output.splitlines() if line.startswith("| full ") or line.startswith("| strong ")]
-    assert [row[0] for row in rows] == ["| full", "| strong"]
-    # both groups over two seeds on the 6 pairs; each seed's mean, their spread, and the design's resolution
-    full, strong = rows
-    assert full[1] == "2" and strong[1] == "2" and full[2] == "6"
+    # the table's rows (folders of different names: each method is named by its folders)
+    rows = [line.split(" | ") for line in output.splitlines() if line.startswith(f"| {runs['full'][0]},")
+            or line.startswith(f"| {runs['ipo'][0]},")]
+    assert len(rows) == 2
+    # both methods over two seeds on the 6 pairs; each seed's mean, their spread, and the design's resolution
+    full, other = rows
+    assert full[1] == "2" and other[1] == "2" and full[2] == "6"
     seeds_full = [float(v) for v in full[4].split(" (sd")[0].split(" / ")]
     assert len(seeds_full) == 2 and all(0 <= v <= 100 for v in seeds_full)
     assert float(full[3].split(" [")[0]) == pytest.approx(sum(seeds_full) / 2, abs=0.1)
-    assert "(sd " in strong[4] and float(strong[-1].rstrip(" |")) > 0
+    assert "(sd " in other[4] and float(other[-1].rstrip(" |")) > 0
     assert plot.exists() and plot.stat().st_size > 0
-    # the per-pair values are kept with each run: a second comparison computes none, the same table
-    import prefalign.evaluation.policy
-
+    # the per-pair values are kept with each run: a second comparison, here of the whole sweep grouped by method
+    # (the loss names the group that is not the baseline's), computes none and gives the same numbers
     monkeypatch.setattr(bench.paired, "heldout_values", lambda *a, **k: pytest.fail("computed again"))
+    monkeypatch.setattr(sys, "argv", [*base, "--sweep", str(sweep)])
     bench.paired.main()
-    assert capsys.readouterr().out == output
+    by_sweep = capsys.readouterr().out
+    assert "| Full Data | 2 | 6 | " + full[3] in by_sweep and "| Full Data (IPO) | 2 | 6 | " + other[3] in by_sweep
     # a changed policy is measured again
     record = Path(runs["full"][0]) / "eval" / "heldout-val.json"
-    (Path(runs["full"][0]) / "policy" / "config.json").write_text((Path(runs["full"][0]) / "policy" / "config.json").read_text() + "\n")
+    config = Path(runs["full"][0]) / "policy" / "config.json"
+    config.write_text(config.read_text() + "\n")
     monkeypatch.setattr(bench.paired, "heldout_values", prefalign.evaluation.policy.heldout_values)
     before = record.stat().st_mtime_ns
     bench.paired.main()
