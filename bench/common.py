@@ -160,3 +160,15 @@ def timed_run(command: list[str], cwd: Path = ROOT) -> dict[str, float]:
     subprocess.run(command, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
     return {"wall_s": round(wall, 1), "cpu_s": round(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 1)}
+
+
+def run_stage(command: list[str], log: Path) -> float:
+    """Run one stage command in ``ROOT``, its output into ``log``; its wall seconds."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(log, "w") as stream:
+        result = subprocess.run(command, cwd=ROOT, stdout=stream, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    if result.returncode:
+        sys.exit(f"{' '.join(command)} failed (exit {result.returncode}); its output: {log}")
+    return seconds

@@ -22,33 +22,20 @@ the table and appends it to ``bench/RESULTS.md`` unless ``--no-record``.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 
-from bench.common import append_result, machine, markdown
+from bench.common import append_result, machine, markdown, run_stage
 
-ROOT = Path(__file__).resolve().parents[1]
 SCORES = ["influence", "lossdiff", "irm", "annotator", "bees_implicit", "random", "projection", "ekfac"]
 
 
 def stage(command: list[str], done: Path, log: Path) -> float:
-    """Run one stage command (``python <script> <overrides>``) unless ``done`` exists; its seconds (0 if skipped).
-
-    Raises:
-        SystemExit: the command failed (its log named).
-    """
-    if done.exists():
-        return 0.0
-    start = time.perf_counter()
-    with open(log, "a") as stream:
-        result = subprocess.run([sys.executable, *command], cwd=ROOT, stdout=stream, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
-        sys.exit(f"{' '.join(command[:1])} failed (exit {result.returncode}); see {log}")
-    return time.perf_counter() - start
+    """Run one stage command (``python <script> <overrides>``, :func:`bench.common.run_stage`) unless ``done``
+    exists; its seconds (0 if skipped)."""
+    return 0.0 if done.exists() else run_stage([sys.executable, *command], log)
 
 
 def setting_dir(work: Path, flip: float) -> Path:

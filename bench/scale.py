@@ -38,29 +38,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, append_result, machine, markdown, matmul_peak, train_config
+from bench.common import ROOT, append_result, machine, markdown, matmul_peak, run_stage, train_config
 
 SCORES = ("influence", "lossdiff", "irm")
 # H100 SXM dense bf16 (NVIDIA's datasheet: 989 TFLOP/s without sparsity)
 H100_BF16 = 989e12
-
-
-def run_stage(command: list[str], log: Path) -> float:
-    """Run one stage command in ``ROOT``, its output into ``log``; its wall seconds."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with open(log, "w") as stream:
-        result = subprocess.run(command, cwd=ROOT, stdout=stream, stderr=subprocess.STDOUT)
-    seconds = time.perf_counter() - start
-    if result.returncode:
-        sys.exit(f"{' '.join(command)} failed (exit {result.returncode}); its output: {log}")
-    return seconds
 
 
 def token_counts(pairs: int, overrides: list[str], scratch: Path) -> dict[str, Any]:

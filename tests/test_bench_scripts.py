@@ -340,6 +340,6 @@ def test_noise_runs_every_setting_once_and_flips_add_positives(tmp_path, monkeyp
     for flip in ("0", "0.4"):
         assert (work / f"flip_{flip}" / "analysis" / "plots" / "roc_label_flipped.png").exists()
     # a second call reruns no stage
-    monkeypatch.setattr(bench.noise.subprocess, "run", lambda *a, **k: pytest.fail("ran a stage again"))
+    monkeypatch.setattr(bench.noise, "run_stage", lambda *a, **k: pytest.fail("ran a stage again"))
     bench.noise.main()
     pd.testing.assert_frame_equal(pd.read_csv(work / "detection.csv"), table)
