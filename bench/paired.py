@@ -50,7 +50,7 @@ from prefalign.evaluation.metrics import (
     hierarchical_paired_difference, minimum_detectable_difference, two_way_bootstrap, variance_components,
 )
 from prefalign.evaluation.policy import heldout_values, load_checkpoint, run_config
-from prefalign.evaluation.tables import method_label, plot_paired, run_directories
+from prefalign.evaluation.tables import ROW_ORDER, method_label, plot_paired, run_directories
 from prefalign.selection.rules import FullSelection
 
 
@@ -124,6 +124,16 @@ def group(text: str) -> tuple[str, list[Path]]:
     return (names.pop() if len(names) == 1 else text), runs
 
 
+def loss_name(run: Path) -> str:
+    """The loss a run trained with, as ``metrics.json`` names it (``DPO``, ``rDPO``), else from its config's loss
+    class: one label for the table's groups and the plot's."""
+    metrics = run / "metrics.json"
+    if metrics.exists():
+        return json.loads(metrics.read_text())["run"]["loss"].removesuffix("Loss")
+    cfg = run_config(run)
+    return str(cfg.loss.get("_target_", "")).rsplit(".", 1)[-1].removesuffix("Loss") if cfg is not None else ""
+
+
 def sweep_groups(sweep: Path, baseline: str) -> tuple[tuple[str, list[Path]], list[tuple[str, list[Path]]]]:
     """The runs of a sweep grouped by method (the label of their selection rule, the loss where it is not the
     baseline's, the requested ``select.keep_fraction`` where a rule has several), whatever their folder names:
@@ -134,7 +144,7 @@ def sweep_groups(sweep: Path, baseline: str) -> tuple[tuple[str, list[Path]], li
         metrics = json.loads((run / "metrics.json").read_text())
         cfg = run_config(run)
         fraction = cfg.select.get("keep_fraction") if cfg is not None and metrics.get("selection") else None
-        key = (method_label(metrics), metrics["run"]["loss"].removesuffix("Loss"), fraction)
+        key = (method_label(metrics), loss_name(run), fraction)
         groups.setdefault(key, []).append(run)
     base_key = next((key for key in groups if key[0] == FullSelection.label and key[1] == baseline), None)
     if base_key is None:
@@ -148,8 +158,12 @@ def sweep_groups(sweep: Path, baseline: str) -> tuple[tuple[str, list[Path]], li
         text = method if loss == baseline else f"{method} ({loss})"
         return f"{text} at {fraction:g}" if len(fractions[method]) > 1 and fraction is not None else text
 
+    # the papers' row order (the evaluation tables'), the baseline's loss first within a rule
+    order = {label: rank for rank, label in enumerate(ROW_ORDER)}
     base_runs = groups.pop(base_key)
-    return (name(*base_key), base_runs), [(name(*key), runs) for key, runs in groups.items()]
+    keys = sorted(groups, key=lambda key: (order.get(key[0], order.get(key[0].split(" ")[0], len(order))), key[0],
+                                           key[1] != baseline, key[1], key[2] or 0.0))
+    return (name(*base_key), base_runs), [(name(*key), groups[key]) for key in keys]
 
 
 def per_seed(values: dict[int, dict[str, list]], key: str, scale: float) -> str:
@@ -202,7 +216,7 @@ def main() -> None:
     differences = []
     base_cfg = run_config(baseline[1][0])
     model = str(base_cfg.model.get("name", ""))
-    loss = str(base_cfg.loss.get("_target_", "")).rsplit(".", 1)[-1].removesuffix("Loss").lower()
+    loss = loss_name(baseline[1][0]).lower()
     for name, runs in methods:
         values = seeded_values(name, runs, args.cache_dir, args.val)
         if any(v["pair_id"] != pair_ids for v in values.values()):

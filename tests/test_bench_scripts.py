@@ -343,3 +343,26 @@ def test_noise_runs_every_setting_once_and_flips_add_positives(tmp_path, monkeyp
     monkeypatch.setattr(bench.noise, "run_stage", lambda *a, **k: pytest.fail("ran a stage again"))
     bench.noise.main()
     pd.testing.assert_frame_equal(pd.read_csv(work / "detection.csv"), table)
+
+
+def test_paired_sweep_groups_rows_in_the_papers_order_and_names_the_loss_once(tmp_path):
+    from bench.paired import sweep_groups
+
+    def run(folder: str, label: str | None, loss: str, seed: int) -> None:
+        path = tmp_path / folder
+        path.mkdir()
+        selection = {"rule": label.lower(), "label": label} if label else None
+        (path / "metrics.json").write_text(json.dumps({"run": {"loss": loss}, "selection": selection}))
+        (path / "config.yaml").write_text(f"seed: {seed}\nselect:\n  keep_fraction: 0.67\n")
+
+    # job order puts the robust loss, M_AP and TIF before the oracle; the table reads in the papers' order
+    for seed in (0, 1):
+        run(f"{4 * seed}_rdpo", None, "rDPOLoss", seed)
+        run(f"{4 * seed + 1}_map", "M_AP", "DPOLoss", seed)
+        run(f"{4 * seed + 2}_tif", "TIF", "DPOLoss", seed)
+        run(f"{4 * seed + 3}_full", None, "DPOLoss", seed)
+        run(f"{8 + seed}_oracle", "Oracle (upper bound)", "DPOLoss", seed)
+    (base, base_runs), methods = sweep_groups(tmp_path, "DPO")
+    assert base == "Full Data" and sorted(path.name for path in base_runs) == ["3_full", "7_full"]
+    assert [name for name, _ in methods] == ["Full Data (rDPO)", "Oracle (upper bound)", "TIF", "M_AP"]
+    assert all(len(runs) == 2 for _, runs in methods)
