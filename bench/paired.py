@@ -35,22 +35,21 @@ sqrt(14), since the pairs of one prompt are correlated); their reference log-pro
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import sys
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from bench.common import append_result, machine, markdown
-from prefalign.atomic import file_sha256, write_json
 from prefalign.evaluation.metrics import (
     hierarchical_paired_difference, minimum_detectable_difference, two_way_bootstrap, variance_components,
 )
 from prefalign.evaluation.policy import heldout_values, load_checkpoint, run_config
 from prefalign.evaluation.tables import ROW_ORDER, method_label, plot_paired, run_directories
+from prefalign.heldout_record import read_values, write_values
 from prefalign.selection.rules import FullSelection
 
 
@@ -68,31 +67,16 @@ def heldout_config(run: Path, val: str) -> DictConfig:
     return cfg
 
 
-def values_key(run: Path, cfg: DictConfig) -> str:
-    """What a run's held-out values depend on: every file of its policy (by content) and the data, loss and model
-    settings they are computed with."""
-    files = sorted(path for path in (run / "policy").iterdir() if path.is_file())
-    settings = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["data", "loss", "model"]), resolve=True)
-    text = json.dumps({"policy": {path.name: file_sha256(path) for path in files}, "settings": settings}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def values_of(run: Path, cache_dir: Path, val: str) -> dict[str, list]:
-    """A run's per-pair held-out values on ``val``, kept in ``<run>/eval/heldout-<val>.json`` with the key of what
-    they depend on (:func:`values_key`): a second comparison reads them back, a retrained policy recomputes them."""
+    """A run's per-pair held-out values on ``val``: those kept in ``<run>/eval/heldout-<val>.json`` for its present
+    policy and settings (:mod:`prefalign.heldout_record`; a training run keeps its last validation's), else
+    computed and kept there."""
     cfg = heldout_config(run, val)
-    record, key = run / "eval" / f"heldout-{val}.json", values_key(run, cfg)
-    if record.exists():
-        try:
-            stored = json.loads(record.read_text())
-        except json.JSONDecodeError:
-            stored = {}
-        if stored.get("key") == key:
-            return stored["values"]
-    policy = load_checkpoint(run, cfg.model.dtype)[0].eval()
-    values = heldout_values(cfg, policy, cache_dir)
-    record.parent.mkdir(parents=True, exist_ok=True)
-    write_json({"key": key, "val": val, "values": values}, record)
+    values = read_values(run, cfg, val)
+    if values is None:
+        policy = load_checkpoint(run, cfg.model.dtype)[0].eval()
+        values = heldout_values(cfg, policy, cache_dir)
+        write_values(run, cfg, val, values)
     return values
 
 

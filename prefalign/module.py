@@ -193,6 +193,10 @@ class PreferenceModule(L.LightningModule):
         self._step_pair_ids: list[str] = []
         # validation pairs with a non-finite loss in the validation under way
         self._nonfinite_val_pairs: list[str] = []
+        # this process's per-pair values of the validation under way, and of the last complete one (not the sanity
+        # check): {"pair_id": [...], "<metric>": [...]}, what held-out evaluation bootstraps
+        self._val_pairs: dict[str, list[Any]] = {}
+        self.last_val_pairs: dict[str, list[Any]] | None = None
         # called with each training batch and its loss output before the backward pass (the in-run influence,
         # prefalign.inrun, hooks the per-pair losses there); None: nothing
         self.pair_observer: Callable[[dict[str, Any], LossOutput], None] | None = None
@@ -321,13 +325,18 @@ class PreferenceModule(L.LightningModule):
                 "no checkpoint of these weights are written"
             )
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_pairs = {}
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         values = self.pair_values(batch)
         bad = ~torch.isfinite(values["loss"])
         if bad.any():
             self._nonfinite_val_pairs.extend(pid for pid, flag in zip(batch["pair_ids"], bad.tolist()) if flag)
+        self._val_pairs.setdefault("pair_id", []).extend(batch["pair_ids"])
         for name, value in values.items():
             self.val_metrics[name.replace("/", "_")].update(value)
+            self._val_pairs.setdefault(name, []).extend(value.detach().float().cpu().tolist())
 
     def on_validation_epoch_end(self) -> None:
         results = {}
@@ -346,6 +355,7 @@ class PreferenceModule(L.LightningModule):
             )
         if not self.trainer.sanity_checking:
             self.validated_at_step = self.global_step
+            self.last_val_pairs, self._val_pairs = self._val_pairs, {}
 
     def configure_optimizers(self) -> Any:
         parameters = [p for p in self.policy.parameters() if p.requires_grad]

@@ -286,9 +286,21 @@ def test_paired_over_seeds_reports_the_seed_spread_the_power_and_a_forest_plot(t
             result = run_cli("train", *common, *extra, f"seed={seed}", f"hydra.run.dir={folder}")
             assert result.returncode == 0, result.stderr[-3000:]
             runs[name].append(str(folder))
+    # each run kept its last validation's per-pair values: what scoring its policy again gives
+    from prefalign.evaluation.policy import heldout_values, load_checkpoint, run_config
+
+    for folder in (*runs["full"], *runs["ipo"]):
+        kept = json.loads((Path(folder) / "eval" / "heldout-val.json").read_text())["values"]
+        cfg = run_config(folder)
+        again = heldout_values(cfg, load_checkpoint(folder, cfg.model.dtype)[0].eval(), tmp_path / "cache")
+        assert kept["pair_id"] == again["pair_id"] and len(kept["pair_id"]) == 6
+        for name in ("rewards/accuracies", "rewards/margins", "loss"):
+            assert kept[name] == pytest.approx(again[name], abs=1e-5), name
     plot = tmp_path / "paired.png"
     base = ["bench/paired.py", "--cache-dir", str(tmp_path / "cache"), "--resamples", "50", "--no-record"]
     monkeypatch.setattr(sys, "argv", [*base, "--baseline", ",".join(runs["full"]), ",".join(runs["ipo"]), "--plot", str(plot)])
+    # so the comparison scores no policy
+    monkeypatch.setattr(bench.paired, "heldout_values", lambda *a, **k: pytest.fail("computed again"))
     bench.paired.main()
     output = capsys.readouterr().out
     # the table's rows (folders of different names: each method is named by its folders)
@@ -303,9 +315,8 @@ def test_paired_over_seeds_reports_the_seed_spread_the_power_and_a_forest_plot(t
     assert float(full[3].split(" [")[0]) == pytest.approx(sum(seeds_full) / 2, abs=0.1)
     assert "(sd " in other[4] and float(other[-1].rstrip(" |")) > 0
     assert plot.exists() and plot.stat().st_size > 0
-    # the per-pair values are kept with each run: a second comparison, here of the whole sweep grouped by method
-    # (the loss names the group that is not the baseline's), computes none and gives the same numbers
-    monkeypatch.setattr(bench.paired, "heldout_values", lambda *a, **k: pytest.fail("computed again"))
+    # a second comparison, here of the whole sweep grouped by method (the loss names the group that is not the
+    # baseline's), computes none either and gives the same numbers
     monkeypatch.setattr(sys, "argv", [*base, "--sweep", str(sweep)])
     bench.paired.main()
     by_sweep = capsys.readouterr().out
@@ -366,3 +377,30 @@ def test_paired_sweep_groups_rows_in_the_papers_order_and_names_the_loss_once(tm
     assert base == "Full Data" and sorted(path.name for path in base_runs) == ["3_full", "7_full"]
     assert [name for name, _ in methods] == ["Full Data (rDPO)", "Oracle (upper bound)", "TIF", "M_AP"]
     assert all(len(runs) == 2 for _, runs in methods)
+
+
+def test_a_run_keeps_its_validation_values_only_for_its_final_policy_on_the_pairs_as_loaded(tmp_path):
+    from types import SimpleNamespace
+
+    from prefalign.heldout_record import read_values, record_path
+    from prefalign.safe_config import load_config
+    from prefalign.stages.train import keep_validation_values
+
+    (tmp_path / "policy").mkdir()
+    (tmp_path / "policy" / "model.safetensors").write_bytes(b"weights")
+    values = {"pair_id": ["a", "b"], "rewards/accuracies": [1.0, 0.0], "loss": [0.5, 0.9]}
+
+    def keep(val_flips: float, world_size: int = 1, validated_at: int = 7) -> Path | None:
+        (tmp_path / "config.yaml").write_text(f"data:\n  val_flip_fraction: {val_flips}\nloss:\n  beta: 0.1\nmodel:\n  name: m\n")
+        module = SimpleNamespace(last_val_pairs=values, validated_at_step=validated_at)
+        return keep_validation_values(module, SimpleNamespace(world_size=world_size, global_step=7), tmp_path)
+
+    assert keep(0.2) is None and not record_path(tmp_path, "val").exists()  # flipped validation labels: not held out
+    assert keep(0.0, world_size=2) is None and keep(0.0, validated_at=5) is None  # a part, or an earlier policy
+    assert keep(0.0) == record_path(tmp_path, "val")
+    cfg = load_config(tmp_path / "config.yaml", keys=("model", "loss", "data"))
+    assert read_values(tmp_path, cfg, "val") == values
+    (tmp_path / "policy" / "model.safetensors").write_bytes(b"other weights")  # another policy: not its values
+    assert read_values(tmp_path, cfg, "val") is None
+    record_path(tmp_path, "val").write_text("{not json")
+    assert read_values(tmp_path, cfg, "val") is None

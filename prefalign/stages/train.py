@@ -19,6 +19,8 @@ Output directory layout (the run's Hydra directory)::
     metrics.json         final metrics, sizes, timings, peak memory per process, and the selection trained on (rule,
                          thresholds, kept);
                          after a resume that extended the run, ``resumed_with`` ({setting: [first, now]})
+    eval/heldout-val.json  the last validation's per-pair values (accuracy, margin, loss, ...), keyed by the policy's
+                         files and settings (prefalign/heldout_record.py): paired comparisons read them back
     inrun/               with inrun=influence: every trained pair's influence at every step, and its per-pair
                          summaries as inrun/scores.parquet (prefalign/inrun/record.py)
     .lock                held while the run writes here (prefalign/folder_lock.py): one run per folder
@@ -43,9 +45,12 @@ from prefalign.checkpointing import (
     run_record,
     training_complete,
 )
+from prefalign.data.restrictions import PairRestrictions
 from prefalign.folder_lock import hold_folder
+from prefalign.heldout_record import write_values
 from prefalign.models import save_policy
 from prefalign.run_setup import setup_run
+from prefalign.safe_config import load_config
 from prefalign.trainer import GatherFullPolicy, PeakMemory, build_trainer, compiled_decoder, final_metrics, run_module
 
 log = logging.getLogger(__name__)
@@ -103,6 +108,7 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
         result["inrun"] = callback.summary()
     if not trainer.is_global_zero:
         return result
+    keep_validation_values(module, trainer, setup.output_dir)
     write_json(result, setup.output_dir / "metrics.json")
     for callback in checkpointing:  # the run is complete: its checkpoint keeps what keep_training_state says
         callback.run_finished()
@@ -160,6 +166,20 @@ def log_batch_layout(trainer: Any, batch_size: int) -> None:
         trainer.world_size,
         trainer.accumulate_grad_batches,
     )
+
+
+def keep_validation_values(module: Any, trainer: Any, output_dir: Path) -> Path | None:
+    """Keep the last validation's per-pair values as the run's held-out values (:mod:`prefalign.heldout_record`),
+    so a paired comparison of runs (``bench.paired``) need not score the policy again. Only when they are the
+    final policy's on the validation pairs as loaded: a validation at the last step, one process (each process of
+    a DDP run validates a part), no validation labels flipped at load (held-out values are on the clean pairs)."""
+    values = module.last_val_pairs
+    if not values or trainer.world_size != 1 or module.validated_at_step != trainer.global_step:
+        return None
+    cfg = load_config(output_dir / "config.yaml", keys=("model", "loss", "data"))
+    if PairRestrictions.from_config(cfg.data).flips("val"):
+        return None
+    return write_values(output_dir, cfg, "val", values)
 
 
 def fit(trainer: Any, module: Any, datamodule: Any, checkpoint: str | None) -> float:
